@@ -1,0 +1,828 @@
+//! A partition's log (Kafka's `UnifiedLog`/`LocalLog`): a directory of segments, the log
+//! start offset, the leader epoch cache, and the recovery point.
+//!
+//! ## Durability: what is on disk when
+//! - `append` writes each batch to the OS at once (one `writev`): it survives a process crash,
+//!   not a power loss.
+//! - `flush` fsyncs the active segment: everything appended before it survives a power loss.
+//!   Callers group many appends into one `flush` (group commit).
+//! - `roll` fsyncs the segment it seals and its indexes before starting a new one.
+//! - `truncate_to`, `advance_log_start_offset`, retention and `reset` are durable on return.
+//! - `checkpoint` (and `close`) also fsync the indexes and record a recovery point, so the next
+//!   open scans nothing before it. Recovery time is bounded by the data written since the last
+//!   checkpoint or roll, never by the size of the log.
+//!
+//! ## Entries
+//! Every batch appended is one *entry*, numbered consecutively from the log's first entry index
+//! (1 for a new log, as Raft numbers its entries). The Raft layer uses entry indexes as Raft
+//! indexes and the batch's `partitionLeaderEpoch` as the entry's term.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{self, BatchHeader};
+use crate::checkpoint::{self, RecoveryPoint, LOG_START_OFFSET_FILE};
+use crate::config::{Clock, LogConfig};
+use crate::epoch::LeaderEpochCache;
+use crate::error::{IoContext, Result, StorageError};
+use crate::segment::{self, LogSegment};
+
+/// Decompression bound for timestamp lookups and the cleaner.
+pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 256 * 1024 * 1024;
+
+/// What an append wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub first_offset: u64,
+    pub last_offset: u64,
+    pub first_entry_index: u64,
+    pub last_entry_index: u64,
+    pub max_timestamp: i64,
+    pub offset_of_max_timestamp: u64,
+}
+
+/// One entry (one batch) read back for Raft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub index: u64,
+    /// The batch's `partitionLeaderEpoch`: the Raft term it was written in.
+    pub epoch: i32,
+    pub data: Bytes,
+}
+
+/// A record found by timestamp (`ListOffsets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampAndOffset {
+    pub timestamp: i64,
+    pub offset: u64,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+}
+
+#[derive(Debug)]
+pub struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) segments: Vec<LogSegment>,
+    pub(crate) log_start_offset: u64,
+    pub(crate) epochs: LeaderEpochCache,
+    epochs_dirty: bool,
+    recovery_point: Option<RecoveryPoint>,
+}
+
+fn parse_base_offset(name: &str, suffix: &str) -> Option<u64> {
+    let stem = name.strip_suffix(suffix)?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok()).flatten()
+}
+
+fn assign_recovered(epochs: &mut LeaderEpochCache, dirty: &mut bool, h: &BatchHeader) {
+    let base = h.base_offset as u64;
+    if epochs.entries().last().is_some_and(|e| e.start_offset >= base) {
+        epochs.truncate_from_end(base);
+        *dirty = true;
+    }
+    match epochs.assign(h.partition_leader_epoch, base) {
+        Ok(true) => *dirty = true,
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, offset = base, "batch epoch older than an earlier batch's"),
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering the unflushed tail: every batch after the
+    /// recovery point is checked, a torn or partial final write is cut off, missing or broken
+    /// indexes are rebuilt. Damage anywhere else is an error, never silently repaired.
+    pub fn open(dir: impl Into<PathBuf>, config: LogConfig, clock: Arc<dyn Clock>) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let now = clock.now_ms();
+        let mut bases = Vec::new();
+        let mut swaps = Vec::new();
+        for entry in std::fs::read_dir(&dir).at(&dir)? {
+            let entry = entry.at(&dir)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") || name.ends_with(".cleaned") {
+                std::fs::remove_file(entry.path()).at(&entry.path())?;
+            } else if let Some(base) = parse_base_offset(&name, ".log.swap") {
+                swaps.push(base);
+            } else if let Some(base) = parse_base_offset(&name, segment::LOG_SUFFIX) {
+                bases.push(base);
+            }
+        }
+        // A cleaner swap that was renamed into place but not finished: the swap file is
+        // complete (it was fsynced before being renamed to .swap); finish it.
+        for base in swaps {
+            let swap = dir.join(format!("{}.swap", segment::file_name(base, segment::LOG_SUFFIX)));
+            let target = dir.join(segment::file_name(base, segment::LOG_SUFFIX));
+            std::fs::rename(&swap, &target).at(&target)?;
+            for suffix in [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX] {
+                let _ = std::fs::remove_file(dir.join(segment::file_name(base, suffix)));
+            }
+            if !bases.contains(&base) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        // Index files whose log file is gone are leftovers of an interrupted deletion.
+        for entry in std::fs::read_dir(&dir).at(&dir)? {
+            let entry = entry.at(&dir)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            for suffix in [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX, segment::ENTRY_INDEX_SUFFIX] {
+                if let Some(base) = parse_base_offset(&name, suffix) {
+                    if bases.binary_search(&base).is_err() {
+                        std::fs::remove_file(entry.path()).at(&entry.path())?;
+                    }
+                }
+            }
+        }
+
+        let recovery_point = RecoveryPoint::load(&dir)?;
+        let mut epochs = LeaderEpochCache::load(&dir)?;
+        let mut epochs_dirty = false;
+        let stored_log_start = checkpoint::read_offset(&dir, LOG_START_OFFSET_FILE)?;
+
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        if bases.is_empty() {
+            let base = stored_log_start.unwrap_or(0);
+            segments.push(LogSegment::create(&dir, base, 1, config.index_interval_bytes, now)?);
+        } else {
+            let mut rebuild = Vec::with_capacity(bases.len());
+            for &base in &bases {
+                let (seg, needs_rebuild) = LogSegment::open(&dir, base, config.index_interval_bytes, now)?;
+                segments.push(seg);
+                rebuild.push(needs_rebuild);
+            }
+            let last = segments.len() - 1;
+            let rp_index = recovery_point.and_then(|rp| {
+                segments.iter().position(|s| s.base_offset() == rp.segment_base && rp.position <= s.size())
+            });
+            for i in 0..segments.len() {
+                let from = match rp_index {
+                    Some(r) if i == r => Some(recovery_point.map_or(0, |rp| rp.position)),
+                    Some(r) if i > r => Some(0),
+                    None if i == last => Some(0),
+                    _ => None,
+                };
+                let seg = &mut segments[i];
+                let end = match from {
+                    Some(from) => {
+                        seg.recover_from(from, &mut |h| assign_recovered(&mut epochs, &mut epochs_dirty, h))?
+                    }
+                    None if rebuild[i] => {
+                        tracing::warn!(segment = %seg.log_path().display(), "rebuilding missing or inconsistent indexes");
+                        seg.recover_from(0, &mut |_| {})?
+                    }
+                    None => continue,
+                };
+                if let Some(problem) = end.problem {
+                    if i == last {
+                        tracing::warn!(
+                            segment = %seg.log_path().display(),
+                            cut_bytes = end.file_len - end.valid_end,
+                            %problem,
+                            "cutting torn tail of the log"
+                        );
+                        seg.cut_torn_tail(end.valid_end)?;
+                    } else {
+                        tracing::error!(segment = %seg.log_path().display(), %problem, "corrupt segment");
+                        return Err(StorageError::Corrupt { path: seg.log_path().to_path_buf(), reason: problem });
+                    }
+                }
+                if i != last && from.is_some() {
+                    seg.seal()?;
+                }
+            }
+            Self::resolve_entry_indexes(&mut segments)?;
+        }
+
+        let log_end = segments.last().map_or(0, |s| s.next_offset());
+        epochs.truncate_from_end(log_end);
+        let first_base = segments.first().map_or(0, |s| s.base_offset());
+        let log_start_offset = stored_log_start.unwrap_or(0).max(first_base).min(log_end);
+        let mut log = Log {
+            dir,
+            config,
+            clock,
+            segments,
+            log_start_offset,
+            epochs,
+            epochs_dirty,
+            recovery_point,
+        };
+        log.epochs.truncate_from_start(log_start_offset);
+        log.delete_segments_below_log_start()?;
+        let active = log.active();
+        let clean = recovery_point == Some(RecoveryPoint { segment_base: active.base_offset(), position: active.size() });
+        if !clean || log.epochs_dirty {
+            log.checkpoint()?;
+        }
+        Ok(log)
+    }
+
+    /// Fills in first entry indexes whose headers were lost, from the neighbouring segments.
+    fn resolve_entry_indexes(segments: &mut [LogSegment]) -> Result<()> {
+        for i in 0..segments.len() {
+            if segments[i].first_entry_index() != u64::MAX {
+                continue;
+            }
+            let first = if i > 0 {
+                segments[i - 1].first_entry_index() + segments[i - 1].entry_count() as u64
+            } else if segments.len() > 1 && segments[1].first_entry_index() != u64::MAX {
+                segments[1].first_entry_index().saturating_sub(segments[0].entry_count() as u64)
+            } else {
+                tracing::error!("entry index header lost for the only segment; numbering entries from 1");
+                1
+            };
+            segments[i].set_first_entry_index(first)?;
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Applies a new configuration (an `AlterConfigs`); takes effect at the next append,
+    /// roll or retention pass.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
+    pub(crate) fn active(&self) -> &LogSegment {
+        &self.segments[self.segments.len() - 1]
+    }
+
+    fn active_mut(&mut self) -> &mut LogSegment {
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start_offset
+    }
+
+    /// The offset the next record will get (Kafka's log end offset, LEO).
+    pub fn log_end_offset(&self) -> u64 {
+        self.active().next_offset()
+    }
+
+    /// The first entry whose batch position is still known (entries of cleaned segments and of
+    /// deleted segments are gone).
+    pub fn first_entry_index(&self) -> u64 {
+        self.segments
+            .iter()
+            .find(|s| s.entries_available())
+            .map_or_else(|| self.next_entry_index(), |s| s.first_entry_index())
+    }
+
+    pub fn next_entry_index(&self) -> u64 {
+        let a = self.active();
+        a.first_entry_index() + a.entry_count() as u64
+    }
+
+    pub fn size_in_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size()).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<u64> {
+        self.segments.iter().map(|s| s.base_offset()).collect()
+    }
+
+    pub fn leader_epochs(&self) -> &LeaderEpochCache {
+        &self.epochs
+    }
+
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.latest_epoch()
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch `<= requested` and the offset where it ends.
+    pub fn end_offset_for_epoch(&self, requested: i32) -> (i32, i64) {
+        self.epochs.end_offset_for(requested, self.log_end_offset())
+    }
+
+    /// Appends one or more v2 batches. Each is validated (size, magic, CRC), given the next
+    /// offsets, stamped with `leader_epoch`, and becomes one entry. Nothing is written unless
+    /// every batch is valid. On an I/O error, the batches before the failing one stay appended.
+    pub fn append(&mut self, records: &[u8], leader_epoch: i32) -> Result<AppendInfo> {
+        let batches = batch::validate_batches(records, self.config.max_message_bytes)?;
+        if batches.is_empty() {
+            return Err(StorageError::EmptyAppend);
+        }
+        if let Some(latest) = self.epochs.latest_epoch() {
+            if leader_epoch >= 0 && leader_epoch < latest {
+                return Err(StorageError::StaleLeaderEpoch { epoch: leader_epoch, latest });
+            }
+        }
+        let now = self.clock.now_ms();
+        let mut info: Option<AppendInfo> = None;
+        for (pos, header) in batches {
+            let raw = &records[pos..pos + header.size()];
+            let base = self.log_end_offset();
+            let last = base + header.last_offset_delta as u64;
+            self.maybe_roll(header.size(), last, header.max_timestamp, now)?;
+            let entry_index = self.next_entry_index();
+            let mut stamped = header;
+            stamped.base_offset = base as i64;
+            stamped.partition_leader_epoch = leader_epoch;
+            self.active_mut().append(raw, &stamped)?;
+            if self.epochs.assign(leader_epoch, base)? {
+                self.epochs_dirty = true;
+            }
+            let this = AppendInfo {
+                first_offset: base,
+                last_offset: last,
+                first_entry_index: entry_index,
+                last_entry_index: entry_index,
+                max_timestamp: header.max_timestamp,
+                offset_of_max_timestamp: base,
+            };
+            info = Some(match info {
+                None => this,
+                Some(mut acc) => {
+                    acc.last_offset = last;
+                    acc.last_entry_index = entry_index;
+                    if this.max_timestamp > acc.max_timestamp {
+                        acc.max_timestamp = this.max_timestamp;
+                        acc.offset_of_max_timestamp = base;
+                    }
+                    acc
+                }
+            });
+        }
+        info.ok_or(StorageError::EmptyAppend)
+    }
+
+    fn maybe_roll(&mut self, size: usize, last_offset: u64, max_timestamp: i64, now: i64) -> Result<()> {
+        let seg = self.active();
+        if seg.size() == 0 {
+            return Ok(());
+        }
+        let reason = if seg.size() + size as u64 > self.config.segment_bytes {
+            "segment.bytes"
+        } else if seg.time_waited_for_roll(now, max_timestamp) >= self.config.segment_ms {
+            "segment.ms"
+        } else if seg.index_entry_count() >= self.config.max_index_entries() {
+            "segment.index.bytes"
+        } else if !seg.can_index(last_offset) {
+            "relative offset overflow"
+        } else {
+            return Ok(());
+        };
+        tracing::debug!(dir = %self.dir.display(), reason, "rolling segment");
+        self.roll()
+    }
+
+    /// Seals the active segment (fsynced) and starts a new one at the log end offset. A no-op
+    /// when the active segment is empty.
+    pub fn roll(&mut self) -> Result<()> {
+        if self.active().size() == 0 {
+            return Ok(());
+        }
+        let next_offset = self.log_end_offset();
+        let next_entry = self.next_entry_index();
+        self.active_mut().seal()?;
+        let now = self.clock.now_ms();
+        let seg = LogSegment::create(&self.dir, next_offset, next_entry, self.config.index_interval_bytes, now)?;
+        self.segments.push(seg);
+        self.store_epochs_if_dirty()?;
+        self.store_recovery_point(RecoveryPoint { segment_base: next_offset, position: 0 })
+    }
+
+    fn store_epochs_if_dirty(&mut self) -> Result<()> {
+        if self.epochs_dirty {
+            self.epochs.store(&self.dir)?;
+            self.epochs_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn store_recovery_point(&mut self, rp: RecoveryPoint) -> Result<()> {
+        rp.store(&self.dir)?;
+        self.recovery_point = Some(rp);
+        Ok(())
+    }
+
+    /// fsyncs everything appended so far (group commit: one call for many appends).
+    pub fn flush(&mut self) -> Result<()> {
+        self.active_mut().flush()
+    }
+
+    /// Makes everything durable, indexes included, and records a recovery point at the log
+    /// end so the next open scans nothing. The broker calls this periodically and on shutdown.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.active_mut().sync_all()?;
+        self.store_epochs_if_dirty()?;
+        let a = self.active();
+        let rp = RecoveryPoint { segment_base: a.base_offset(), position: a.size() };
+        if self.recovery_point != Some(rp) {
+            self.store_recovery_point(rp)?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints and closes the log.
+    pub fn close(mut self) -> Result<()> {
+        self.checkpoint()
+    }
+
+    fn segment_index_for_offset(&self, offset: u64) -> usize {
+        self.segments.partition_point(|s| s.base_offset() <= offset).saturating_sub(1)
+    }
+
+    /// Reads whole batches starting with the one containing `offset`, up to `max_bytes` (the
+    /// first batch is returned whole even if larger) and only batches that end before
+    /// `max_offset` (the high watermark or last stable offset). Bytes are as stored.
+    pub fn read(&self, offset: u64, max_bytes: usize, max_offset: u64) -> Result<Bytes> {
+        let log_end = self.log_end_offset();
+        if offset < self.log_start_offset || offset > log_end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: log_end,
+            });
+        }
+        let max_offset = max_offset.min(log_end);
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut budget = max_bytes;
+        let mut cursor = offset;
+        let mut i = self.segment_index_for_offset(offset);
+        while i < self.segments.len() && cursor < max_offset {
+            let seg = &self.segments[i];
+            let Some((pos, _)) = seg.locate(cursor)? else {
+                i += 1;
+                continue;
+            };
+            let (data, next) = seg.read_batches(pos, budget, parts.is_empty(), max_offset)?;
+            let Some(next) = next else { break };
+            let reached_segment_end = pos + data.len() as u64 == seg.size();
+            budget = budget.saturating_sub(data.len());
+            parts.push(data);
+            cursor = next;
+            if !reached_segment_end || budget == 0 {
+                break;
+            }
+            i += 1;
+        }
+        Ok(match parts.len() {
+            0 => Bytes::new(),
+            1 => parts.pop().unwrap_or_default(),
+            _ => {
+                let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for p in parts {
+                    out.extend_from_slice(&p);
+                }
+                out.freeze()
+            }
+        })
+    }
+
+    /// The first record with timestamp `>= timestamp` at or after the log start offset
+    /// (`ListOffsets` by time), or `None` when every record is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampAndOffset>> {
+        for seg in &self.segments {
+            if seg.max_timestamp() < timestamp || seg.size() == 0 {
+                continue;
+            }
+            if seg.next_offset() <= self.log_start_offset && seg.base_offset() != self.active().base_offset() {
+                continue;
+            }
+            let start = seg.time_lookup_start(timestamp)?;
+            let mut candidate = None;
+            seg.walk_headers(start, |pos, h| {
+                if h.last_offset() < self.log_start_offset as i64 || h.max_timestamp < timestamp {
+                    return true;
+                }
+                candidate = Some((pos, *h));
+                false
+            })?;
+            if let Some((pos, h)) = candidate {
+                return self.record_at_or_after(seg, pos, &h, |ts| ts >= timestamp).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The record with the largest timestamp (`ListOffsets` MAX_TIMESTAMP, KIP-734); the
+    /// earliest such record when several share it.
+    pub fn max_timestamp_and_offset(&self) -> Result<Option<TimestampAndOffset>> {
+        let mut best: Option<&LogSegment> = None;
+        for seg in &self.segments {
+            if seg.max_timestamp() >= 0 && best.is_none_or(|b| seg.max_timestamp() > b.max_timestamp()) {
+                best = Some(seg);
+            }
+        }
+        let Some(seg) = best else { return Ok(None) };
+        let target = seg.max_timestamp();
+        let Some((pos, h)) = seg.locate(seg.offset_of_max_timestamp())? else { return Ok(None) };
+        self.record_at_or_after(seg, pos, &h, |ts| ts >= target).map(Some)
+    }
+
+    /// The first record of the batch at `pos` whose timestamp satisfies `matches` and whose
+    /// offset is at or after the log start. Falls back to the batch itself if its records
+    /// cannot be decoded.
+    fn record_at_or_after(
+        &self,
+        seg: &LogSegment,
+        pos: u64,
+        h: &BatchHeader,
+        matches: impl Fn(i64) -> bool,
+    ) -> Result<TimestampAndOffset> {
+        let floor = self.log_start_offset.max(h.base_offset as u64);
+        if h.is_log_append_time() {
+            return Ok(TimestampAndOffset { timestamp: h.max_timestamp, offset: floor });
+        }
+        let raw = seg.read_at(pos, h.size())?;
+        let records = batch::records_body(&raw, h, MAX_DECOMPRESSED_BATCH_BYTES)
+            .and_then(|body| {
+                let parsed = batch::parse_records(&body, h.records_count)?;
+                Ok(parsed
+                    .iter()
+                    .map(|r| (h.base_offset as u64 + r.offset_delta as u64, h.base_timestamp + r.timestamp_delta))
+                    .find(|&(offset, ts)| offset >= floor && matches(ts)))
+            });
+        match records {
+            Ok(Some((offset, timestamp))) => Ok(TimestampAndOffset { timestamp, offset }),
+            Ok(None) | Err(_) => Ok(TimestampAndOffset { timestamp: h.max_timestamp, offset: floor }),
+        }
+    }
+
+    /// Removes every record at `offset` and after (a batch containing `offset` goes whole).
+    /// Durable on return. Raft uses this to drop a diverging uncommitted suffix.
+    pub fn truncate_to(&mut self, offset: u64) -> Result<()> {
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        if offset < self.log_start_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset(),
+            });
+        }
+        let i = self.segment_index_for_offset(offset);
+        if !self.segments[i].entries_available() {
+            return Err(StorageError::EntryUnavailable {
+                index: self.segments[i].first_entry_index(),
+                first: self.first_entry_index(),
+                next: self.next_entry_index(),
+            });
+        }
+        let cut = self.segments[i].locate(offset)?;
+        let position = cut.map_or(self.segments[i].size(), |(p, _)| p);
+        // Recovery must never start past the cut: move the recovery point back first.
+        let base = self.segments[i].base_offset();
+        let beyond = match self.recovery_point {
+            Some(rp) => rp.segment_base > base || (rp.segment_base == base && rp.position > position),
+            None => true,
+        };
+        if beyond {
+            let durable = match self.recovery_point {
+                Some(rp) if rp.segment_base > base => position,
+                Some(rp) if rp.segment_base == base => rp.position.min(position),
+                _ => 0,
+            };
+            self.store_recovery_point(RecoveryPoint { segment_base: base, position: durable })?;
+        }
+        while self.segments.len() > i + 1 {
+            if let Some(seg) = self.segments.pop() {
+                LogSegment::delete_files(&self.dir, seg.base_offset())?;
+            }
+        }
+        self.segments[i].truncate_to_position(position)?;
+        checkpoint::sync_dir(&self.dir)?;
+        let end = self.log_end_offset();
+        self.epochs.truncate_from_end(end);
+        self.epochs.store(&self.dir)?;
+        self.epochs_dirty = false;
+        Ok(())
+    }
+
+    /// Removes entry `index` and every later entry.
+    pub fn truncate_entries_from(&mut self, index: u64) -> Result<()> {
+        if index >= self.next_entry_index() {
+            return Ok(());
+        }
+        let (seg, k) = self.locate_entry(index)?;
+        let (span, _) = self.segments[seg].entry_span(k)?;
+        let offset = self.segments[seg].base_offset() + u64::from(span.relative_offset);
+        self.truncate_to(offset)
+    }
+
+    fn entry_unavailable(&self, index: u64) -> StorageError {
+        StorageError::EntryUnavailable { index, first: self.first_entry_index(), next: self.next_entry_index() }
+    }
+
+    /// The segment holding entry `index` and its position within the segment.
+    fn locate_entry(&self, index: u64) -> Result<(usize, usize)> {
+        if index < self.first_entry_index() || index >= self.next_entry_index() {
+            return Err(self.entry_unavailable(index));
+        }
+        let i = self.segments.partition_point(|s| s.first_entry_index() <= index).saturating_sub(1);
+        let seg = &self.segments[i];
+        let k = (index - seg.first_entry_index()) as usize;
+        if !seg.entries_available() || k >= seg.entry_count() {
+            return Err(self.entry_unavailable(index));
+        }
+        Ok((i, k))
+    }
+
+    /// Entries `[lo, hi)`, stopping once `max_bytes` is reached (at least one entry is
+    /// returned), as Raft's `Storage::entries` needs.
+    pub fn entries(&self, lo: u64, hi: u64, max_bytes: usize) -> Result<Vec<LogEntry>> {
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        if hi > self.next_entry_index() {
+            return Err(self.entry_unavailable(hi - 1));
+        }
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        let mut index = lo;
+        while index < hi {
+            let (i, k) = self.locate_entry(index)?;
+            let seg = &self.segments[i];
+            let available = (seg.entry_count() - k).min((hi - index) as usize);
+            let (first, _) = seg.entry_span(k)?;
+            let start = u64::from(first.position);
+            let mut end = start;
+            let mut count = 0;
+            while count < available {
+                let (_, entry_end) = seg.entry_span(k + count)?;
+                let size = (entry_end - start) as usize;
+                if (total + size > max_bytes) && !(out.is_empty() && count == 0) {
+                    break;
+                }
+                end = entry_end;
+                count += 1;
+            }
+            if count == 0 {
+                break;
+            }
+            let data = seg.read_at(start, (end - start) as usize)?;
+            for (j, (at, h)) in batch::BatchIter::new(&data).enumerate().take(count) {
+                out.push(LogEntry {
+                    index: index + j as u64,
+                    epoch: h.partition_leader_epoch,
+                    data: data.slice(at..at + h.size()),
+                });
+            }
+            total += data.len();
+            index += count as u64;
+            if count < available {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The epoch (Raft term) entry `index` was written in.
+    pub fn entry_epoch(&self, index: u64) -> Result<i32> {
+        let (i, k) = self.locate_entry(index)?;
+        let seg = &self.segments[i];
+        let (span, _) = seg.entry_span(k)?;
+        let offset = seg.base_offset() + u64::from(span.relative_offset);
+        Ok(self.epochs.epoch_for_offset(offset).unwrap_or(batch::NO_PARTITION_LEADER_EPOCH))
+    }
+
+    /// The first offset of entry `index`.
+    pub fn entry_offset(&self, index: u64) -> Result<u64> {
+        let (i, k) = self.locate_entry(index)?;
+        let seg = &self.segments[i];
+        Ok(seg.base_offset() + u64::from(seg.entry_span(k)?.0.relative_offset))
+    }
+
+    /// Moves the log start offset forward (`DeleteRecords`, or retention). Whole segments
+    /// below it are deleted; records below it in the first segment become unreadable.
+    /// Durable on return. Returns whether it moved.
+    pub fn advance_log_start_offset(&mut self, offset: u64) -> Result<bool> {
+        if offset <= self.log_start_offset {
+            return Ok(false);
+        }
+        let log_end = self.log_end_offset();
+        if offset > log_end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: log_end,
+            });
+        }
+        checkpoint::write_offset(&self.dir, LOG_START_OFFSET_FILE, offset)?;
+        self.log_start_offset = offset;
+        self.epochs.truncate_from_start(offset);
+        self.epochs_dirty = true;
+        self.delete_segments_below_log_start()?;
+        self.store_epochs_if_dirty()?;
+        Ok(true)
+    }
+
+    fn delete_segments_below_log_start(&mut self) -> Result<()> {
+        let count = (0..self.segments.len().saturating_sub(1))
+            .take_while(|&i| self.segments[i + 1].base_offset() <= self.log_start_offset)
+            .count();
+        self.delete_prefix(count).map(|_| ())
+    }
+
+    /// Deletes the first `count` segments (never the active one). The new log start is
+    /// recorded before any file goes.
+    fn delete_prefix(&mut self, count: usize) -> Result<RetentionOutcome> {
+        let count = count.min(self.segments.len() - 1);
+        if count == 0 {
+            return Ok(RetentionOutcome::default());
+        }
+        let new_start = self.segments[count].base_offset().max(self.log_start_offset);
+        if new_start != self.log_start_offset {
+            checkpoint::write_offset(&self.dir, LOG_START_OFFSET_FILE, new_start)?;
+            self.log_start_offset = new_start;
+            self.epochs.truncate_from_start(new_start);
+            self.epochs_dirty = true;
+        }
+        let mut outcome = RetentionOutcome::default();
+        for seg in self.segments.drain(..count) {
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += seg.size();
+            LogSegment::delete_files(&self.dir, seg.base_offset())?;
+        }
+        checkpoint::sync_dir(&self.dir)?;
+        self.store_epochs_if_dirty()?;
+        Ok(outcome)
+    }
+
+    /// Applies retention: deletes whole sealed segments (never the active one) that lie wholly
+    /// below `high_watermark` and are older than `retention.ms`, beyond `retention.bytes`, or
+    /// below the log start offset. `-1` retention keeps data forever. Time and size retention
+    /// apply only when `cleanup.policy` includes `delete`.
+    pub fn delete_old_segments(&mut self, high_watermark: u64) -> Result<RetentionOutcome> {
+        let now = self.clock.now_ms();
+        let limit = high_watermark.min(self.log_end_offset());
+        let n = self.segments.len();
+        let candidates = (0..n.saturating_sub(1)).take_while(|&i| self.segments[i + 1].base_offset() <= limit).count();
+        let mut count = (0..candidates)
+            .take_while(|&i| self.segments[i + 1].base_offset() <= self.log_start_offset)
+            .count();
+        if self.config.cleanup_policy.deletes() {
+            if self.config.retention_ms >= 0 {
+                let by_time = (0..candidates)
+                    .take_while(|&i| now - self.segments[i].largest_timestamp() > self.config.retention_ms)
+                    .count();
+                count = count.max(by_time);
+            }
+            if self.config.retention_bytes >= 0 {
+                let mut excess = self.size_in_bytes() as i64 - self.config.retention_bytes;
+                let mut by_size = 0;
+                for i in 0..candidates {
+                    let size = self.segments[i].size() as i64;
+                    if excess - size < 0 {
+                        break;
+                    }
+                    excess -= size;
+                    by_size += 1;
+                }
+                count = count.max(by_size);
+            }
+        }
+        self.delete_prefix(count)
+    }
+
+    /// Empties the log and restarts it at `next_offset`, numbering entries from
+    /// `next_entry_index` (installing a Raft snapshot). Durable on return.
+    pub fn reset(&mut self, next_offset: u64, next_entry_index: u64) -> Result<()> {
+        let now = self.clock.now_ms();
+        checkpoint::write_offset(&self.dir, LOG_START_OFFSET_FILE, next_offset)?;
+        for seg in self.segments.drain(..) {
+            LogSegment::delete_files(&self.dir, seg.base_offset())?;
+        }
+        self.segments
+            .push(LogSegment::create(&self.dir, next_offset, next_entry_index, self.config.index_interval_bytes, now)?);
+        self.log_start_offset = next_offset;
+        self.epochs = LeaderEpochCache::default();
+        self.epochs.store(&self.dir)?;
+        self.epochs_dirty = false;
+        self.store_recovery_point(RecoveryPoint { segment_base: next_offset, position: 0 })
+    }
+
+    /// Deletes the log's directory and everything in it (`DeleteTopics`).
+    pub fn delete(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir).at(&self.dir)
+    }
+}
