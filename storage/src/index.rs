@@ -112,10 +112,6 @@ impl<E: IndexEntry> IndexFile<E> {
         Ok(self.file.get_or_init(|| f))
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.written + self.pending.len()
     }

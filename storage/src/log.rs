@@ -123,6 +123,7 @@ impl Log {
         for base in swaps {
             let swap = dir.join(format!("{}.swap", segment::file_name(base, segment::LOG_SUFFIX)));
             let target = dir.join(segment::file_name(base, segment::LOG_SUFFIX));
+            LogSegment::mark_entry_index_file_unavailable(&dir, base)?;
             std::fs::rename(&swap, &target).at(&target)?;
             for suffix in [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX] {
                 let _ = std::fs::remove_file(dir.join(segment::file_name(base, suffix)));
@@ -281,13 +282,14 @@ impl Log {
         self.active().next_offset()
     }
 
-    /// The first entry whose batch position is still known (entries of cleaned segments and of
-    /// deleted segments are gone).
+    /// The first entry from which every entry's position is known: entries of deleted
+    /// segments and of segments the cleaner rewrote are gone.
     pub fn first_entry_index(&self) -> u64 {
-        self.segments
-            .iter()
-            .find(|s| s.entries_available())
-            .map_or_else(|| self.next_entry_index(), |s| s.first_entry_index())
+        match self.segments.iter().rposition(|s| !s.entries_available()) {
+            None => self.segments[0].first_entry_index(),
+            Some(i) if i + 1 < self.segments.len() => self.segments[i + 1].first_entry_index(),
+            Some(_) => self.next_entry_index(),
+        }
     }
 
     pub fn next_entry_index(&self) -> u64 {

@@ -634,15 +634,33 @@ impl LogSegment {
         Ok(())
     }
 
+    /// Marks the entry index file of segment `base_offset` as given up, keeping its first
+    /// entry index, without opening the segment (finishing an interrupted cleaner swap).
+    pub(crate) fn mark_entry_index_file_unavailable(dir: &Path, base_offset: u64) -> Result<()> {
+        let path = dir.join(file_name(base_offset, ENTRY_INDEX_SUFFIX));
+        let first = std::fs::read(&path)
+            .ok()
+            .and_then(|raw| raw.get(..16).and_then(|h| <[u8; 16]>::try_from(h).ok()))
+            .and_then(|h| parse_entry_index_header(&path, &h).ok())
+            .map(|(first, _)| first);
+        let Some(first) = first else {
+            // Without a header the log resolves the numbering from the neighbours.
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io { path, source: e }),
+                _ => Ok(()),
+            };
+        };
+        let f = OpenOptions::new().write(true).open(&path).at(&path)?;
+        f.set_len(ENTRY_INDEX_HEADER_LEN).at(&path)?;
+        f.write_all_at(&entry_index_header(first, ENTRIES_UNAVAILABLE), 0).at(&path)?;
+        f.sync_all().at(&path)
+    }
+
     /// Marks the entry index as given up (after the cleaner rewrote the segment).
     pub(crate) fn mark_entries_unavailable(&mut self) -> Result<()> {
         self.entries_available = false;
         self.entry_index.truncate(0)?;
         self.entry_index.write_header(&entry_index_header(self.first_entry_index, ENTRIES_UNAVAILABLE))?;
         self.entry_index.sync()
-    }
-
-    pub(crate) fn entry_index_path(&self) -> &Path {
-        self.entry_index.path()
     }
 }
