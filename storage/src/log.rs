@@ -219,6 +219,9 @@ impl Log {
             epochs_dirty,
             recovery_point,
         };
+        if stored_log_start.is_some_and(|stored| stored != log_start_offset) {
+            checkpoint::write_offset(&log.dir, LOG_START_OFFSET_FILE, log_start_offset)?;
+        }
         log.epochs.truncate_from_start(log_start_offset);
         log.delete_segments_below_log_start()?;
         let active = log.active();
@@ -614,6 +617,11 @@ impl Log {
         self.segments[i].truncate_to_position(position)?;
         checkpoint::sync_dir(&self.dir)?;
         let end = self.log_end_offset();
+        if end < self.log_start_offset {
+            // The batch holding `offset` began before the log start and went whole.
+            checkpoint::write_offset(&self.dir, LOG_START_OFFSET_FILE, end)?;
+            self.log_start_offset = end;
+        }
         self.epochs.truncate_from_end(end);
         self.epochs.store(&self.dir)?;
         self.epochs_dirty = false;
@@ -704,7 +712,12 @@ impl Log {
         let seg = &self.segments[i];
         let (span, _) = seg.entry_span(k)?;
         let offset = seg.base_offset() + u64::from(span.relative_offset);
-        Ok(self.epochs.epoch_for_offset(offset).unwrap_or(batch::NO_PARTITION_LEADER_EPOCH))
+        if let Some(epoch) = self.epochs.epoch_for_offset(offset) {
+            return Ok(epoch);
+        }
+        // Below the cache's first epoch (the log start moved past it): ask the batch itself.
+        let header = BatchHeader::parse(&seg.read_at(u64::from(span.position), batch::HEADER_SIZE)?)?;
+        Ok(header.partition_leader_epoch)
     }
 
     /// The first offset of entry `index`.
