@@ -103,7 +103,10 @@ impl BatchHeader {
     /// the whole batch to be present.
     pub fn parse(buf: &[u8]) -> Result<BatchHeader> {
         if buf.len() < HEADER_SIZE {
-            return Err(StorageError::TruncatedBatch { needed: HEADER_SIZE, available: buf.len() });
+            return Err(StorageError::TruncatedBatch {
+                needed: HEADER_SIZE,
+                available: buf.len(),
+            });
         }
         Ok(BatchHeader {
             base_offset: be_i64(buf, BASE_OFFSET),
@@ -137,7 +140,10 @@ impl BatchHeader {
         }
         let size = LOG_OVERHEAD + len as usize;
         if size > max_size {
-            return Err(StorageError::BatchTooLarge { size, max: max_size });
+            return Err(StorageError::BatchTooLarge {
+                size,
+                max: max_size,
+            });
         }
         Ok(size)
     }
@@ -210,7 +216,10 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 pub fn verify_crc(batch: &[u8], header: &BatchHeader) -> Result<()> {
     let computed = compute_crc(batch);
     if computed != header.crc {
-        return Err(StorageError::CrcMismatch { stored: header.crc, computed });
+        return Err(StorageError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
     }
     Ok(())
 }
@@ -225,7 +234,10 @@ pub fn validate_batches(buf: &[u8], max_batch_size: usize) -> Result<Vec<(usize,
         let header = BatchHeader::parse(rest)?;
         let size = header.check_length(max_batch_size)?;
         if rest.len() < size {
-            return Err(StorageError::TruncatedBatch { needed: size, available: rest.len() });
+            return Err(StorageError::TruncatedBatch {
+                needed: size,
+                available: rest.len(),
+            });
         }
         header.validate()?;
         verify_crc(&rest[..size], &header)?;
@@ -283,19 +295,24 @@ fn read_varlong(buf: &[u8], pos: &mut usize) -> Result<i64> {
             .ok_or_else(|| StorageError::InvalidRecords("varint runs past the records".into()))?;
         *pos += 1;
         if shift == 63 && byte > 1 {
-            return Err(StorageError::InvalidRecords("varint overflows 64 bits".into()));
+            return Err(StorageError::InvalidRecords(
+                "varint overflows 64 bits".into(),
+            ));
         }
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
         }
     }
-    Err(StorageError::InvalidRecords("varint longer than 10 bytes".into()))
+    Err(StorageError::InvalidRecords(
+        "varint longer than 10 bytes".into(),
+    ))
 }
 
 fn read_varint(buf: &[u8], pos: &mut usize) -> Result<i32> {
     let v = read_varlong(buf, pos)?;
-    i32::try_from(v).map_err(|_| StorageError::InvalidRecords(format!("varint {v} overflows 32 bits")))
+    i32::try_from(v)
+        .map_err(|_| StorageError::InvalidRecords(format!("varint {v} overflows 32 bits")))
 }
 
 fn read_nullable<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>> {
@@ -306,7 +323,9 @@ fn read_nullable<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>>
     let end = pos
         .checked_add(len as usize)
         .filter(|end| *end <= buf.len())
-        .ok_or_else(|| StorageError::InvalidRecords(format!("field of {len} bytes runs past the record")))?;
+        .ok_or_else(|| {
+            StorageError::InvalidRecords(format!("field of {len} bytes runs past the record"))
+        })?;
     let out = &buf[*pos..end];
     *pos = end;
     Ok(Some(out))
@@ -323,7 +342,8 @@ pub(crate) fn write_varlong(out: &mut BytesMut, v: i64) {
 
 /// Parses the uncompressed records section of a batch: exactly `count` records.
 pub fn parse_records(body: &[u8], count: i32) -> Result<Vec<RecordView<'_>>> {
-    let count = usize::try_from(count).map_err(|_| StorageError::InvalidRecords("negative count".into()))?;
+    let count = usize::try_from(count)
+        .map_err(|_| StorageError::InvalidRecords("negative count".into()))?;
     // Each record takes at least 7 bytes, which bounds the allocation by the input size.
     let mut out = Vec::with_capacity(count.min(body.len() / 7 + 1));
     let mut pos = 0;
@@ -331,12 +351,16 @@ pub fn parse_records(body: &[u8], count: i32) -> Result<Vec<RecordView<'_>>> {
         let start = pos;
         let len = read_varint(body, &mut pos)?;
         if len < 0 {
-            return Err(StorageError::InvalidRecords(format!("negative record length {len}")));
+            return Err(StorageError::InvalidRecords(format!(
+                "negative record length {len}"
+            )));
         }
         let end = pos
             .checked_add(len as usize)
             .filter(|end| *end <= body.len())
-            .ok_or_else(|| StorageError::InvalidRecords(format!("record of {len} bytes runs past the batch")))?;
+            .ok_or_else(|| {
+                StorageError::InvalidRecords(format!("record of {len} bytes runs past the batch"))
+            })?;
         let rec = &body[..end];
         let mut p = pos + 1; // attributes (unused in v2)
         if p > end {
@@ -346,7 +370,13 @@ pub fn parse_records(body: &[u8], count: i32) -> Result<Vec<RecordView<'_>>> {
         let offset_delta = read_varint(rec, &mut p)?;
         let key = read_nullable(rec, &mut p)?;
         let value = read_nullable(rec, &mut p)?;
-        out.push(RecordView { offset_delta, timestamp_delta, key, value, raw: &body[start..end] });
+        out.push(RecordView {
+            offset_delta,
+            timestamp_delta,
+            key,
+            value,
+            raw: &body[start..end],
+        });
         pos = end;
     }
     if pos != body.len() {
@@ -434,10 +464,16 @@ fn encode_record(out: &mut BytesMut, offset_delta: i32, timestamp_delta: i64, re
 /// tools and for control batches; the broker stores client batches as received.
 pub fn build_batch(records: &[NewRecord], options: &BatchOptions) -> Result<Bytes> {
     if records.is_empty() {
-        return Err(StorageError::InvalidBatch("a batch needs at least one record".into()));
+        return Err(StorageError::InvalidBatch(
+            "a batch needs at least one record".into(),
+        ));
     }
     let base_timestamp = records[0].timestamp;
-    let max_timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(base_timestamp);
+    let max_timestamp = records
+        .iter()
+        .map(|r| r.timestamp)
+        .max()
+        .unwrap_or(base_timestamp);
     let mut body = BytesMut::new();
     for (i, rec) in records.iter().enumerate() {
         encode_record(&mut body, i as i32, rec.timestamp - base_timestamp, rec);
@@ -495,12 +531,27 @@ pub fn assemble(header: &BatchHeader, records_section: &[u8]) -> Bytes {
 
 /// A control batch holding one control record of `control_type` (key: version 0, type) with
 /// `value` as its payload. Raft no-op and membership entries are stored this way.
-pub fn build_control_batch(control_type: i16, value: Option<Bytes>, timestamp: i64) -> Result<Bytes> {
+pub fn build_control_batch(
+    control_type: i16,
+    value: Option<Bytes>,
+    timestamp: i64,
+) -> Result<Bytes> {
     let mut key = BytesMut::with_capacity(4);
     key.put_i16(0);
     key.put_i16(control_type);
-    let record = NewRecord { timestamp, key: Some(key.freeze()), value, headers: Vec::new() };
-    build_batch(&[record], &BatchOptions { control: true, ..BatchOptions::default() })
+    let record = NewRecord {
+        timestamp,
+        key: Some(key.freeze()),
+        value,
+        headers: Vec::new(),
+    };
+    build_batch(
+        &[record],
+        &BatchOptions {
+            control: true,
+            ..BatchOptions::default()
+        },
+    )
 }
 
 /// The control type of a control batch's first record, if it is a well-formed control batch.
@@ -550,8 +601,11 @@ mod tests {
 
     #[test]
     fn built_batch_round_trips_header_and_records() {
-        let batch = build_batch(&[rec(100, "a", Some("1")), rec(105, "b", None)], &BatchOptions::default())
-            .expect("build");
+        let batch = build_batch(
+            &[rec(100, "a", Some("1")), rec(105, "b", None)],
+            &BatchOptions::default(),
+        )
+        .expect("build");
         let header = BatchHeader::parse(&batch).expect("parse");
         assert_eq!(header.size(), batch.len());
         header.validate().expect("valid");
@@ -570,9 +624,24 @@ mod tests {
 
     #[test]
     fn every_codec_round_trips() {
-        for compression in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
-            let records: Vec<_> = (0..50).map(|i| rec(i, &format!("k{i}"), Some("value value value"))).collect();
-            let batch = build_batch(&records, &BatchOptions { compression, ..Default::default() }).expect("build");
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let records: Vec<_> = (0..50)
+                .map(|i| rec(i, &format!("k{i}"), Some("value value value")))
+                .collect();
+            let batch = build_batch(
+                &records,
+                &BatchOptions {
+                    compression,
+                    ..Default::default()
+                },
+            )
+            .expect("build");
             let header = BatchHeader::parse(&batch).expect("parse");
             assert_eq!(header.compression().expect("codec"), compression);
             let body = records_body(&batch, &header, 1 << 20).expect("decompress");
@@ -584,7 +653,9 @@ mod tests {
 
     #[test]
     fn stamping_offset_and_epoch_keeps_crc_valid() {
-        let mut batch = build_batch(&[rec(1, "a", Some("v"))], &BatchOptions::default()).expect("build").to_vec();
+        let mut batch = build_batch(&[rec(1, "a", Some("v"))], &BatchOptions::default())
+            .expect("build")
+            .to_vec();
         set_base_offset(&mut batch, 42);
         set_partition_leader_epoch(&mut batch, 7);
         let header = BatchHeader::parse(&batch).expect("parse");
@@ -594,7 +665,8 @@ mod tests {
 
     #[test]
     fn flipped_byte_in_checksummed_range_fails_crc() {
-        let batch = build_batch(&[rec(1, "a", Some("v"))], &BatchOptions::default()).expect("build");
+        let batch =
+            build_batch(&[rec(1, "a", Some("v"))], &BatchOptions::default()).expect("build");
         for i in ATTRIBUTES..batch.len() {
             let mut bad = batch.to_vec();
             bad[i] ^= 0x01;
@@ -605,16 +677,32 @@ mod tests {
 
     #[test]
     fn bad_headers_get_typed_errors() {
-        let batch = build_batch(&[rec(1, "a", Some("v"))], &BatchOptions::default()).expect("build");
-        assert!(matches!(validate_batches(&batch[..30], 1 << 20), Err(StorageError::TruncatedBatch { .. })));
-        assert!(matches!(validate_batches(&batch[..batch.len() - 1], 1 << 20), Err(StorageError::TruncatedBatch { .. })));
-        assert!(matches!(validate_batches(&batch, 10), Err(StorageError::BatchTooLarge { .. })));
+        let batch =
+            build_batch(&[rec(1, "a", Some("v"))], &BatchOptions::default()).expect("build");
+        assert!(matches!(
+            validate_batches(&batch[..30], 1 << 20),
+            Err(StorageError::TruncatedBatch { .. })
+        ));
+        assert!(matches!(
+            validate_batches(&batch[..batch.len() - 1], 1 << 20),
+            Err(StorageError::TruncatedBatch { .. })
+        ));
+        assert!(matches!(
+            validate_batches(&batch, 10),
+            Err(StorageError::BatchTooLarge { .. })
+        ));
         let mut bad = batch.to_vec();
         bad[MAGIC] = 1;
-        assert!(matches!(validate_batches(&bad, 1 << 20), Err(StorageError::UnsupportedMagic(1))));
+        assert!(matches!(
+            validate_batches(&bad, 1 << 20),
+            Err(StorageError::UnsupportedMagic(1))
+        ));
         let mut bad = batch.to_vec();
         bad[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&(-5i32).to_be_bytes());
-        assert!(matches!(validate_batches(&bad, 1 << 20), Err(StorageError::InvalidBatchLength(-5))));
+        assert!(matches!(
+            validate_batches(&bad, 1 << 20),
+            Err(StorageError::InvalidBatchLength(-5))
+        ));
     }
 
     #[test]
@@ -627,7 +715,9 @@ mod tests {
 
     #[test]
     fn log_append_time_sets_max_timestamp_and_crc() {
-        let mut batch = build_batch(&[rec(1, "a", Some("v"))], &BatchOptions::default()).expect("build").to_vec();
+        let mut batch = build_batch(&[rec(1, "a", Some("v"))], &BatchOptions::default())
+            .expect("build")
+            .to_vec();
         set_log_append_time(&mut batch, 999);
         let header = BatchHeader::parse(&batch).expect("parse");
         assert!(header.is_log_append_time());

@@ -35,12 +35,18 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StorageError::Io { path: path.to_path_buf(), source: e }),
+        Err(e) => Err(StorageError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
     }
 }
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> StorageError {
-    StorageError::Corrupt { path: path.to_path_buf(), reason: reason.into() }
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// A single offset in Kafka's text checkpoint style: `0\n1\n<offset>\n`.
@@ -50,7 +56,9 @@ pub(crate) fn write_offset(dir: &Path, name: &str, offset: u64) -> Result<()> {
 
 pub(crate) fn read_offset(dir: &Path, name: &str) -> Result<Option<u64>> {
     let path = dir.join(name);
-    let Some(raw) = read_optional(&path)? else { return Ok(None) };
+    let Some(raw) = read_optional(&path)? else {
+        return Ok(None);
+    };
     let text = String::from_utf8(raw).map_err(|_| corrupt(&path, "not UTF-8"))?;
     let mut lines = text.lines();
     if lines.next() != Some("0") || lines.next() != Some("1") {
@@ -88,7 +96,9 @@ impl RecoveryPoint {
     /// whole last segment, which is always safe).
     pub(crate) fn load(dir: &Path) -> Result<Option<RecoveryPoint>> {
         let path = dir.join(RECOVERY_POINT_FILE);
-        let Some(b) = read_optional(&path)? else { return Ok(None) };
+        let Some(b) = read_optional(&path)? else {
+            return Ok(None);
+        };
         if b.len() != RECOVERY_POINT_LEN || b[0] != 1 {
             tracing::warn!(path = %path.display(), "ignoring malformed recovery point");
             return Ok(None);
@@ -103,7 +113,10 @@ impl RecoveryPoint {
             a.copy_from_slice(&b[at..at + 8]);
             u64::from_be_bytes(a)
         };
-        Ok(Some(RecoveryPoint { segment_base: u(1), position: u(9) }))
+        Ok(Some(RecoveryPoint {
+            segment_base: u(1),
+            position: u(9),
+        }))
     }
 }
 
@@ -132,7 +145,13 @@ pub struct HardStateFile {
 impl HardStateFile {
     pub fn open(dir: &Path) -> Result<HardStateFile> {
         let path = dir.join(HARD_STATE_FILE);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)?;
         let mut best: Option<(u64, HardState)> = None;
         for slot in 0..2u64 {
             let mut b = [0u8; SLOT_LEN as usize];
@@ -148,13 +167,25 @@ impl HardStateFile {
                 a.copy_from_slice(&b[at..at + 8]);
                 u64::from_be_bytes(a)
             };
-            let (seq, state) = (u(0), HardState { term: u(8), vote: u(16), commit: u(24) });
+            let (seq, state) = (
+                u(0),
+                HardState {
+                    term: u(8),
+                    vote: u(16),
+                    commit: u(24),
+                },
+            );
             if seq > 0 && best.is_none_or(|(s, _)| seq > s) {
                 best = Some((seq, state));
             }
         }
         let (seq, current) = best.unwrap_or_default();
-        Ok(HardStateFile { path, file, seq, current })
+        Ok(HardStateFile {
+            path,
+            file,
+            seq,
+            current,
+        })
     }
 
     pub fn get(&self) -> HardState {
@@ -171,7 +202,9 @@ impl HardStateFile {
         b[24..32].copy_from_slice(&state.commit.to_be_bytes());
         let crc = crc32c::crc32c(&b[..32]);
         b[32..36].copy_from_slice(&crc.to_be_bytes());
-        self.file.write_all_at(&b, (seq % 2) * SLOT_LEN).at(&self.path)?;
+        self.file
+            .write_all_at(&b, (seq % 2) * SLOT_LEN)
+            .at(&self.path)?;
         self.file.sync_data().at(&self.path)?;
         self.seq = seq;
         self.current = state;
@@ -189,24 +222,46 @@ mod tests {
         let mut f = HardStateFile::open(dir.path()).expect("open");
         assert_eq!(f.get(), HardState::default());
         for term in 1..=5 {
-            f.store(HardState { term, vote: 2, commit: term * 10 }).expect("store");
+            f.store(HardState {
+                term,
+                vote: 2,
+                commit: term * 10,
+            })
+            .expect("store");
         }
         drop(f);
         let f = HardStateFile::open(dir.path()).expect("reopen");
-        assert_eq!(f.get(), HardState { term: 5, vote: 2, commit: 50 });
+        assert_eq!(
+            f.get(),
+            HardState {
+                term: 5,
+                vote: 2,
+                commit: 50
+            }
+        );
         // Tear the newest slot (seq 5 lives in slot 1): the previous state must come back.
         let path = dir.path().join(HARD_STATE_FILE);
         let mut raw = std::fs::read(&path).expect("read");
         raw[SLOT_LEN as usize + 10] ^= 0xff;
         std::fs::write(&path, raw).expect("write");
         let f = HardStateFile::open(dir.path()).expect("reopen");
-        assert_eq!(f.get(), HardState { term: 4, vote: 2, commit: 40 });
+        assert_eq!(
+            f.get(),
+            HardState {
+                term: 4,
+                vote: 2,
+                commit: 40
+            }
+        );
     }
 
     #[test]
     fn recovery_point_round_trips_and_rejects_damage() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let rp = RecoveryPoint { segment_base: 10, position: 4096 };
+        let rp = RecoveryPoint {
+            segment_base: 10,
+            position: 4096,
+        };
         rp.store(dir.path()).expect("store");
         assert_eq!(RecoveryPoint::load(dir.path()).expect("load"), Some(rp));
         let path = dir.path().join(RECOVERY_POINT_FILE);
@@ -219,8 +274,14 @@ mod tests {
     #[test]
     fn offset_checkpoint_round_trips() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(read_offset(dir.path(), LOG_START_OFFSET_FILE).expect("read"), None);
+        assert_eq!(
+            read_offset(dir.path(), LOG_START_OFFSET_FILE).expect("read"),
+            None
+        );
         write_offset(dir.path(), LOG_START_OFFSET_FILE, 12345).expect("write");
-        assert_eq!(read_offset(dir.path(), LOG_START_OFFSET_FILE).expect("read"), Some(12345));
+        assert_eq!(
+            read_offset(dir.path(), LOG_START_OFFSET_FILE).expect("read"),
+            Some(12345)
+        );
     }
 }

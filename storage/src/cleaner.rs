@@ -104,7 +104,11 @@ struct Throttler {
 
 impl Throttler {
     fn new(max_per_second: f64) -> Throttler {
-        Throttler { max_per_second, started: Instant::now(), bytes: 0 }
+        Throttler {
+            max_per_second,
+            started: Instant::now(),
+            bytes: 0,
+        }
     }
 
     fn account(&mut self, bytes: usize) {
@@ -134,7 +138,14 @@ impl SegmentReader {
     fn open(path: PathBuf) -> Result<SegmentReader> {
         let file = File::open(&path).at(&path)?;
         let len = file.metadata().at(&path)?.len();
-        Ok(SegmentReader { path, file, len, pos: 0, buf: Vec::new(), buf_start: 0 })
+        Ok(SegmentReader {
+            path,
+            file,
+            len,
+            pos: 0,
+            buf: Vec::new(),
+            buf_start: 0,
+        })
     }
 
     fn ensure(&mut self, need: usize) -> Result<()> {
@@ -144,7 +155,9 @@ impl SegmentReader {
         }
         let len = need.max(1 << 20).min((self.len - self.pos) as usize);
         self.buf.resize(len, 0);
-        self.file.read_exact_at(&mut self.buf, self.pos).at(&self.path)?;
+        self.file
+            .read_exact_at(&mut self.buf, self.pos)
+            .at(&self.path)?;
         self.buf_start = self.pos;
         Ok(())
     }
@@ -158,10 +171,12 @@ impl SegmentReader {
         self.ensure(HEADER_SIZE)?;
         let off = (self.pos - self.buf_start) as usize;
         let header = BatchHeader::parse(&self.buf[off..])?;
-        let size = header.check_length((self.len - self.pos) as usize).map_err(|e| StorageError::Corrupt {
-            path: self.path.clone(),
-            reason: format!("at position {}: {e}", self.pos),
-        })?;
+        let size = header
+            .check_length((self.len - self.pos) as usize)
+            .map_err(|e| StorageError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("at position {}: {e}", self.pos),
+            })?;
         self.ensure(size)?;
         let off = (self.pos - self.buf_start) as usize;
         self.pos += size as u64;
@@ -220,8 +235,10 @@ impl Log {
         if first_dirty >= clean_bound {
             return Ok(None);
         }
-        let segments: Vec<(u64, u64)> =
-            self.segments[..cleanable].iter().map(|s| (s.base_offset(), s.size())).collect();
+        let segments: Vec<(u64, u64)> = self.segments[..cleanable]
+            .iter()
+            .map(|s| (s.base_offset(), s.size()))
+            .collect();
         let total: u64 = segments.iter().map(|s| s.1).sum();
         let dirty: u64 = segments
             .iter()
@@ -248,7 +265,10 @@ impl Log {
     pub fn install_clean(&mut self, output: CleanOutput) -> Result<CleanStats> {
         let mut stats = output.stats;
         for rewrite in output.rewrites {
-            let idx = self.segments.iter().position(|s| s.base_offset() == rewrite.base_offset);
+            let idx = self
+                .segments
+                .iter()
+                .position(|s| s.base_offset() == rewrite.base_offset);
             let still_there = idx.filter(|&i| {
                 i + 1 < self.segments.len() && self.segments[i].size() == rewrite.original_size
             });
@@ -258,15 +278,24 @@ impl Log {
                 continue;
             };
             self.segments[i].mark_entries_unavailable()?;
-            let log_path = self.dir.join(segment::file_name(rewrite.base_offset, segment::LOG_SUFFIX));
-            let swap_path = self.dir.join(format!("{}.swap", segment::file_name(rewrite.base_offset, segment::LOG_SUFFIX)));
+            let log_path = self
+                .dir
+                .join(segment::file_name(rewrite.base_offset, segment::LOG_SUFFIX));
+            let swap_path = self.dir.join(format!(
+                "{}.swap",
+                segment::file_name(rewrite.base_offset, segment::LOG_SUFFIX)
+            ));
             std::fs::rename(&rewrite.cleaned_path, &swap_path).at(&swap_path)?;
             checkpoint::sync_dir(&self.dir)?;
             std::fs::rename(&swap_path, &log_path).at(&log_path)?;
             checkpoint::sync_dir(&self.dir)?;
             let now = self.clock.now_ms();
-            self.segments[i] =
-                LogSegment::rebuild_cleaned(&self.dir, rewrite.base_offset, self.config.index_interval_bytes, now)?;
+            self.segments[i] = LogSegment::rebuild_cleaned(
+                &self.dir,
+                rewrite.base_offset,
+                self.config.index_interval_bytes,
+                now,
+            )?;
         }
         checkpoint::write_offset(&self.dir, CLEANER_FILE, stats.cleaned_up_to)?;
         Ok(stats)
@@ -307,7 +336,9 @@ impl CleanPlan {
                 break;
             }
             stats.segments_scanned += 1;
-            if let Some(rewrite) = self.clean_segment(base, size, &map, config, &mut throttler, &mut stats)? {
+            if let Some(rewrite) =
+                self.clean_segment(base, size, &map, config, &mut throttler, &mut stats)?
+            {
                 stats.segments_rewritten += 1;
                 rewrites.push(rewrite);
             }
@@ -342,7 +373,8 @@ impl CleanPlan {
                     covered = (h.last_offset() + 1) as u64;
                     continue;
                 }
-                let Ok(body) = batch::records_body(raw, &h, config.max_decompressed_batch_bytes) else {
+                let Ok(body) = batch::records_body(raw, &h, config.max_decompressed_batch_bytes)
+                else {
                     covered = (h.last_offset() + 1) as u64;
                     continue;
                 };
@@ -356,7 +388,8 @@ impl CleanPlan {
                     .filter(|k| !map.contains_key(*k))
                     .map(|k| k.len() + 64)
                     .sum();
-                if used + new_keys > config.dedupe_buffer_bytes && covered > self.first_dirty_offset {
+                if used + new_keys > config.dedupe_buffer_bytes && covered > self.first_dirty_offset
+                {
                     return Ok((map, covered));
                 }
                 used += new_keys;
@@ -383,9 +416,15 @@ impl CleanPlan {
         stats: &mut CleanStats,
     ) -> Result<Option<Rewrite>> {
         let path = self.segment_path(base);
-        let cleaned_path = self.dir.join(format!("{}.cleaned", segment::file_name(base, segment::LOG_SUFFIX)));
+        let cleaned_path = self.dir.join(format!(
+            "{}.cleaned",
+            segment::file_name(base, segment::LOG_SUFFIX)
+        ));
         let mut reader = SegmentReader::open(path)?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(&cleaned_path).at(&cleaned_path)?);
+        let mut out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            File::create(&cleaned_path).at(&cleaned_path)?,
+        );
         let mut changed = false;
         let mut written = 0u64;
         let tombstone_cutoff = self.now_ms.saturating_sub(self.delete_retention_ms);
@@ -408,7 +447,9 @@ impl CleanPlan {
                         Ok(records) => {
                             let mut retained: Vec<(&[u8], i64)> = Vec::with_capacity(records.len());
                             for (offset, key, tombstone, raw_record, ts) in &records {
-                                let superseded = key.is_some_and(|k| map.get(k).is_some_and(|&latest| latest > *offset));
+                                let superseded = key.is_some_and(|k| {
+                                    map.get(k).is_some_and(|&latest| latest > *offset)
+                                });
                                 let expired_tombstone = *tombstone
                                     && *offset < self.first_dirty_offset
                                     && h.max_timestamp < tombstone_cutoff;
@@ -448,7 +489,10 @@ impl CleanPlan {
             // The segment changed under us; leave it for the next pass.
             changed = false;
         }
-        let file = out.into_inner().map_err(|e| StorageError::Io { path: cleaned_path.clone(), source: e.into_error() })?;
+        let file = out.into_inner().map_err(|e| StorageError::Io {
+            path: cleaned_path.clone(),
+            source: e.into_error(),
+        })?;
         if !changed {
             drop(file);
             std::fs::remove_file(&cleaned_path).at(&cleaned_path)?;
@@ -456,7 +500,11 @@ impl CleanPlan {
         }
         file.sync_all().at(&cleaned_path)?;
         stats.bytes_written += written;
-        Ok(Some(Rewrite { base_offset: base, original_size: size, cleaned_path }))
+        Ok(Some(Rewrite {
+            base_offset: base,
+            original_size: size,
+            cleaned_path,
+        }))
     }
 }
 
@@ -474,7 +522,11 @@ fn rebuild_batch(h: &BatchHeader, retained: &[(&[u8], i64)]) -> Result<Option<By
     let mut header = *h;
     header.records_count = retained.len() as i32;
     if !h.is_log_append_time() {
-        header.max_timestamp = retained.iter().map(|r| r.1).max().unwrap_or(h.base_timestamp);
+        header.max_timestamp = retained
+            .iter()
+            .map(|r| r.1)
+            .max()
+            .unwrap_or(h.base_timestamp);
     }
     let section = compression::compress(h.compression()?, &body)?;
     Ok(Some(batch::assemble(&header, &section)))
@@ -483,7 +535,12 @@ fn rebuild_batch(h: &BatchHeader, retained: &[(&[u8], i64)]) -> Result<Option<By
 impl LogSegment {
     /// Opens a segment whose `.log` the cleaner just replaced: indexes rebuilt from scratch,
     /// entries marked unavailable, everything fsynced.
-    pub(crate) fn rebuild_cleaned(dir: &Path, base_offset: u64, index_interval: u64, now_ms: i64) -> Result<LogSegment> {
+    pub(crate) fn rebuild_cleaned(
+        dir: &Path,
+        base_offset: u64,
+        index_interval: u64,
+        now_ms: i64,
+    ) -> Result<LogSegment> {
         for suffix in [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX] {
             let path = dir.join(segment::file_name(base_offset, suffix));
             std::fs::write(&path, []).at(&path)?;
@@ -491,7 +548,10 @@ impl LogSegment {
         let (mut seg, _) = LogSegment::open(dir, base_offset, index_interval, now_ms)?;
         let end = seg.recover_from(0, &mut |_| {})?;
         if let Some(problem) = end.problem {
-            return Err(StorageError::Corrupt { path: seg.log_path().to_path_buf(), reason: problem });
+            return Err(StorageError::Corrupt {
+                path: seg.log_path().to_path_buf(),
+                reason: problem,
+            });
         }
         seg.seal()?;
         Ok(seg)

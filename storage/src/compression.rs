@@ -27,7 +27,11 @@ impl Compression {
             2 => Compression::Snappy,
             3 => Compression::Lz4,
             4 => Compression::Zstd,
-            other => return Err(StorageError::InvalidBatch(format!("unknown compression codec {other}"))),
+            other => {
+                return Err(StorageError::InvalidBatch(format!(
+                    "unknown compression codec {other}"
+                )))
+            }
         })
     }
 
@@ -77,7 +81,8 @@ pub fn decompress(codec: Compression, input: &[u8], max: usize) -> Result<Bytes>
             read_bounded("lz4", decoder, max)
         }
         Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| codec_error("zstd", e))?;
+            let decoder =
+                zstd::stream::read::Decoder::new(input).map_err(|e| codec_error("zstd", e))?;
             read_bounded("zstd", decoder, max)
         }
         Compression::Snappy => decompress_snappy(input, max),
@@ -125,9 +130,14 @@ pub fn compress(codec: Compression, input: &[u8]) -> Result<Bytes> {
     match codec {
         Compression::None => Ok(Bytes::copy_from_slice(input)),
         Compression::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            encoder.write_all(input).map_err(|e| codec_error("gzip", e))?;
-            Ok(Bytes::from(encoder.finish().map_err(|e| codec_error("gzip", e))?))
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder
+                .write_all(input)
+                .map_err(|e| codec_error("gzip", e))?;
+            Ok(Bytes::from(
+                encoder.finish().map_err(|e| codec_error("gzip", e))?,
+            ))
         }
         Compression::Lz4 => {
             // Kafka's KafkaLZ4BlockInputStream reads only independent blocks.
@@ -137,12 +147,16 @@ pub fn compress(codec: Compression, input: &[u8]) -> Result<Bytes> {
                 .checksum(lz4::ContentChecksum::NoChecksum)
                 .build(Vec::new())
                 .map_err(|e| codec_error("lz4", e))?;
-            encoder.write_all(input).map_err(|e| codec_error("lz4", e))?;
+            encoder
+                .write_all(input)
+                .map_err(|e| codec_error("lz4", e))?;
             let (out, result) = encoder.finish();
             result.map_err(|e| codec_error("lz4", e))?;
             Ok(Bytes::from(out))
         }
-        Compression::Zstd => zstd::bulk::compress(input, 3).map(Bytes::from).map_err(|e| codec_error("zstd", e)),
+        Compression::Zstd => zstd::bulk::compress(input, 3)
+            .map(Bytes::from)
+            .map_err(|e| codec_error("zstd", e)),
         Compression::Snappy => {
             let mut out = Vec::with_capacity(input.len() / 2 + XERIAL_HEADER_LEN);
             out.extend_from_slice(&XERIAL_MAGIC);
@@ -150,7 +164,9 @@ pub fn compress(codec: Compression, input: &[u8]) -> Result<Bytes> {
             out.extend_from_slice(&1i32.to_be_bytes());
             let mut encoder = snap::raw::Encoder::new();
             for chunk in input.chunks(XERIAL_BLOCK) {
-                let block = encoder.compress_vec(chunk).map_err(|e| codec_error("snappy", e))?;
+                let block = encoder
+                    .compress_vec(chunk)
+                    .map_err(|e| codec_error("snappy", e))?;
                 out.extend_from_slice(&(block.len() as u32).to_be_bytes());
                 out.extend_from_slice(&block);
             }
@@ -163,12 +179,19 @@ pub fn compress(codec: Compression, input: &[u8]) -> Result<Bytes> {
 mod tests {
     use super::*;
 
-    const ALL: [Compression; 5] =
-        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+    const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
 
     #[test]
     fn every_codec_round_trips_large_input() {
-        let input: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let input: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for codec in ALL {
             let packed = compress(codec, &input).expect("compress");
             let unpacked = decompress(codec, &packed, input.len()).expect("decompress");
@@ -179,23 +202,44 @@ mod tests {
     #[test]
     fn decompression_is_bounded() {
         let input = vec![0u8; 1 << 20];
-        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
             let packed = compress(codec, &input).expect("compress");
             let err = decompress(codec, &packed, 1000).expect_err("bomb must be refused");
-            assert!(matches!(err, StorageError::InvalidRecords(_)), "{codec:?}: {err}");
+            assert!(
+                matches!(err, StorageError::InvalidRecords(_)),
+                "{codec:?}: {err}"
+            );
         }
     }
 
     #[test]
     fn raw_snappy_is_read_too() {
-        let raw = snap::raw::Encoder::new().compress_vec(b"hello hello hello").expect("snappy");
-        assert_eq!(&decompress(Compression::Snappy, &raw, 100).expect("raw")[..], b"hello hello hello");
+        let raw = snap::raw::Encoder::new()
+            .compress_vec(b"hello hello hello")
+            .expect("snappy");
+        assert_eq!(
+            &decompress(Compression::Snappy, &raw, 100).expect("raw")[..],
+            b"hello hello hello"
+        );
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
-            assert!(decompress(codec, &[1, 2, 3, 4, 5, 6, 7, 8, 9], 100).is_err(), "{codec:?}");
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            assert!(
+                decompress(codec, &[1, 2, 3, 4, 5, 6, 7, 8, 9], 100).is_err(),
+                "{codec:?}"
+            );
         }
     }
 }

@@ -16,7 +16,11 @@ pub enum CleanupPolicy {
 
 impl CleanupPolicy {
     pub fn parse(value: &str) -> Result<CleanupPolicy> {
-        let mut parts: Vec<&str> = value.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+        let mut parts: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
         parts.sort_unstable();
         parts.dedup();
         match parts.as_slice() {
@@ -98,27 +102,61 @@ impl Default for LogConfig {
 impl LogConfig {
     /// Checks ranges Kafka enforces (positions in a segment and its indexes are 32-bit).
     pub fn validate(&self) -> Result<()> {
-        let bad = |name, value: String, reason| Err(StorageError::InvalidConfig { name, value, reason });
+        let bad = |name, value: String, reason| {
+            Err(StorageError::InvalidConfig {
+                name,
+                value,
+                reason,
+            })
+        };
         if self.segment_bytes < 14 || self.segment_bytes > i32::MAX as u64 {
-            return bad("segment.bytes", self.segment_bytes.to_string(), "must be in [14, 2147483647]");
+            return bad(
+                "segment.bytes",
+                self.segment_bytes.to_string(),
+                "must be in [14, 2147483647]",
+            );
         }
         if self.segment_ms < 1 {
-            return bad("segment.ms", self.segment_ms.to_string(), "must be at least 1");
+            return bad(
+                "segment.ms",
+                self.segment_ms.to_string(),
+                "must be at least 1",
+            );
         }
         if self.segment_index_bytes < 12 || self.segment_index_bytes > i32::MAX as u64 {
-            return bad("segment.index.bytes", self.segment_index_bytes.to_string(), "must be in [12, 2147483647]");
+            return bad(
+                "segment.index.bytes",
+                self.segment_index_bytes.to_string(),
+                "must be in [12, 2147483647]",
+            );
         }
         if self.retention_ms < -1 {
-            return bad("retention.ms", self.retention_ms.to_string(), "must be -1 or at least 0");
+            return bad(
+                "retention.ms",
+                self.retention_ms.to_string(),
+                "must be -1 or at least 0",
+            );
         }
         if self.delete_retention_ms < 0 {
-            return bad("delete.retention.ms", self.delete_retention_ms.to_string(), "must be at least 0");
+            return bad(
+                "delete.retention.ms",
+                self.delete_retention_ms.to_string(),
+                "must be at least 0",
+            );
         }
         if !(0.0..=1.0).contains(&self.min_cleanable_dirty_ratio) {
-            return bad("min.cleanable.dirty.ratio", self.min_cleanable_dirty_ratio.to_string(), "must be in [0, 1]");
+            return bad(
+                "min.cleanable.dirty.ratio",
+                self.min_cleanable_dirty_ratio.to_string(),
+                "must be in [0, 1]",
+            );
         }
         if self.max_message_bytes < crate::batch::HEADER_SIZE {
-            return bad("max.message.bytes", self.max_message_bytes.to_string(), "must hold a batch header");
+            return bad(
+                "max.message.bytes",
+                self.max_message_bytes.to_string(),
+                "must hold a batch header",
+            );
         }
         Ok(())
     }
@@ -174,10 +212,22 @@ mod tests {
 
     #[test]
     fn cleanup_policy_parses_kafka_spellings() {
-        assert_eq!(CleanupPolicy::parse("delete").expect("ok"), CleanupPolicy::Delete);
-        assert_eq!(CleanupPolicy::parse("compact").expect("ok"), CleanupPolicy::Compact);
-        assert_eq!(CleanupPolicy::parse("delete,compact").expect("ok"), CleanupPolicy::CompactDelete);
-        assert_eq!(CleanupPolicy::parse("compact, delete").expect("ok"), CleanupPolicy::CompactDelete);
+        assert_eq!(
+            CleanupPolicy::parse("delete").expect("ok"),
+            CleanupPolicy::Delete
+        );
+        assert_eq!(
+            CleanupPolicy::parse("compact").expect("ok"),
+            CleanupPolicy::Compact
+        );
+        assert_eq!(
+            CleanupPolicy::parse("delete,compact").expect("ok"),
+            CleanupPolicy::CompactDelete
+        );
+        assert_eq!(
+            CleanupPolicy::parse("compact, delete").expect("ok"),
+            CleanupPolicy::CompactDelete
+        );
         assert!(CleanupPolicy::parse("shred").is_err());
         assert!(CleanupPolicy::parse("").is_err());
     }
@@ -189,7 +239,10 @@ mod tests {
         assert_eq!(c.segment_bytes, 1_073_741_824);
         assert_eq!(c.retention_ms, 604_800_000);
         assert_eq!(c.max_message_bytes, 1_048_588);
-        let bad = LogConfig { segment_bytes: 1 << 40, ..LogConfig::default() };
+        let bad = LogConfig {
+            segment_bytes: 1 << 40,
+            ..LogConfig::default()
+        };
         assert!(bad.validate().is_err());
     }
 }

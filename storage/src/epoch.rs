@@ -39,9 +39,15 @@ impl LeaderEpochCache {
         }
         match self.entries.last() {
             Some(last) if last.epoch == epoch => Ok(false),
-            Some(last) if last.epoch > epoch => Err(StorageError::StaleLeaderEpoch { epoch, latest: last.epoch }),
+            Some(last) if last.epoch > epoch => Err(StorageError::StaleLeaderEpoch {
+                epoch,
+                latest: last.epoch,
+            }),
             _ => {
-                self.entries.push(EpochEntry { epoch, start_offset: offset });
+                self.entries.push(EpochEntry {
+                    epoch,
+                    start_offset: offset,
+                });
                 Ok(true)
             }
         }
@@ -63,7 +69,9 @@ impl LeaderEpochCache {
             return (requested, log_end_offset as i64);
         }
         let higher = self.entries.iter().find(|e| e.epoch > requested);
-        let Some(higher) = higher else { return (UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET) };
+        let Some(higher) = higher else {
+            return (UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET);
+        };
         match self.entries.iter().rev().find(|e| e.epoch <= requested) {
             None => (requested, higher.start_offset as i64),
             Some(floor) => (floor.epoch, higher.start_offset as i64),
@@ -78,7 +86,9 @@ impl LeaderEpochCache {
     /// Drops epochs wholly before `start_offset`, keeping the one covering it (moved up to
     /// `start_offset`), as Kafka does when the log start advances.
     pub fn truncate_from_start(&mut self, start_offset: u64) {
-        let covering = self.entries.partition_point(|e| e.start_offset <= start_offset);
+        let covering = self
+            .entries
+            .partition_point(|e| e.start_offset <= start_offset);
         if covering > 0 {
             self.entries.drain(..covering - 1);
             self.entries[0].start_offset = self.entries[0].start_offset.max(start_offset);
@@ -97,21 +107,37 @@ impl LeaderEpochCache {
         let path = dir.join(LEADER_EPOCH_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LeaderEpochCache::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(LeaderEpochCache::default())
+            }
             Err(e) => return Err(StorageError::Io { path, source: e }),
         };
-        let corrupt = |reason: &str| StorageError::Corrupt { path: path.clone(), reason: reason.into() };
+        let corrupt = |reason: &str| StorageError::Corrupt {
+            path: path.clone(),
+            reason: reason.into(),
+        };
         let mut lines = text.lines();
         if lines.next() != Some("0") {
             return Err(corrupt("unknown leader epoch checkpoint version"));
         }
-        let count: usize = lines.next().and_then(|l| l.parse().ok()).ok_or_else(|| corrupt("missing count"))?;
+        let count: usize = lines
+            .next()
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| corrupt("missing count"))?;
         let mut cache = LeaderEpochCache::default();
         for _ in 0..count {
-            let line = lines.next().ok_or_else(|| corrupt("fewer entries than its count"))?;
+            let line = lines
+                .next()
+                .ok_or_else(|| corrupt("fewer entries than its count"))?;
             let mut parts = line.split_whitespace();
-            let epoch = parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| corrupt("bad epoch"))?;
-            let offset = parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| corrupt("bad offset"))?;
+            let epoch = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| corrupt("bad epoch"))?;
+            let offset = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| corrupt("bad offset"))?;
             if cache.assign(epoch, offset).is_err() {
                 return Err(corrupt("epochs out of order"));
             }
@@ -135,19 +161,43 @@ mod tests {
     #[test]
     fn end_offset_for_matches_kafka() {
         let c = cache(&[(1, 0), (3, 10), (6, 25)]);
-        assert_eq!(c.end_offset_for(6, 40), (6, 40), "latest epoch ends at the log end");
+        assert_eq!(
+            c.end_offset_for(6, 40),
+            (6, 40),
+            "latest epoch ends at the log end"
+        );
         assert_eq!(c.end_offset_for(3, 40), (3, 25));
-        assert_eq!(c.end_offset_for(4, 40), (3, 25), "unknown epoch answers the floor epoch");
-        assert_eq!(c.end_offset_for(0, 40), (0, 0), "older than all: requested epoch, first start");
-        assert_eq!(c.end_offset_for(7, 40), (UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET));
-        assert_eq!(c.end_offset_for(UNDEFINED_EPOCH, 40), (UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET));
+        assert_eq!(
+            c.end_offset_for(4, 40),
+            (3, 25),
+            "unknown epoch answers the floor epoch"
+        );
+        assert_eq!(
+            c.end_offset_for(0, 40),
+            (0, 0),
+            "older than all: requested epoch, first start"
+        );
+        assert_eq!(
+            c.end_offset_for(7, 40),
+            (UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET)
+        );
+        assert_eq!(
+            c.end_offset_for(UNDEFINED_EPOCH, 40),
+            (UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET)
+        );
     }
 
     #[test]
     fn epochs_never_go_backwards() {
         let mut c = cache(&[(2, 0)]);
-        assert!(matches!(c.assign(1, 5), Err(StorageError::StaleLeaderEpoch { epoch: 1, latest: 2 })));
-        assert_eq!(c.assign(2, 5).expect("same"), false);
+        assert!(matches!(
+            c.assign(1, 5),
+            Err(StorageError::StaleLeaderEpoch {
+                epoch: 1,
+                latest: 2
+            })
+        ));
+        assert!(!c.assign(2, 5).expect("same"));
     }
 
     #[test]
@@ -157,7 +207,13 @@ mod tests {
         c.truncate_from_end(25);
         assert_eq!(c.latest_epoch(), Some(3));
         c.truncate_from_start(12);
-        assert_eq!(c.entries(), &[EpochEntry { epoch: 3, start_offset: 12 }]);
+        assert_eq!(
+            c.entries(),
+            &[EpochEntry {
+                epoch: 3,
+                start_offset: 12
+            }]
+        );
     }
 
     #[test]

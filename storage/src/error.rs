@@ -43,7 +43,11 @@ pub enum StorageError {
 
     /// A read or lookup for an offset outside `[log_start_offset, log_end_offset]`.
     #[error("offset {offset} is out of range [{log_start_offset}, {log_end_offset}]")]
-    OffsetOutOfRange { offset: u64, log_start_offset: u64, log_end_offset: u64 },
+    OffsetOutOfRange {
+        offset: u64,
+        log_start_offset: u64,
+        log_end_offset: u64,
+    },
 
     /// An entry (Raft index) that is not in the log, or whose position was given up by
     /// compaction or retention.
@@ -61,11 +65,18 @@ pub enum StorageError {
 
     /// A configuration value outside its valid range.
     #[error("invalid log config {name}={value}: {reason}")]
-    InvalidConfig { name: &'static str, value: String, reason: &'static str },
+    InvalidConfig {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
 
     /// An I/O failure, with the file it concerned.
     #[error("I/O error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -77,6 +88,9 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: &std::path::Path) -> Result<T> {
-        self.map_err(|source| StorageError::Io { path: path.to_path_buf(), source })
+        self.map_err(|source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }

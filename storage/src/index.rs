@@ -83,9 +83,21 @@ pub(crate) struct IndexFile<E: IndexEntry> {
 impl<E: IndexEntry> IndexFile<E> {
     /// A new, empty index whose file is created (or cut to its header) now.
     pub(crate) fn create(path: PathBuf, header: &[u8]) -> Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).at(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .at(&path)?;
         file.write_all_at(header, 0).at(&path)?;
-        let index = IndexFile { path, header_len: header.len() as u64, file: OnceLock::new(), written: 0, pending: Vec::new() };
+        let index = IndexFile {
+            path,
+            header_len: header.len() as u64,
+            file: OnceLock::new(),
+            written: 0,
+            pending: Vec::new(),
+        };
         let _ = index.file.set(file);
         Ok(index)
     }
@@ -97,18 +109,31 @@ impl<E: IndexEntry> IndexFile<E> {
         if len < header_len || (len - header_len) % E::SIZE as u64 != 0 {
             return Err(StorageError::Corrupt {
                 path,
-                reason: format!("index length {len} is not a whole number of {}-byte entries", E::SIZE),
+                reason: format!(
+                    "index length {len} is not a whole number of {}-byte entries",
+                    E::SIZE
+                ),
             });
         }
         let written = ((len - header_len) / E::SIZE as u64) as usize;
-        Ok(IndexFile { path, header_len, file: OnceLock::new(), written, pending: Vec::new() })
+        Ok(IndexFile {
+            path,
+            header_len,
+            file: OnceLock::new(),
+            written,
+            pending: Vec::new(),
+        })
     }
 
     fn file(&self) -> Result<&File> {
         if let Some(f) = self.file.get() {
             return Ok(f);
         }
-        let f = OpenOptions::new().read(true).write(true).open(&self.path).at(&self.path)?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .at(&self.path)?;
         Ok(self.file.get_or_init(|| f))
     }
 
@@ -118,9 +143,11 @@ impl<E: IndexEntry> IndexFile<E> {
 
     pub(crate) fn get(&self, i: usize) -> Result<E> {
         if i >= self.written {
-            return self.pending.get(i - self.written).copied().ok_or_else(|| StorageError::Corrupt {
-                path: self.path.clone(),
-                reason: format!("index entry {i} past the end ({})", self.len()),
+            return self.pending.get(i - self.written).copied().ok_or_else(|| {
+                StorageError::Corrupt {
+                    path: self.path.clone(),
+                    reason: format!("index entry {i} past the end ({})", self.len()),
+                }
             });
         }
         let mut buf = [0u8; 16];
@@ -139,7 +166,11 @@ impl<E: IndexEntry> IndexFile<E> {
     }
 
     /// The last entry whose key is `<= target` (keys must be non-decreasing), by binary search.
-    pub(crate) fn largest_at_most<K: Ord>(&self, target: K, key: impl Fn(&E) -> K) -> Result<Option<(usize, E)>> {
+    pub(crate) fn largest_at_most<K: Ord>(
+        &self,
+        target: K,
+        key: impl Fn(&E) -> K,
+    ) -> Result<Option<(usize, E)>> {
         let (mut lo, mut hi) = (0usize, self.len());
         let mut found = None;
         while lo < hi {
@@ -233,7 +264,10 @@ pub(crate) fn entry_index_header(first_entry_index: u64, flags: u8) -> [u8; 16] 
 
 pub(crate) fn parse_entry_index_header(path: &Path, h: &[u8; 16]) -> Result<(u64, u8)> {
     if h[..4] != ENTRY_INDEX_MAGIC || h[4] != 1 {
-        return Err(StorageError::Corrupt { path: path.to_path_buf(), reason: "bad entry index header".into() });
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "bad entry index header".into(),
+        });
     }
     let mut first = [0u8; 8];
     first.copy_from_slice(&h[8..]);
@@ -250,15 +284,30 @@ mod tests {
         let path = dir.path().join("x.index");
         let mut idx = IndexFile::<OffsetPosition>::create(path.clone(), &[]).expect("create");
         for i in 0..100u32 {
-            idx.push(OffsetPosition { relative_offset: i * 10, position: i * 4096 });
+            idx.push(OffsetPosition {
+                relative_offset: i * 10,
+                position: i * 4096,
+            });
         }
         idx.sync().expect("sync");
         let idx = IndexFile::<OffsetPosition>::open(path, 0).expect("open");
         assert_eq!(idx.len(), 100);
-        assert_eq!(idx.get(42).expect("get"), OffsetPosition { relative_offset: 420, position: 42 * 4096 });
-        let (i, e) = idx.largest_at_most(425, |e| e.relative_offset).expect("search").expect("found");
+        assert_eq!(
+            idx.get(42).expect("get"),
+            OffsetPosition {
+                relative_offset: 420,
+                position: 42 * 4096
+            }
+        );
+        let (i, e) = idx
+            .largest_at_most(425, |e| e.relative_offset)
+            .expect("search")
+            .expect("found");
         assert_eq!((i, e.relative_offset), (42, 420));
-        assert!(idx.largest_at_most(0, |e| e.relative_offset).expect("search").is_some());
+        assert!(idx
+            .largest_at_most(0, |e| e.relative_offset)
+            .expect("search")
+            .is_some());
     }
 
     #[test]
@@ -276,15 +325,23 @@ mod tests {
         let header = entry_index_header(7, 0);
         let mut idx = IndexFile::<OffsetPosition>::create(path.clone(), &header).expect("create");
         for i in 0..10u32 {
-            idx.push(OffsetPosition { relative_offset: i, position: i * 100 });
+            idx.push(OffsetPosition {
+                relative_offset: i,
+                position: i * 100,
+            });
         }
         idx.sync().expect("sync");
-        let mut idx = IndexFile::<OffsetPosition>::open(path.clone(), ENTRY_INDEX_HEADER_LEN).expect("open");
+        let mut idx =
+            IndexFile::<OffsetPosition>::open(path.clone(), ENTRY_INDEX_HEADER_LEN).expect("open");
         idx.truncate(4).expect("truncate");
         assert_eq!(idx.len(), 4);
-        idx.push(OffsetPosition { relative_offset: 99, position: 400 });
+        idx.push(OffsetPosition {
+            relative_offset: 99,
+            position: 400,
+        });
         idx.sync().expect("sync");
-        let idx = IndexFile::<OffsetPosition>::open(path.clone(), ENTRY_INDEX_HEADER_LEN).expect("open");
+        let idx =
+            IndexFile::<OffsetPosition>::open(path.clone(), ENTRY_INDEX_HEADER_LEN).expect("open");
         assert_eq!(idx.len(), 5);
         assert_eq!(idx.get(4).expect("get").relative_offset, 99);
         let mut h = [0u8; 16];

@@ -24,7 +24,9 @@ pub use cleaner::{CleanStats, CleanerConfig};
 pub use config::{CleanupPolicy, Clock, LogConfig, ManualClock, SystemClock};
 pub use epoch::{EpochEntry, LeaderEpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use error::{Result, StorageError};
-pub use log::{AppendInfo, Log, LogEntry, RetentionOutcome, TimestampAndOffset, MAX_DECOMPRESSED_BATCH_BYTES};
+pub use log::{
+    AppendInfo, Log, LogEntry, RetentionOutcome, TimestampAndOffset, MAX_DECOMPRESSED_BATCH_BYTES,
+};
 
 /// The directory name Kafka gives a partition's log: `<topic>-<partition>`.
 pub fn partition_dir_name(topic: &str, partition: i32) -> String {

@@ -80,19 +80,27 @@ pub struct Log {
 
 fn parse_base_offset(name: &str, suffix: &str) -> Option<u64> {
     let stem = name.strip_suffix(suffix)?;
-    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok()).flatten()
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
 }
 
 fn assign_recovered(epochs: &mut LeaderEpochCache, dirty: &mut bool, h: &BatchHeader) {
     let base = h.base_offset as u64;
-    if epochs.entries().last().is_some_and(|e| e.start_offset >= base) {
+    if epochs
+        .entries()
+        .last()
+        .is_some_and(|e| e.start_offset >= base)
+    {
         epochs.truncate_from_end(base);
         *dirty = true;
     }
     match epochs.assign(h.partition_leader_epoch, base) {
         Ok(true) => *dirty = true,
         Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, offset = base, "batch epoch older than an earlier batch's"),
+        Err(e) => {
+            tracing::warn!(error = %e, offset = base, "batch epoch older than an earlier batch's")
+        }
     }
 }
 
@@ -121,7 +129,10 @@ impl Log {
         // A cleaner swap that was renamed into place but not finished: the swap file is
         // complete (it was fsynced before being renamed to .swap); finish it.
         for base in swaps {
-            let swap = dir.join(format!("{}.swap", segment::file_name(base, segment::LOG_SUFFIX)));
+            let swap = dir.join(format!(
+                "{}.swap",
+                segment::file_name(base, segment::LOG_SUFFIX)
+            ));
             let target = dir.join(segment::file_name(base, segment::LOG_SUFFIX));
             LogSegment::mark_entry_index_file_unavailable(&dir, base)?;
             std::fs::rename(&swap, &target).at(&target)?;
@@ -137,7 +148,11 @@ impl Log {
         for entry in std::fs::read_dir(&dir).at(&dir)? {
             let entry = entry.at(&dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            for suffix in [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX, segment::ENTRY_INDEX_SUFFIX] {
+            for suffix in [
+                segment::INDEX_SUFFIX,
+                segment::TIME_INDEX_SUFFIX,
+                segment::ENTRY_INDEX_SUFFIX,
+            ] {
                 if let Some(base) = parse_base_offset(&name, suffix) {
                     if bases.binary_search(&base).is_err() {
                         std::fs::remove_file(entry.path()).at(&entry.path())?;
@@ -154,17 +169,26 @@ impl Log {
         let mut segments = Vec::with_capacity(bases.len().max(1));
         if bases.is_empty() {
             let base = stored_log_start.unwrap_or(0);
-            segments.push(LogSegment::create(&dir, base, 1, config.index_interval_bytes, now)?);
+            segments.push(LogSegment::create(
+                &dir,
+                base,
+                1,
+                config.index_interval_bytes,
+                now,
+            )?);
         } else {
             let mut rebuild = Vec::with_capacity(bases.len());
             for &base in &bases {
-                let (seg, needs_rebuild) = LogSegment::open(&dir, base, config.index_interval_bytes, now)?;
+                let (seg, needs_rebuild) =
+                    LogSegment::open(&dir, base, config.index_interval_bytes, now)?;
                 segments.push(seg);
                 rebuild.push(needs_rebuild);
             }
             let last = segments.len() - 1;
             let rp_index = recovery_point.and_then(|rp| {
-                segments.iter().position(|s| s.base_offset() == rp.segment_base && rp.position <= s.size())
+                segments
+                    .iter()
+                    .position(|s| s.base_offset() == rp.segment_base && rp.position <= s.size())
             });
             for i in 0..segments.len() {
                 let from = match rp_index {
@@ -175,9 +199,9 @@ impl Log {
                 };
                 let seg = &mut segments[i];
                 let end = match from {
-                    Some(from) => {
-                        seg.recover_from(from, &mut |h| assign_recovered(&mut epochs, &mut epochs_dirty, h))?
-                    }
+                    Some(from) => seg.recover_from(from, &mut |h| {
+                        assign_recovered(&mut epochs, &mut epochs_dirty, h)
+                    })?,
                     None if rebuild[i] => {
                         tracing::warn!(segment = %seg.log_path().display(), "rebuilding missing or inconsistent indexes");
                         seg.recover_from(0, &mut |_| {})?
@@ -195,7 +219,10 @@ impl Log {
                         seg.cut_torn_tail(end.valid_end)?;
                     } else {
                         tracing::error!(segment = %seg.log_path().display(), %problem, "corrupt segment");
-                        return Err(StorageError::Corrupt { path: seg.log_path().to_path_buf(), reason: problem });
+                        return Err(StorageError::Corrupt {
+                            path: seg.log_path().to_path_buf(),
+                            reason: problem,
+                        });
                     }
                 }
                 if i != last && from.is_some() {
@@ -225,7 +252,11 @@ impl Log {
         log.epochs.truncate_from_start(log_start_offset);
         log.delete_segments_below_log_start()?;
         let active = log.active();
-        let clean = recovery_point == Some(RecoveryPoint { segment_base: active.base_offset(), position: active.size() });
+        let clean = recovery_point
+            == Some(RecoveryPoint {
+                segment_base: active.base_offset(),
+                position: active.size(),
+            });
         if !clean || log.epochs_dirty {
             log.checkpoint()?;
         }
@@ -241,9 +272,13 @@ impl Log {
             let first = if i > 0 {
                 segments[i - 1].first_entry_index() + segments[i - 1].entry_count() as u64
             } else if segments.len() > 1 && segments[1].first_entry_index() != u64::MAX {
-                segments[1].first_entry_index().saturating_sub(segments[0].entry_count() as u64)
+                segments[1]
+                    .first_entry_index()
+                    .saturating_sub(segments[0].entry_count() as u64)
             } else {
-                tracing::error!("entry index header lost for the only segment; numbering entries from 1");
+                tracing::error!(
+                    "entry index header lost for the only segment; numbering entries from 1"
+                );
                 1
             };
             segments[i].set_first_entry_index(first)?;
@@ -336,7 +371,10 @@ impl Log {
         }
         if let Some(latest) = self.epochs.latest_epoch() {
             if leader_epoch >= 0 && leader_epoch < latest {
-                return Err(StorageError::StaleLeaderEpoch { epoch: leader_epoch, latest });
+                return Err(StorageError::StaleLeaderEpoch {
+                    epoch: leader_epoch,
+                    latest,
+                });
             }
         }
         let now = self.clock.now_ms();
@@ -378,7 +416,13 @@ impl Log {
         info.ok_or(StorageError::EmptyAppend)
     }
 
-    fn maybe_roll(&mut self, size: usize, last_offset: u64, max_timestamp: i64, now: i64) -> Result<()> {
+    fn maybe_roll(
+        &mut self,
+        size: usize,
+        last_offset: u64,
+        max_timestamp: i64,
+        now: i64,
+    ) -> Result<()> {
         let seg = self.active();
         if seg.size() == 0 {
             return Ok(());
@@ -408,10 +452,19 @@ impl Log {
         let next_entry = self.next_entry_index();
         self.active_mut().seal()?;
         let now = self.clock.now_ms();
-        let seg = LogSegment::create(&self.dir, next_offset, next_entry, self.config.index_interval_bytes, now)?;
+        let seg = LogSegment::create(
+            &self.dir,
+            next_offset,
+            next_entry,
+            self.config.index_interval_bytes,
+            now,
+        )?;
         self.segments.push(seg);
         self.store_epochs_if_dirty()?;
-        self.store_recovery_point(RecoveryPoint { segment_base: next_offset, position: 0 })
+        self.store_recovery_point(RecoveryPoint {
+            segment_base: next_offset,
+            position: 0,
+        })
     }
 
     fn store_epochs_if_dirty(&mut self) -> Result<()> {
@@ -439,7 +492,10 @@ impl Log {
         self.active_mut().sync_all()?;
         self.store_epochs_if_dirty()?;
         let a = self.active();
-        let rp = RecoveryPoint { segment_base: a.base_offset(), position: a.size() };
+        let rp = RecoveryPoint {
+            segment_base: a.base_offset(),
+            position: a.size(),
+        };
         if self.recovery_point != Some(rp) {
             self.store_recovery_point(rp)?;
         }
@@ -452,7 +508,9 @@ impl Log {
     }
 
     fn segment_index_for_offset(&self, offset: u64) -> usize {
-        self.segments.partition_point(|s| s.base_offset() <= offset).saturating_sub(1)
+        self.segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1)
     }
 
     /// Reads whole batches starting with the one containing `offset`, up to `max_bytes` (the
@@ -509,7 +567,9 @@ impl Log {
             if seg.max_timestamp() < timestamp || seg.size() == 0 {
                 continue;
             }
-            if seg.next_offset() <= self.log_start_offset && seg.base_offset() != self.active().base_offset() {
+            if seg.next_offset() <= self.log_start_offset
+                && seg.base_offset() != self.active().base_offset()
+            {
                 continue;
             }
             let start = seg.time_lookup_start(timestamp)?;
@@ -522,7 +582,9 @@ impl Log {
                 false
             })?;
             if let Some((pos, h)) = candidate {
-                return self.record_at_or_after(seg, pos, &h, |ts| ts >= timestamp).map(Some);
+                return self
+                    .record_at_or_after(seg, pos, &h, |ts| ts >= timestamp)
+                    .map(Some);
             }
         }
         Ok(None)
@@ -533,14 +595,19 @@ impl Log {
     pub fn max_timestamp_and_offset(&self) -> Result<Option<TimestampAndOffset>> {
         let mut best: Option<&LogSegment> = None;
         for seg in &self.segments {
-            if seg.max_timestamp() >= 0 && best.is_none_or(|b| seg.max_timestamp() > b.max_timestamp()) {
+            if seg.max_timestamp() >= 0
+                && best.is_none_or(|b| seg.max_timestamp() > b.max_timestamp())
+            {
                 best = Some(seg);
             }
         }
         let Some(seg) = best else { return Ok(None) };
         let target = seg.max_timestamp();
-        let Some((pos, h)) = seg.locate(seg.offset_of_max_timestamp())? else { return Ok(None) };
-        self.record_at_or_after(seg, pos, &h, |ts| ts >= target).map(Some)
+        let Some((pos, h)) = seg.locate(seg.offset_of_max_timestamp())? else {
+            return Ok(None);
+        };
+        self.record_at_or_after(seg, pos, &h, |ts| ts >= target)
+            .map(Some)
     }
 
     /// The first record of the batch at `pos` whose timestamp satisfies `matches` and whose
@@ -555,20 +622,30 @@ impl Log {
     ) -> Result<TimestampAndOffset> {
         let floor = self.log_start_offset.max(h.base_offset as u64);
         if h.is_log_append_time() {
-            return Ok(TimestampAndOffset { timestamp: h.max_timestamp, offset: floor });
+            return Ok(TimestampAndOffset {
+                timestamp: h.max_timestamp,
+                offset: floor,
+            });
         }
         let raw = seg.read_at(pos, h.size())?;
-        let records = batch::records_body(&raw, h, MAX_DECOMPRESSED_BATCH_BYTES)
-            .and_then(|body| {
-                let parsed = batch::parse_records(&body, h.records_count)?;
-                Ok(parsed
-                    .iter()
-                    .map(|r| (h.base_offset as u64 + r.offset_delta as u64, h.base_timestamp + r.timestamp_delta))
-                    .find(|&(offset, ts)| offset >= floor && matches(ts)))
-            });
+        let records = batch::records_body(&raw, h, MAX_DECOMPRESSED_BATCH_BYTES).and_then(|body| {
+            let parsed = batch::parse_records(&body, h.records_count)?;
+            Ok(parsed
+                .iter()
+                .map(|r| {
+                    (
+                        h.base_offset as u64 + r.offset_delta as u64,
+                        h.base_timestamp + r.timestamp_delta,
+                    )
+                })
+                .find(|&(offset, ts)| offset >= floor && matches(ts)))
+        });
         match records {
             Ok(Some((offset, timestamp))) => Ok(TimestampAndOffset { timestamp, offset }),
-            Ok(None) | Err(_) => Ok(TimestampAndOffset { timestamp: h.max_timestamp, offset: floor }),
+            Ok(None) | Err(_) => Ok(TimestampAndOffset {
+                timestamp: h.max_timestamp,
+                offset: floor,
+            }),
         }
     }
 
@@ -598,7 +675,9 @@ impl Log {
         // Recovery must never start past the cut: move the recovery point back first.
         let base = self.segments[i].base_offset();
         let beyond = match self.recovery_point {
-            Some(rp) => rp.segment_base > base || (rp.segment_base == base && rp.position > position),
+            Some(rp) => {
+                rp.segment_base > base || (rp.segment_base == base && rp.position > position)
+            }
             None => true,
         };
         if beyond {
@@ -607,7 +686,10 @@ impl Log {
                 Some(rp) if rp.segment_base == base => rp.position.min(position),
                 _ => 0,
             };
-            self.store_recovery_point(RecoveryPoint { segment_base: base, position: durable })?;
+            self.store_recovery_point(RecoveryPoint {
+                segment_base: base,
+                position: durable,
+            })?;
         }
         while self.segments.len() > i + 1 {
             if let Some(seg) = self.segments.pop() {
@@ -640,7 +722,11 @@ impl Log {
     }
 
     fn entry_unavailable(&self, index: u64) -> StorageError {
-        StorageError::EntryUnavailable { index, first: self.first_entry_index(), next: self.next_entry_index() }
+        StorageError::EntryUnavailable {
+            index,
+            first: self.first_entry_index(),
+            next: self.next_entry_index(),
+        }
     }
 
     /// The segment holding entry `index` and its position within the segment.
@@ -648,7 +734,10 @@ impl Log {
         if index < self.first_entry_index() || index >= self.next_entry_index() {
             return Err(self.entry_unavailable(index));
         }
-        let i = self.segments.partition_point(|s| s.first_entry_index() <= index).saturating_sub(1);
+        let i = self
+            .segments
+            .partition_point(|s| s.first_entry_index() <= index)
+            .saturating_sub(1);
         let seg = &self.segments[i];
         let k = (index - seg.first_entry_index()) as usize;
         if !seg.entries_available() || k >= seg.entry_count() {
@@ -716,7 +805,8 @@ impl Log {
             return Ok(epoch);
         }
         // Below the cache's first epoch (the log start moved past it): ask the batch itself.
-        let header = BatchHeader::parse(&seg.read_at(u64::from(span.position), batch::HEADER_SIZE)?)?;
+        let header =
+            BatchHeader::parse(&seg.read_at(u64::from(span.position), batch::HEADER_SIZE)?)?;
         Ok(header.partition_leader_epoch)
     }
 
@@ -765,7 +855,9 @@ impl Log {
         if count == 0 {
             return Ok(RetentionOutcome::default());
         }
-        let new_start = self.segments[count].base_offset().max(self.log_start_offset);
+        let new_start = self.segments[count]
+            .base_offset()
+            .max(self.log_start_offset);
         if new_start != self.log_start_offset {
             checkpoint::write_offset(&self.dir, LOG_START_OFFSET_FILE, new_start)?;
             self.log_start_offset = new_start;
@@ -791,14 +883,18 @@ impl Log {
         let now = self.clock.now_ms();
         let limit = high_watermark.min(self.log_end_offset());
         let n = self.segments.len();
-        let candidates = (0..n.saturating_sub(1)).take_while(|&i| self.segments[i + 1].base_offset() <= limit).count();
+        let candidates = (0..n.saturating_sub(1))
+            .take_while(|&i| self.segments[i + 1].base_offset() <= limit)
+            .count();
         let mut count = (0..candidates)
             .take_while(|&i| self.segments[i + 1].base_offset() <= self.log_start_offset)
             .count();
         if self.config.cleanup_policy.deletes() {
             if self.config.retention_ms >= 0 {
                 let by_time = (0..candidates)
-                    .take_while(|&i| now - self.segments[i].largest_timestamp() > self.config.retention_ms)
+                    .take_while(|&i| {
+                        now - self.segments[i].largest_timestamp() > self.config.retention_ms
+                    })
                     .count();
                 count = count.max(by_time);
             }
@@ -827,13 +923,21 @@ impl Log {
         for seg in self.segments.drain(..) {
             LogSegment::delete_files(&self.dir, seg.base_offset())?;
         }
-        self.segments
-            .push(LogSegment::create(&self.dir, next_offset, next_entry_index, self.config.index_interval_bytes, now)?);
+        self.segments.push(LogSegment::create(
+            &self.dir,
+            next_offset,
+            next_entry_index,
+            self.config.index_interval_bytes,
+            now,
+        )?);
         self.log_start_offset = next_offset;
         self.epochs = LeaderEpochCache::default();
         self.epochs.store(&self.dir)?;
         self.epochs_dirty = false;
-        self.store_recovery_point(RecoveryPoint { segment_base: next_offset, position: 0 })
+        self.store_recovery_point(RecoveryPoint {
+            segment_base: next_offset,
+            position: 0,
+        })
     }
 
     /// Deletes the log's directory and everything in it (`DeleteTopics`).

@@ -12,8 +12,8 @@ use bytes::{Bytes, BytesMut};
 use crate::batch::{self, BatchHeader, HEADER_SIZE};
 use crate::error::{IoContext, Result, StorageError};
 use crate::index::{
-    entry_index_header, parse_entry_index_header, IndexFile, OffsetPosition, TimestampOffset, ENTRIES_UNAVAILABLE,
-    ENTRY_INDEX_HEADER_LEN,
+    entry_index_header, parse_entry_index_header, IndexFile, OffsetPosition, TimestampOffset,
+    ENTRIES_UNAVAILABLE, ENTRY_INDEX_HEADER_LEN,
 };
 
 pub(crate) const LOG_SUFFIX: &str = ".log";
@@ -21,7 +21,12 @@ pub(crate) const INDEX_SUFFIX: &str = ".index";
 pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
 pub(crate) const ENTRY_INDEX_SUFFIX: &str = ".entryindex";
 /// Index suffixes, for cleanup of a segment's files.
-pub(crate) const SEGMENT_SUFFIXES: [&str; 4] = [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, ENTRY_INDEX_SUFFIX];
+pub(crate) const SEGMENT_SUFFIXES: [&str; 4] = [
+    LOG_SUFFIX,
+    INDEX_SUFFIX,
+    TIME_INDEX_SUFFIX,
+    ENTRY_INDEX_SUFFIX,
+];
 
 const SCAN_CHUNK: usize = 1 << 20;
 const WALK_CHUNK: usize = 16 << 10;
@@ -62,12 +67,23 @@ pub(crate) struct LogSegment {
 }
 
 fn open_log_file(path: &Path, create: bool) -> Result<File> {
-    OpenOptions::new().read(true).append(true).create(create).open(path).at(path)
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(create)
+        .open(path)
+        .at(path)
 }
 
 impl LogSegment {
     /// A new, empty segment (files created or emptied).
-    pub(crate) fn create(dir: &Path, base_offset: u64, first_entry_index: u64, index_interval: u64, now_ms: i64) -> Result<LogSegment> {
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: u64,
+        first_entry_index: u64,
+        index_interval: u64,
+        now_ms: i64,
+    ) -> Result<LogSegment> {
         let log_path = dir.join(file_name(base_offset, LOG_SUFFIX));
         let file = open_log_file(&log_path, true)?;
         file.set_len(0).at(&log_path)?;
@@ -79,7 +95,10 @@ impl LogSegment {
             first_entry_index,
             entries_available: true,
             offset_index: IndexFile::create(dir.join(file_name(base_offset, INDEX_SUFFIX)), &[])?,
-            time_index: IndexFile::create(dir.join(file_name(base_offset, TIME_INDEX_SUFFIX)), &[])?,
+            time_index: IndexFile::create(
+                dir.join(file_name(base_offset, TIME_INDEX_SUFFIX)),
+                &[],
+            )?,
             entry_index: IndexFile::create(
                 dir.join(file_name(base_offset, ENTRY_INDEX_SUFFIX)),
                 &entry_index_header(first_entry_index, 0),
@@ -100,46 +119,54 @@ impl LogSegment {
     /// Opens an existing segment trusting its indexes if they pass a sanity check. Returns the
     /// segment and whether its indexes need rebuilding (they were missing or inconsistent).
     /// `first_entry_index` is `None` when the entry index header is unreadable.
-    pub(crate) fn open(dir: &Path, base_offset: u64, index_interval: u64, now_ms: i64) -> Result<(LogSegment, bool)> {
+    pub(crate) fn open(
+        dir: &Path,
+        base_offset: u64,
+        index_interval: u64,
+        now_ms: i64,
+    ) -> Result<(LogSegment, bool)> {
         let log_path = dir.join(file_name(base_offset, LOG_SUFFIX));
         let size = std::fs::metadata(&log_path).at(&log_path)?.len();
         let mut needs_rebuild = false;
-        let offset_index = match IndexFile::open(dir.join(file_name(base_offset, INDEX_SUFFIX)), 0) {
+        let offset_index = match IndexFile::open(dir.join(file_name(base_offset, INDEX_SUFFIX)), 0)
+        {
             Ok(i) => i,
             Err(_) => {
                 needs_rebuild = true;
                 IndexFile::create(dir.join(file_name(base_offset, INDEX_SUFFIX)), &[])?
             }
         };
-        let time_index = match IndexFile::open(dir.join(file_name(base_offset, TIME_INDEX_SUFFIX)), 0) {
-            Ok(i) => i,
-            Err(_) => {
-                needs_rebuild = true;
-                IndexFile::create(dir.join(file_name(base_offset, TIME_INDEX_SUFFIX)), &[])?
-            }
-        };
+        let time_index =
+            match IndexFile::open(dir.join(file_name(base_offset, TIME_INDEX_SUFFIX)), 0) {
+                Ok(i) => i,
+                Err(_) => {
+                    needs_rebuild = true;
+                    IndexFile::create(dir.join(file_name(base_offset, TIME_INDEX_SUFFIX)), &[])?
+                }
+            };
         let entry_path = dir.join(file_name(base_offset, ENTRY_INDEX_SUFFIX));
         let mut header_info = None;
-        let entry_index = match IndexFile::<OffsetPosition>::open(entry_path.clone(), ENTRY_INDEX_HEADER_LEN) {
-            Ok(i) => {
-                let mut h = [0u8; 16];
-                i.read_header(&mut h)?;
-                match parse_entry_index_header(&entry_path, &h) {
-                    Ok(info) => {
-                        header_info = Some(info);
-                        i
-                    }
-                    Err(_) => {
-                        needs_rebuild = true;
-                        IndexFile::create(entry_path.clone(), &entry_index_header(0, 0))?
+        let entry_index =
+            match IndexFile::<OffsetPosition>::open(entry_path.clone(), ENTRY_INDEX_HEADER_LEN) {
+                Ok(i) => {
+                    let mut h = [0u8; 16];
+                    i.read_header(&mut h)?;
+                    match parse_entry_index_header(&entry_path, &h) {
+                        Ok(info) => {
+                            header_info = Some(info);
+                            i
+                        }
+                        Err(_) => {
+                            needs_rebuild = true;
+                            IndexFile::create(entry_path.clone(), &entry_index_header(0, 0))?
+                        }
                     }
                 }
-            }
-            Err(_) => {
-                needs_rebuild = true;
-                IndexFile::create(entry_path.clone(), &entry_index_header(0, 0))?
-            }
-        };
+                Err(_) => {
+                    needs_rebuild = true;
+                    IndexFile::create(entry_path.clone(), &entry_index_header(0, 0))?
+                }
+            };
         let (first_entry_index, flags) = header_info.unwrap_or((0, 0));
         let mut segment = LogSegment {
             base_offset,
@@ -201,7 +228,11 @@ impl LogSegment {
         if let Some(last) = self.offset_index.last()? {
             self.last_index_position = u64::from(last.position);
         }
-        let from = match (self.entries_available, self.entry_index.last()?, self.offset_index.last()?) {
+        let from = match (
+            self.entries_available,
+            self.entry_index.last()?,
+            self.offset_index.last()?,
+        ) {
             (true, Some(e), _) => u64::from(e.position),
             (_, _, Some(o)) => u64::from(o.position),
             _ => 0,
@@ -243,8 +274,13 @@ impl LogSegment {
     }
     pub(crate) fn set_first_entry_index(&mut self, first: u64) -> Result<()> {
         self.first_entry_index = first;
-        let flags = if self.entries_available { 0 } else { ENTRIES_UNAVAILABLE };
-        self.entry_index.write_header(&entry_index_header(first, flags))
+        let flags = if self.entries_available {
+            0
+        } else {
+            ENTRIES_UNAVAILABLE
+        };
+        self.entry_index
+            .write_header(&entry_index_header(first, flags))
     }
     pub(crate) fn entries_available(&self) -> bool {
         self.entries_available
@@ -256,7 +292,10 @@ impl LogSegment {
         &self.log_path
     }
     pub(crate) fn index_entry_count(&self) -> usize {
-        self.offset_index.len().max(self.time_index.len()).max(self.entry_index.len())
+        self.offset_index
+            .len()
+            .max(self.time_index.len())
+            .max(self.entry_index.len())
     }
 
     /// How long this segment has been accumulating data, Kafka's way: by record timestamps
@@ -299,12 +338,18 @@ impl LogSegment {
             self.offset_of_max_timestamp = base;
         }
         if position - self.last_index_position > self.index_interval {
-            self.offset_index.push(OffsetPosition { relative_offset: relative, position: position as u32 });
+            self.offset_index.push(OffsetPosition {
+                relative_offset: relative,
+                position: position as u32,
+            });
             self.last_index_position = position;
             self.maybe_append_time_entry();
         }
         if self.entries_available {
-            self.entry_index.push(OffsetPosition { relative_offset: relative, position: position as u32 });
+            self.entry_index.push(OffsetPosition {
+                relative_offset: relative,
+                position: position as u32,
+            });
         }
         if self.rolling_base_timestamp.is_none() {
             self.rolling_base_timestamp = Some(h.max_timestamp);
@@ -316,7 +361,10 @@ impl LogSegment {
     fn maybe_append_time_entry(&mut self) {
         if self.max_timestamp > self.last_time_index_timestamp && self.max_timestamp >= 0 {
             let relative = (self.offset_of_max_timestamp - self.base_offset) as u32;
-            self.time_index.push(TimestampOffset { timestamp: self.max_timestamp, relative_offset: relative });
+            self.time_index.push(TimestampOffset {
+                timestamp: self.max_timestamp,
+                relative_offset: relative,
+            });
             self.last_time_index_timestamp = self.max_timestamp;
         }
     }
@@ -343,7 +391,10 @@ impl LogSegment {
         while !slices.is_empty() {
             match writer.write_vectored(slices) {
                 Ok(0) => {
-                    let err = std::io::Error::new(std::io::ErrorKind::WriteZero, "segment write returned 0");
+                    let err = std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "segment write returned 0",
+                    );
                     return Err(self.undo_partial_write(position, err));
                 }
                 Ok(n) => IoSlice::advance_slices(&mut slices, n),
@@ -361,7 +412,10 @@ impl LogSegment {
                 tracing::error!(path = %self.log_path.display(), error = %e, "could not cut back a failed append");
             }
         }
-        StorageError::Io { path: self.log_path.clone(), source: cause }
+        StorageError::Io {
+            path: self.log_path.clone(),
+            source: cause,
+        }
     }
 
     /// Writes pending index entries and fsyncs the log file.
@@ -390,22 +444,35 @@ impl LogSegment {
     /// the last offset index entry before `from_position` are dropped and the batches from
     /// there are scanned again, each checked (length, magic, CRC, offsets). Returns where the
     /// valid data ends; the caller decides whether what follows is a torn tail or corruption.
-    pub(crate) fn recover_from(&mut self, from_position: u64, on_batch: &mut dyn FnMut(&BatchHeader)) -> Result<ScanEnd> {
+    pub(crate) fn recover_from(
+        &mut self,
+        from_position: u64,
+        on_batch: &mut dyn FnMut(&BatchHeader),
+    ) -> Result<ScanEnd> {
         let from_position = from_position.min(self.size);
         // Restart at an index point: the state there is derivable from the indexes alone.
-        let keep = self.offset_index.count_below(from_position, |e| u64::from(e.position))?;
-        let restart = if keep == 0 { None } else { Some(self.offset_index.get(keep - 1)?) };
+        let keep = self
+            .offset_index
+            .count_below(from_position, |e| u64::from(e.position))?;
+        let restart = if keep == 0 {
+            None
+        } else {
+            Some(self.offset_index.get(keep - 1)?)
+        };
         let (start, restart_relative) = match restart {
             Some(e) => (u64::from(e.position), e.relative_offset),
             None => (0, 0),
         };
         self.offset_index.truncate(keep.saturating_sub(1))?;
-        let keep_entries = self.entry_index.count_below(start, |e| u64::from(e.position))?;
+        let keep_entries = self
+            .entry_index
+            .count_below(start, |e| u64::from(e.position))?;
         self.entry_index.truncate(keep_entries)?;
         let keep_times = if start == 0 {
             0
         } else {
-            self.time_index.count_below(restart_relative, |e| e.relative_offset)?
+            self.time_index
+                .count_below(restart_relative, |e| e.relative_offset)?
         };
         self.time_index.truncate(keep_times)?;
         self.last_index_position = match self.offset_index.last()? {
@@ -443,7 +510,9 @@ impl LogSegment {
             }
             let remaining = file_len - pos;
             if remaining < HEADER_SIZE as u64 {
-                break Some(format!("{remaining} bytes at position {pos} are too few for a batch header"));
+                break Some(format!(
+                    "{remaining} bytes at position {pos} are too few for a batch header"
+                ));
             }
             self.fill(&mut buf, &mut buf_start, pos, HEADER_SIZE, file_len)?;
             let header = match BatchHeader::parse(&buf[(pos - buf_start) as usize..]) {
@@ -456,11 +525,17 @@ impl LogSegment {
             };
             self.fill(&mut buf, &mut buf_start, pos, size, file_len)?;
             let raw = &buf[(pos - buf_start) as usize..(pos - buf_start) as usize + size];
-            if let Err(e) = header.validate().and_then(|_| batch::verify_crc(raw, &header)) {
+            if let Err(e) = header
+                .validate()
+                .and_then(|_| batch::verify_crc(raw, &header))
+            {
                 break Some(format!("at position {pos}: {e}"));
             }
             let base = header.base_offset;
-            if base < 0 || (base as u64) < self.next_offset || !self.can_index(header.last_offset() as u64) {
+            if base < 0
+                || (base as u64) < self.next_offset
+                || !self.can_index(header.last_offset() as u64)
+            {
                 break Some(format!(
                     "at position {pos}: batch base offset {base} does not follow offset {} in segment {}",
                     self.next_offset, self.base_offset
@@ -470,10 +545,21 @@ impl LogSegment {
             on_batch(&header);
             pos += size as u64;
         };
-        Ok(ScanEnd { valid_end: pos, file_len, problem })
+        Ok(ScanEnd {
+            valid_end: pos,
+            file_len,
+            problem,
+        })
     }
 
-    fn fill(&self, buf: &mut Vec<u8>, buf_start: &mut u64, pos: u64, need: usize, file_len: u64) -> Result<()> {
+    fn fill(
+        &self,
+        buf: &mut Vec<u8>,
+        buf_start: &mut u64,
+        pos: u64,
+        need: usize,
+        file_len: u64,
+    ) -> Result<()> {
         let have_from = pos.checked_sub(*buf_start).map(|o| o as usize);
         if let Some(off) = have_from {
             if off + need <= buf.len() {
@@ -496,7 +582,10 @@ impl LogSegment {
         self.size = position;
         let end = self.recover_from(position, &mut |_| {})?;
         if let Some(problem) = end.problem {
-            return Err(StorageError::Corrupt { path: self.log_path.clone(), reason: problem });
+            return Err(StorageError::Corrupt {
+                path: self.log_path.clone(),
+                reason: problem,
+            });
         }
         Ok(())
     }
@@ -512,7 +601,11 @@ impl LogSegment {
 
     /// Visits batch headers from `from` (a batch boundary) in order until `f` returns false or
     /// the segment ends.
-    pub(crate) fn walk_headers(&self, from: u64, mut f: impl FnMut(u64, &BatchHeader) -> bool) -> Result<()> {
+    pub(crate) fn walk_headers(
+        &self,
+        from: u64,
+        mut f: impl FnMut(u64, &BatchHeader) -> bool,
+    ) -> Result<()> {
         let mut pos = from;
         let mut buf = vec![0u8; WALK_CHUNK];
         while pos + HEADER_SIZE as u64 <= self.size {
@@ -526,7 +619,11 @@ impl LogSegment {
                 if size < HEADER_SIZE {
                     return Err(StorageError::Corrupt {
                         path: self.log_path.clone(),
-                        reason: format!("batch at position {} has length {}", pos + off as u64, header.batch_length),
+                        reason: format!(
+                            "batch at position {} has length {}",
+                            pos + off as u64,
+                            header.batch_length
+                        ),
                     });
                 }
                 if !f(pos + off as u64, &header) {
@@ -545,7 +642,10 @@ impl LogSegment {
             0
         } else {
             let relative = (offset - self.base_offset).min(u64::from(u32::MAX)) as u32;
-            match self.offset_index.largest_at_most(relative, |e| e.relative_offset)? {
+            match self
+                .offset_index
+                .largest_at_most(relative, |e| e.relative_offset)?
+            {
                 Some((_, e)) => u64::from(e.position),
                 None => 0,
             }
@@ -564,14 +664,22 @@ impl LogSegment {
 
     pub(crate) fn read_at(&self, position: u64, len: usize) -> Result<Bytes> {
         let mut buf = BytesMut::zeroed(len);
-        self.file()?.read_exact_at(&mut buf, position).at(&self.log_path)?;
+        self.file()?
+            .read_exact_at(&mut buf, position)
+            .at(&self.log_path)?;
         Ok(buf.freeze())
     }
 
     /// Reads whole batches from `position` while they fit in `max_bytes` and end before
     /// `max_offset`; the first batch is returned even if larger (`min_one`), as Kafka does so
     /// consumers always make progress. Returns the bytes and the next offset after them.
-    pub(crate) fn read_batches(&self, position: u64, max_bytes: usize, min_one: bool, max_offset: u64) -> Result<(Bytes, Option<u64>)> {
+    pub(crate) fn read_batches(
+        &self,
+        position: u64,
+        max_bytes: usize,
+        min_one: bool,
+        max_offset: u64,
+    ) -> Result<(Bytes, Option<u64>)> {
         if position + HEADER_SIZE as u64 > self.size {
             return Ok((Bytes::new(), None));
         }
@@ -579,7 +687,11 @@ impl LogSegment {
         if first.last_offset() as u64 >= max_offset {
             return Ok((Bytes::new(), None));
         }
-        let want = if min_one { max_bytes.max(first.size()) } else { max_bytes };
+        let want = if min_one {
+            max_bytes.max(first.size())
+        } else {
+            max_bytes
+        };
         let want = want.min((self.size - position) as usize);
         if want < first.size() {
             return Ok((Bytes::new(), None));
@@ -612,10 +724,16 @@ impl LogSegment {
     /// before it, for time lookups.
     pub(crate) fn time_lookup_start(&self, timestamp: i64) -> Result<u64> {
         // Entries with a smaller max timestamp cover only batches that cannot match.
-        let Some((_, entry)) = self.time_index.largest_at_most(timestamp.saturating_sub(1), |e| e.timestamp)? else {
+        let Some((_, entry)) = self
+            .time_index
+            .largest_at_most(timestamp.saturating_sub(1), |e| e.timestamp)?
+        else {
             return Ok(0);
         };
-        match self.offset_index.largest_at_most(entry.relative_offset, |e| e.relative_offset)? {
+        match self
+            .offset_index
+            .largest_at_most(entry.relative_offset, |e| e.relative_offset)?
+        {
             Some((_, e)) => Ok(u64::from(e.position)),
             None => Ok(0),
         }
@@ -646,13 +764,16 @@ impl LogSegment {
         let Some(first) = first else {
             // Without a header the log resolves the numbering from the neighbours.
             return match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io { path, source: e }),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(StorageError::Io { path, source: e })
+                }
                 _ => Ok(()),
             };
         };
         let f = OpenOptions::new().write(true).open(&path).at(&path)?;
         f.set_len(ENTRY_INDEX_HEADER_LEN).at(&path)?;
-        f.write_all_at(&entry_index_header(first, ENTRIES_UNAVAILABLE), 0).at(&path)?;
+        f.write_all_at(&entry_index_header(first, ENTRIES_UNAVAILABLE), 0)
+            .at(&path)?;
         f.sync_all().at(&path)
     }
 
@@ -660,7 +781,10 @@ impl LogSegment {
     pub(crate) fn mark_entries_unavailable(&mut self) -> Result<()> {
         self.entries_available = false;
         self.entry_index.truncate(0)?;
-        self.entry_index.write_header(&entry_index_header(self.first_entry_index, ENTRIES_UNAVAILABLE))?;
+        self.entry_index.write_header(&entry_index_header(
+            self.first_entry_index,
+            ENTRIES_UNAVAILABLE,
+        ))?;
         self.entry_index.sync()
     }
 }

@@ -14,8 +14,14 @@ fn append_assigns_consecutive_offsets_and_reads_back_bytes_as_stored() {
     let mut log = open(dir.path(), LogConfig::default(), &clock);
     let a = log.append(&batch_of(3, "a", T0), 1).expect("append a");
     let b = log.append(&batch_of(2, "b", T0), 1).expect("append b");
-    assert_eq!((a.first_offset, a.last_offset, a.first_entry_index), (0, 2, 1));
-    assert_eq!((b.first_offset, b.last_offset, b.first_entry_index), (3, 4, 2));
+    assert_eq!(
+        (a.first_offset, a.last_offset, a.first_entry_index),
+        (0, 2, 1)
+    );
+    assert_eq!(
+        (b.first_offset, b.last_offset, b.first_entry_index),
+        (3, 4, 2)
+    );
     assert_eq!(log.log_end_offset(), 5);
 
     let bytes = log.read(0, 1 << 20, u64::MAX).expect("read");
@@ -24,7 +30,10 @@ fn append_assigns_consecutive_offsets_and_reads_back_bytes_as_stored() {
     assert_eq!((hs[0].base_offset, hs[1].base_offset), (0, 3));
     assert!(hs.iter().all(|h| h.partition_leader_epoch == 1));
     let recs = records(&bytes);
-    assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        recs.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
     assert_eq!(recs[3].2.as_deref(), Some(&b"b-0"[..]));
     // Everything after the offset/epoch prefix is byte-for-byte what the producer sent.
     let original = batch_of(2, "b", T0);
@@ -51,16 +60,30 @@ fn read_honours_max_bytes_but_always_returns_one_batch() {
     let clock = ManualClock::new(T0);
     let mut log = open(dir.path(), LogConfig::default(), &clock);
     for i in 0..5 {
-        log.append(&batch_of(4, &format!("x{i}"), T0), 0).expect("append");
+        log.append(&batch_of(4, &format!("x{i}"), T0), 0)
+            .expect("append");
     }
     let one = batch_of(4, "x0", T0).len();
-    assert_eq!(batches(&log.read(0, 1, u64::MAX).expect("read")).len(), 1, "first batch even if larger");
-    assert_eq!(batches(&log.read(0, one * 2 + 1, u64::MAX).expect("read")).len(), 2);
+    assert_eq!(
+        batches(&log.read(0, 1, u64::MAX).expect("read")).len(),
+        1,
+        "first batch even if larger"
+    );
+    assert_eq!(
+        batches(&log.read(0, one * 2 + 1, u64::MAX).expect("read")).len(),
+        2
+    );
     // max_offset (the high watermark) excludes batches not wholly below it.
     assert_eq!(batches(&log.read(0, 1 << 20, 8).expect("read")).len(), 2);
     assert!(log.read(8, 1 << 20, 8).expect("read at hw").is_empty());
-    assert!(log.read(20, 1 << 20, u64::MAX).expect("read at end").is_empty());
-    assert!(matches!(log.read(21, 100, u64::MAX), Err(StorageError::OffsetOutOfRange { offset: 21, .. })));
+    assert!(log
+        .read(20, 1 << 20, u64::MAX)
+        .expect("read at end")
+        .is_empty());
+    assert!(matches!(
+        log.read(21, 100, u64::MAX),
+        Err(StorageError::OffsetOutOfRange { offset: 21, .. })
+    ));
 }
 
 #[test]
@@ -69,9 +92,14 @@ fn segments_roll_by_size_and_reads_cross_them() {
     let clock = ManualClock::new(T0);
     let mut log = open(dir.path(), small_segments(), &clock);
     for i in 0..100 {
-        log.append(&batch_of(3, &format!("r{i}"), T0 + i), 2).expect("append");
+        log.append(&batch_of(3, &format!("r{i}"), T0 + i), 2)
+            .expect("append");
     }
-    assert!(log.segment_count() > 5, "rolled {} segments", log.segment_count());
+    assert!(
+        log.segment_count() > 5,
+        "rolled {} segments",
+        log.segment_count()
+    );
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .expect("ls")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -83,7 +111,10 @@ fn segments_roll_by_size_and_reads_cross_them() {
     assert_eq!(records(&all).len(), 300);
     for offset in [0u64, 1, 44, 150, 299] {
         let r = records(&log.read(offset, 1, u64::MAX).expect("read"));
-        assert!(r.iter().any(|(o, _, _)| *o == offset), "offset {offset} readable");
+        assert!(
+            r.iter().any(|(o, _, _)| *o == offset),
+            "offset {offset} readable"
+        );
     }
 }
 
@@ -91,7 +122,10 @@ fn segments_roll_by_size_and_reads_cross_them() {
 fn segments_roll_by_segment_ms() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
-    let config = LogConfig { segment_ms: 1000, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_ms: 1000,
+        ..LogConfig::default()
+    };
     let mut log = open(dir.path(), config, &clock);
     log.append(&batch_of(1, "a", T0), 0).expect("append");
     log.append(&batch_of(1, "b", T0 + 500), 0).expect("append");
@@ -106,10 +140,15 @@ fn clean_reopen_restores_everything_without_scanning() {
     let clock = ManualClock::new(T0);
     let mut log = open(dir.path(), small_segments(), &clock);
     for i in 0..50 {
-        log.append(&batch_of(2, &format!("r{i}"), T0 + i), (i / 10) as i32).expect("append");
+        log.append(&batch_of(2, &format!("r{i}"), T0 + i), (i / 10) as i32)
+            .expect("append");
     }
     let before = log.read(0, 1 << 24, u64::MAX).expect("read");
-    let (end, next_entry, epochs) = (log.log_end_offset(), log.next_entry_index(), log.leader_epochs().clone());
+    let (end, next_entry, epochs) = (
+        log.log_end_offset(),
+        log.next_entry_index(),
+        log.leader_epochs().clone(),
+    );
     log.close().expect("close");
     let log = open(dir.path(), small_segments(), &clock);
     assert_eq!(log.log_end_offset(), end);
@@ -125,7 +164,8 @@ fn torn_write_at_every_byte_of_the_last_batch_is_cut_and_nothing_else_lost() {
     let clock = ManualClock::new(T0);
     let mut log = open(dir.path(), LogConfig::default(), &clock);
     for i in 0..5 {
-        log.append(&batch_of(3, &format!("r{i}"), T0), 1).expect("append");
+        log.append(&batch_of(3, &format!("r{i}"), T0), 1)
+            .expect("append");
     }
     log.checkpoint().expect("checkpoint");
     let last = batch_of(3, "last", T0);
@@ -145,12 +185,27 @@ fn torn_write_at_every_byte_of_the_last_batch_is_cut_and_nothing_else_lost() {
             let name = name.expect("entry").file_name();
             std::fs::copy(snapshot.path().join(&name), dir.path().join(&name)).expect("restore");
         }
-        std::fs::OpenOptions::new().write(true).open(&seg).expect("open").set_len(cut as u64).expect("cut");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open")
+            .set_len(cut as u64)
+            .expect("cut");
         let mut log = open(dir.path(), LogConfig::default(), &clock);
         assert_eq!(log.log_end_offset(), 15, "cut at {cut}");
-        assert_eq!(records(&log.read(0, 1 << 20, u64::MAX).expect("read")).len(), 15, "cut at {cut}");
-        assert_eq!(std::fs::metadata(&seg).expect("stat").len(), good as u64, "torn bytes removed (cut at {cut})");
-        let info = log.append(&batch_of(1, "after", T0), 1).expect("append after recovery");
+        assert_eq!(
+            records(&log.read(0, 1 << 20, u64::MAX).expect("read")).len(),
+            15,
+            "cut at {cut}"
+        );
+        assert_eq!(
+            std::fs::metadata(&seg).expect("stat").len(),
+            good as u64,
+            "torn bytes removed (cut at {cut})"
+        );
+        let info = log
+            .append(&batch_of(1, "after", T0), 1)
+            .expect("append after recovery");
         assert_eq!((info.first_offset, info.first_entry_index), (15, 6));
     }
 }
@@ -178,7 +233,8 @@ fn corruption_in_a_sealed_segment_is_reported_not_repaired() {
     let clock = ManualClock::new(T0);
     let mut log = open(dir.path(), small_segments(), &clock);
     for i in 0..40 {
-        log.append(&batch_of(3, &format!("r{i}"), T0), 0).expect("append");
+        log.append(&batch_of(3, &format!("r{i}"), T0), 0)
+            .expect("append");
     }
     log.close().expect("close");
     let seg = dir.path().join("00000000000000000000.log");
@@ -187,8 +243,12 @@ fn corruption_in_a_sealed_segment_is_reported_not_repaired() {
     std::fs::write(&seg, &raw).expect("write");
     // Its indexes are gone too, so recovery must scan it and find the damage.
     std::fs::remove_file(dir.path().join("00000000000000000000.index")).expect("rm index");
-    let err = runnel_storage::Log::open(dir.path(), small_segments(), std::sync::Arc::new(clock.clone()))
-        .expect_err("corruption must be an error");
+    let err = runnel_storage::Log::open(
+        dir.path(),
+        small_segments(),
+        std::sync::Arc::new(clock.clone()),
+    )
+    .expect_err("corruption must be an error");
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
 }
 
@@ -198,18 +258,23 @@ fn missing_indexes_are_rebuilt_from_the_segment() {
     let clock = ManualClock::new(T0);
     let mut log = open(dir.path(), small_segments(), &clock);
     for i in 0..60 {
-        log.append(&batch_of(3, &format!("r{i}"), T0 + i * 10), 0).expect("append");
+        log.append(&batch_of(3, &format!("r{i}"), T0 + i * 10), 0)
+            .expect("append");
     }
     let expected = log.read(0, 1 << 24, u64::MAX).expect("read");
     let by_time = log.offset_for_timestamp(T0 + 305).expect("by time");
     log.close().expect("close");
     for suffix in ["index", "timeindex", "entryindex"] {
-        std::fs::remove_file(dir.path().join(format!("00000000000000000000.{suffix}"))).expect("rm");
+        std::fs::remove_file(dir.path().join(format!("00000000000000000000.{suffix}")))
+            .expect("rm");
     }
     std::fs::write(dir.path().join("00000000000000000018.index"), [1u8; 5]).expect("corrupt index");
     let log = open(dir.path(), small_segments(), &clock);
     assert_eq!(log.read(0, 1 << 24, u64::MAX).expect("read"), expected);
-    assert_eq!(log.offset_for_timestamp(T0 + 305).expect("by time"), by_time);
+    assert_eq!(
+        log.offset_for_timestamp(T0 + 305).expect("by time"),
+        by_time
+    );
     assert_eq!(log.entries(1, 61, usize::MAX).expect("entries").len(), 60);
 }
 
@@ -217,28 +282,52 @@ fn missing_indexes_are_rebuilt_from_the_segment() {
 fn invalid_batches_are_refused_with_typed_errors_and_harm_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
-    let config = LogConfig { max_message_bytes: 2000, ..LogConfig::default() };
+    let config = LogConfig {
+        max_message_bytes: 2000,
+        ..LogConfig::default()
+    };
     let mut log = open(dir.path(), config.clone(), &clock);
     log.append(&batch_of(2, "ok", T0), 0).expect("append");
     let good = batch_of(2, "x", T0);
     let mut bad_crc = good.to_vec();
     let n = bad_crc.len();
     bad_crc[n - 1] ^= 1;
-    assert!(matches!(log.append(&bad_crc, 0), Err(StorageError::CrcMismatch { .. })));
-    assert!(matches!(log.append(&good[..good.len() - 3], 0), Err(StorageError::TruncatedBatch { .. })));
-    assert!(matches!(log.append(&good[..20], 0), Err(StorageError::TruncatedBatch { .. })));
+    assert!(matches!(
+        log.append(&bad_crc, 0),
+        Err(StorageError::CrcMismatch { .. })
+    ));
+    assert!(matches!(
+        log.append(&good[..good.len() - 3], 0),
+        Err(StorageError::TruncatedBatch { .. })
+    ));
+    assert!(matches!(
+        log.append(&good[..20], 0),
+        Err(StorageError::TruncatedBatch { .. })
+    ));
     assert!(matches!(log.append(&[], 0), Err(StorageError::EmptyAppend)));
     let big = batch_of(100, &"y".repeat(50), T0);
-    assert!(matches!(log.append(&big, 0), Err(StorageError::BatchTooLarge { .. })));
+    assert!(matches!(
+        log.append(&big, 0),
+        Err(StorageError::BatchTooLarge { .. })
+    ));
     // A valid batch followed by a bad one: nothing of the request is written.
     let mut mixed = good.to_vec();
     mixed.extend_from_slice(&bad_crc);
     assert!(log.append(&mixed, 0).is_err());
     assert!(matches!(log.append(&good, -1).map(|_| ()), Ok(())));
-    assert!(matches!(log.append(&good, 5), Ok(_)));
-    assert!(matches!(log.append(&good, 4), Err(StorageError::StaleLeaderEpoch { epoch: 4, latest: 5 })));
+    assert!(log.append(&good, 5).is_ok());
+    assert!(matches!(
+        log.append(&good, 4),
+        Err(StorageError::StaleLeaderEpoch {
+            epoch: 4,
+            latest: 5
+        })
+    ));
     assert_eq!(log.log_end_offset(), 6);
-    assert_eq!(records(&log.read(0, 1 << 20, u64::MAX).expect("read")).len(), 6);
+    assert_eq!(
+        records(&log.read(0, 1 << 20, u64::MAX).expect("read")).len(),
+        6
+    );
     drop(log);
     let log = open(dir.path(), config, &clock);
     assert_eq!(log.log_end_offset(), 6);
@@ -250,14 +339,21 @@ fn truncate_to_removes_suffix_durably_across_segments() {
     let clock = ManualClock::new(T0);
     let mut log = open(dir.path(), small_segments(), &clock);
     for i in 0..60 {
-        log.append(&batch_of(2, &format!("r{i}"), T0 + i), (i / 20 + 1) as i32).expect("append");
+        log.append(&batch_of(2, &format!("r{i}"), T0 + i), (i / 20 + 1) as i32)
+            .expect("append");
     }
     assert!(log.segment_count() > 3);
     log.truncate_to(51).expect("truncate");
-    assert_eq!(log.log_end_offset(), 50, "the batch holding offset 51 goes whole");
+    assert_eq!(
+        log.log_end_offset(),
+        50,
+        "the batch holding offset 51 goes whole"
+    );
     assert_eq!(log.next_entry_index(), 26);
     assert_eq!(log.latest_epoch(), Some(2));
-    let info = log.append(&batch_of(1, "new", T0), 7).expect("append after truncate");
+    let info = log
+        .append(&batch_of(1, "new", T0), 7)
+        .expect("append after truncate");
     assert_eq!((info.first_offset, info.first_entry_index), (50, 26));
     drop(log); // crash right after
     let log = open(dir.path(), small_segments(), &clock);
@@ -277,14 +373,24 @@ fn raft_entries_and_terms_without_scanning() {
     let noop = batch::build_control_batch(control_type::LEADER_CHANGE, None, T0).expect("control");
     log.append(&noop, 1).expect("noop");
     for i in 0..30 {
-        log.append(&batch_of(2, &format!("r{i}"), T0), if i < 15 { 1 } else { 2 }).expect("append");
+        log.append(
+            &batch_of(2, &format!("r{i}"), T0),
+            if i < 15 { 1 } else { 2 },
+        )
+        .expect("append");
     }
     assert_eq!(log.first_entry_index(), 1);
     assert_eq!(log.next_entry_index(), 32);
     let entries = log.entries(1, 32, usize::MAX).expect("entries");
     assert_eq!(entries.len(), 31);
-    assert_eq!(batch::control_type_of(&entries[0].data), Some(control_type::LEADER_CHANGE));
-    assert!(entries.iter().enumerate().all(|(i, e)| e.index == i as u64 + 1));
+    assert_eq!(
+        batch::control_type_of(&entries[0].data),
+        Some(control_type::LEADER_CHANGE)
+    );
+    assert!(entries
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.index == i as u64 + 1));
     assert_eq!(entries[15].epoch, 1);
     assert_eq!(entries[16].epoch, 2);
     assert_eq!(log.entry_epoch(16).expect("term"), 1);
@@ -292,10 +398,18 @@ fn raft_entries_and_terms_without_scanning() {
     assert_eq!(log.entry_offset(2).expect("offset"), 1);
     let limited = log.entries(5, 32, 1).expect("entries");
     assert_eq!(limited.len(), 1, "max_bytes still returns one entry");
-    let some = log.entries(5, 32, entries[4].data.len() * 3).expect("entries");
+    let some = log
+        .entries(5, 32, entries[4].data.len() * 3)
+        .expect("entries");
     assert_eq!(some.len(), 3);
-    assert!(matches!(log.entries(0, 3, 100), Err(StorageError::EntryUnavailable { .. })));
-    assert!(matches!(log.entries(30, 33, 100), Err(StorageError::EntryUnavailable { .. })));
+    assert!(matches!(
+        log.entries(0, 3, 100),
+        Err(StorageError::EntryUnavailable { .. })
+    ));
+    assert!(matches!(
+        log.entries(30, 33, 100),
+        Err(StorageError::EntryUnavailable { .. })
+    ));
     // Control batches are skipped by record readers but keep their offset.
     let recs = records(&log.read(0, 1 << 24, u64::MAX).expect("read"));
     assert_eq!(recs[0].0, 1);
@@ -311,28 +425,51 @@ fn time_index_lookups_find_the_first_record_at_or_after_a_timestamp() {
     let mut log = open(dir.path(), small_segments(), &clock);
     for i in 0..100i64 {
         // Records i*10 .. i*10+4 at timestamps T0 + 100*i + j.
-        let recs: Vec<_> = (0..5).map(|j| record(T0 + 100 * i + j, Some("k"), Some("v"))).collect();
+        let recs: Vec<_> = (0..5)
+            .map(|j| record(T0 + 100 * i + j, Some("k"), Some("v")))
+            .collect();
         let b = batch::build_batch(&recs, &batch::BatchOptions::default()).expect("batch");
         log.append(&b, 0).expect("append");
     }
-    assert_eq!(log.offset_for_timestamp(0).expect("lookup"), Some(TimestampAndOffset { timestamp: T0, offset: 0 }));
+    assert_eq!(
+        log.offset_for_timestamp(0).expect("lookup"),
+        Some(TimestampAndOffset {
+            timestamp: T0,
+            offset: 0
+        })
+    );
     assert_eq!(
         log.offset_for_timestamp(T0 + 4203).expect("lookup"),
-        Some(TimestampAndOffset { timestamp: T0 + 4203, offset: 42 * 5 + 3 })
+        Some(TimestampAndOffset {
+            timestamp: T0 + 4203,
+            offset: 42 * 5 + 3
+        })
     );
     assert_eq!(
         log.offset_for_timestamp(T0 + 4250).expect("lookup"),
-        Some(TimestampAndOffset { timestamp: T0 + 4300, offset: 43 * 5 })
+        Some(TimestampAndOffset {
+            timestamp: T0 + 4300,
+            offset: 43 * 5
+        })
     );
-    assert_eq!(log.offset_for_timestamp(T0 + 100_000).expect("lookup"), None);
+    assert_eq!(
+        log.offset_for_timestamp(T0 + 100_000).expect("lookup"),
+        None
+    );
     assert_eq!(
         log.max_timestamp_and_offset().expect("max"),
-        Some(TimestampAndOffset { timestamp: T0 + 9904, offset: 499 })
+        Some(TimestampAndOffset {
+            timestamp: T0 + 9904,
+            offset: 499
+        })
     );
     log.advance_log_start_offset(300).expect("advance");
     assert_eq!(
         log.offset_for_timestamp(0).expect("lookup"),
-        Some(TimestampAndOffset { timestamp: T0 + 6000, offset: 300 })
+        Some(TimestampAndOffset {
+            timestamp: T0 + 6000,
+            offset: 300
+        })
     );
 }
 
@@ -341,33 +478,85 @@ fn compressed_batches_are_stored_compressed_and_searchable_by_time() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
     let mut log = open(dir.path(), LogConfig::default(), &clock);
-    for (i, codec) in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd].into_iter().enumerate() {
-        let recs: Vec<_> = (0..10).map(|j| record(T0 + (i as i64) * 100 + j, Some("k"), Some("vvvvvvvvvvvvvvvv"))).collect();
-        let b = batch::build_batch(&recs, &batch::BatchOptions { compression: codec, ..Default::default() }).expect("batch");
+    for (i, codec) in [
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let recs: Vec<_> = (0..10)
+            .map(|j| {
+                record(
+                    T0 + (i as i64) * 100 + j,
+                    Some("k"),
+                    Some("vvvvvvvvvvvvvvvv"),
+                )
+            })
+            .collect();
+        let b = batch::build_batch(
+            &recs,
+            &batch::BatchOptions {
+                compression: codec,
+                ..Default::default()
+            },
+        )
+        .expect("batch");
         log.append(&b, 0).expect("append");
     }
     let bytes = log.read(0, 1 << 20, u64::MAX).expect("read");
-    let codecs: Vec<_> = batches(&bytes).iter().map(|h| h.compression().expect("codec")).collect();
-    assert_eq!(codecs, vec![Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd]);
+    let codecs: Vec<_> = batches(&bytes)
+        .iter()
+        .map(|h| h.compression().expect("codec"))
+        .collect();
+    assert_eq!(
+        codecs,
+        vec![
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd
+        ]
+    );
     assert_eq!(records(&bytes).len(), 40);
-    assert_eq!(log.offset_for_timestamp(T0 + 205).expect("lookup").map(|t| t.offset), Some(25));
+    assert_eq!(
+        log.offset_for_timestamp(T0 + 205)
+            .expect("lookup")
+            .map(|t| t.offset),
+        Some(25)
+    );
 }
 
 #[test]
 fn retention_deletes_whole_old_segments_only_below_the_high_watermark() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
-    let config = LogConfig { retention_ms: 60_000, ..small_segments() };
+    let config = LogConfig {
+        retention_ms: 60_000,
+        ..small_segments()
+    };
     let mut log = open(dir.path(), config, &clock);
     for i in 0..60 {
-        log.append(&batch_of(2, &format!("r{i}"), T0 + i * 1000), 0).expect("append");
+        log.append(&batch_of(2, &format!("r{i}"), T0 + i * 1000), 0)
+            .expect("append");
     }
     let segments = log.segment_count();
     clock.set(T0 + 75_000);
     // Nothing is committed yet: nothing may go.
-    assert_eq!(log.delete_old_segments(0).expect("retention").segments_deleted, 0);
+    assert_eq!(
+        log.delete_old_segments(0)
+            .expect("retention")
+            .segments_deleted,
+        0
+    );
     let outcome = log.delete_old_segments(u64::MAX).expect("retention");
-    assert!(outcome.segments_deleted > 0 && outcome.segments_deleted < segments, "{outcome:?} of {segments}: {:?}", log.segment_base_offsets());
+    assert!(
+        outcome.segments_deleted > 0 && outcome.segments_deleted < segments,
+        "{outcome:?} of {segments}: {:?}",
+        log.segment_base_offsets()
+    );
     // Every record left is younger than retention, or shares a segment with one.
     assert_eq!(log.log_start_offset(), log.segment_base_offsets()[0]);
     clock.set(T0 + 10_000_000);
@@ -376,7 +565,14 @@ fn retention_deletes_whole_old_segments_only_below_the_high_watermark() {
     assert!(log.log_end_offset() == 120);
     let start = log.log_start_offset();
     drop(log);
-    let log = open(dir.path(), LogConfig { retention_ms: 60_000, ..small_segments() }, &clock);
+    let log = open(
+        dir.path(),
+        LogConfig {
+            retention_ms: 60_000,
+            ..small_segments()
+        },
+        &clock,
+    );
     assert_eq!(log.log_start_offset(), start);
 }
 
@@ -384,17 +580,39 @@ fn retention_deletes_whole_old_segments_only_below_the_high_watermark() {
 fn retention_forever_keeps_everything_and_size_retention_trims_oldest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
-    let mut log = open(dir.path(), LogConfig { retention_ms: -1, ..small_segments() }, &clock);
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            retention_ms: -1,
+            ..small_segments()
+        },
+        &clock,
+    );
     for i in 0..60 {
-        log.append(&batch_of(2, &format!("r{i}"), T0), 0).expect("append");
+        log.append(&batch_of(2, &format!("r{i}"), T0), 0)
+            .expect("append");
     }
     clock.set(i64::MAX / 2);
-    assert_eq!(log.delete_old_segments(u64::MAX).expect("retention").segments_deleted, 0);
-    log.set_config(LogConfig { retention_ms: -1, retention_bytes: 2048, ..small_segments() }).expect("config");
+    assert_eq!(
+        log.delete_old_segments(u64::MAX)
+            .expect("retention")
+            .segments_deleted,
+        0
+    );
+    log.set_config(LogConfig {
+        retention_ms: -1,
+        retention_bytes: 2048,
+        ..small_segments()
+    })
+    .expect("config");
     let before = log.size_in_bytes();
     assert!(before > 4096);
     log.delete_old_segments(u64::MAX).expect("retention");
-    assert!(log.size_in_bytes() <= 2048 + 1024, "size {} after retention.bytes", log.size_in_bytes());
+    assert!(
+        log.size_in_bytes() <= 2048 + 1024,
+        "size {} after retention.bytes",
+        log.size_in_bytes()
+    );
     assert!(log.size_in_bytes() >= 2048, "never below retention.bytes");
 }
 
@@ -404,15 +622,25 @@ fn advancing_log_start_hides_records_and_survives_restart() {
     let clock = ManualClock::new(T0);
     let mut log = open(dir.path(), small_segments(), &clock);
     for i in 0..60 {
-        log.append(&batch_of(2, &format!("r{i}"), T0), 0).expect("append");
+        log.append(&batch_of(2, &format!("r{i}"), T0), 0)
+            .expect("append");
     }
     assert!(log.advance_log_start_offset(75).expect("advance"));
     assert!(!log.advance_log_start_offset(10).expect("never backwards"));
-    assert!(matches!(log.read(74, 100, u64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(74, 100, u64::MAX),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
     let first = batches(&log.read(75, 1, u64::MAX).expect("read"));
-    assert_eq!(first[0].base_offset, 74, "the batch holding the start offset is returned whole");
+    assert_eq!(
+        first[0].base_offset, 74,
+        "the batch holding the start offset is returned whole"
+    );
     assert!(log.segment_base_offsets()[0] <= 75);
-    assert!(matches!(log.advance_log_start_offset(1000), Err(StorageError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.advance_log_start_offset(1000),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
     drop(log);
     let log = open(dir.path(), small_segments(), &clock);
     assert_eq!(log.log_start_offset(), 75);
@@ -424,13 +652,28 @@ fn reset_restarts_an_empty_log_at_an_offset_and_entry() {
     let clock = ManualClock::new(T0);
     let mut log = open(dir.path(), small_segments(), &clock);
     for i in 0..20 {
-        log.append(&batch_of(2, &format!("r{i}"), T0), 0).expect("append");
+        log.append(&batch_of(2, &format!("r{i}"), T0), 0)
+            .expect("append");
     }
     log.reset(1000, 500).expect("reset");
-    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.next_entry_index()), (1000, 1000, 500));
+    assert_eq!(
+        (
+            log.log_start_offset(),
+            log.log_end_offset(),
+            log.next_entry_index()
+        ),
+        (1000, 1000, 500)
+    );
     let info = log.append(&batch_of(1, "x", T0), 3).expect("append");
     assert_eq!((info.first_offset, info.first_entry_index), (1000, 500));
     drop(log);
     let log = open(dir.path(), small_segments(), &clock);
-    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.next_entry_index()), (1000, 1001, 501));
+    assert_eq!(
+        (
+            log.log_start_offset(),
+            log.log_end_offset(),
+            log.next_entry_index()
+        ),
+        (1000, 1001, 501)
+    );
 }

@@ -18,15 +18,30 @@ use runnel_storage::{CleanerConfig, CleanupPolicy, Log, LogConfig, ManualClock, 
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { records: Vec<(u8, Option<u8>)>, bump_epoch: bool, codec: u8 },
-    Read { at: u16, max_bytes: u16 },
-    Truncate { at: u16 },
-    AdvanceStart { at: u16 },
+    Append {
+        records: Vec<(u8, Option<u8>)>,
+        bump_epoch: bool,
+        codec: u8,
+    },
+    Read {
+        at: u16,
+        max_bytes: u16,
+    },
+    Truncate {
+        at: u16,
+    },
+    AdvanceStart {
+        at: u16,
+    },
     Roll,
     Flush,
-    Compact { bound: u16 },
+    Compact {
+        bound: u16,
+    },
     Reopen,
-    Crash { cut: u16 },
+    Crash {
+        cut: u16,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -83,7 +98,13 @@ impl Model {
 }
 
 fn codec(c: u8) -> Compression {
-    [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd][c as usize % 5]
+    [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ][c as usize % 5]
 }
 
 fn config() -> LogConfig {
@@ -110,7 +131,13 @@ impl Harness {
     }
 
     fn active_path(&self) -> PathBuf {
-        let base = *self.log.as_ref().expect("open").segment_base_offsets().last().expect("segment");
+        let base = *self
+            .log
+            .as_ref()
+            .expect("open")
+            .segment_base_offsets()
+            .last()
+            .expect("segment");
         self.dir.path().join(format!("{base:020}.log"))
     }
 
@@ -122,7 +149,11 @@ impl Harness {
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         match op {
-            Op::Append { records, bump_epoch, codec: c } => {
+            Op::Append {
+                records,
+                bump_epoch,
+                codec: c,
+            } => {
                 if *bump_epoch {
                     self.model.epoch += 1;
                 }
@@ -130,18 +161,38 @@ impl Harness {
                     .iter()
                     .enumerate()
                     .map(|(i, (k, v))| {
-                        record(T0 + i as i64, Some(&format!("k{k}")), v.map(|v| format!("v{v}")).as_deref())
+                        record(
+                            T0 + i as i64,
+                            Some(&format!("k{k}")),
+                            v.map(|v| format!("v{v}")).as_deref(),
+                        )
                     })
                     .collect();
-                let b = batch::build_batch(&recs, &BatchOptions { compression: codec(*c), ..Default::default() })
-                    .expect("batch");
+                let b = batch::build_batch(
+                    &recs,
+                    &BatchOptions {
+                        compression: codec(*c),
+                        ..Default::default()
+                    },
+                )
+                .expect("batch");
                 let epoch = self.model.epoch;
                 let info = self.log().append(&b, epoch).expect("append");
                 let m = &mut self.model;
                 prop_assert_eq!(info.first_offset, m.leo);
                 prop_assert_eq!(info.first_entry_index, m.next_entry);
-                let recs = records.iter().enumerate().map(|(i, (k, v))| (m.leo + i as u64, *k, *v, false)).collect();
-                m.batches.push(ModelBatch { base: m.leo, last: m.leo + records.len() as u64 - 1, epoch, entry: m.next_entry, records: recs });
+                let recs = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, v))| (m.leo + i as u64, *k, *v, false))
+                    .collect();
+                m.batches.push(ModelBatch {
+                    base: m.leo,
+                    last: m.leo + records.len() as u64 - 1,
+                    epoch,
+                    entry: m.next_entry,
+                    records: recs,
+                });
                 m.leo += records.len() as u64;
                 m.next_entry += 1;
             }
@@ -153,9 +204,18 @@ impl Harness {
                 let got = batches(&bytes);
                 if offset < self.model.leo {
                     prop_assert!(!got.is_empty(), "read at {} returned nothing", offset);
-                    prop_assert!(got[0].last_offset() as u64 >= offset, "first batch ends before {}", offset);
+                    prop_assert!(
+                        got[0].last_offset() as u64 >= offset,
+                        "first batch ends before {}",
+                        offset
+                    );
                     if got.len() > 1 {
-                        prop_assert!(bytes.len() <= max_bytes, "{} bytes for max {}", bytes.len(), max_bytes);
+                        prop_assert!(
+                            bytes.len() <= max_bytes,
+                            "{} bytes for max {}",
+                            bytes.len(),
+                            max_bytes
+                        );
                     }
                 } else {
                     prop_assert!(got.is_empty());
@@ -175,7 +235,12 @@ impl Harness {
                 }
                 let to = low + u64::from(*at) % (self.model.leo - low + 1);
                 self.log().truncate_to(to).expect("truncate");
-                let new_leo = self.model.batches.iter().find(|b| b.last >= to).map_or(self.model.leo, |b| b.base);
+                let new_leo = self
+                    .model
+                    .batches
+                    .iter()
+                    .find(|b| b.last >= to)
+                    .map_or(self.model.leo, |b| b.base);
                 self.model.truncate(new_leo);
                 self.mark_durable();
             }
@@ -197,7 +262,9 @@ impl Harness {
             Op::Compact { bound } => {
                 let span = self.model.leo - self.model.log_start + 1;
                 let bound = self.model.log_start + u64::from(*bound) % span;
-                self.log().compact(&CleanerConfig::default(), bound).expect("compact");
+                self.log()
+                    .compact(&CleanerConfig::default(), bound)
+                    .expect("compact");
                 self.model.min_truncate = self.model.min_truncate.max(bound);
                 // Any record with a later record of the same key below the bound may be gone.
                 let mut latest: HashMap<u8, u64> = HashMap::new();
@@ -224,26 +291,52 @@ impl Harness {
             Op::Crash { cut } => {
                 let path = self.active_path();
                 let len = std::fs::metadata(&path).expect("stat").len();
-                let active_base = *self.log.as_ref().expect("open").segment_base_offsets().last().expect("seg");
+                let active_base = *self
+                    .log
+                    .as_ref()
+                    .expect("open")
+                    .segment_base_offsets()
+                    .last()
+                    .expect("seg");
                 let (durable_base, durable_leo) = self.model.durable;
                 drop(self.log.take());
                 // Only bytes written since the last durability point may be lost.
                 let floor = if durable_base == active_base {
                     let log_positions = read_batch_ends(&path);
-                    log_positions.iter().filter(|(_, last)| *last < durable_leo).map(|(end, _)| *end).max().unwrap_or(0)
+                    log_positions
+                        .iter()
+                        .filter(|(_, last)| *last < durable_leo)
+                        .map(|(end, _)| *end)
+                        .max()
+                        .unwrap_or(0)
                 } else {
                     0
                 };
                 let cut_at = floor + u64::from(*cut) % (len - floor + 1);
-                std::fs::OpenOptions::new().write(true).open(&path).expect("open").set_len(cut_at).expect("cut");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .expect("open")
+                    .set_len(cut_at)
+                    .expect("cut");
                 self.log = Some(open(self.dir.path(), config(), &self.clock));
                 let leo = self.log().log_end_offset();
-                let expected_min = if durable_base == active_base { durable_leo } else { active_base };
-                prop_assert!(leo >= expected_min.min(self.model.leo), "crash lost durable data: leo {} < {}", leo, expected_min);
+                let expected_min = if durable_base == active_base {
+                    durable_leo
+                } else {
+                    active_base
+                };
+                prop_assert!(
+                    leo >= expected_min.min(self.model.leo),
+                    "crash lost durable data: leo {} < {}",
+                    leo,
+                    expected_min
+                );
                 prop_assert!(leo <= self.model.leo);
                 prop_assert!(
                     self.model.batches.iter().any(|b| b.base == leo) || leo == self.model.leo,
-                    "crash recovery ended inside a batch at {}", leo
+                    "crash recovery ended inside a batch at {}",
+                    leo
                 );
                 self.model.truncate(leo);
                 self.mark_durable();
@@ -254,11 +347,17 @@ impl Harness {
 
     fn check_records(&self, bytes: &[u8]) -> Result<(), TestCaseError> {
         let got = records(bytes);
-        let model: HashMap<u64, (u8, Option<u8>)> =
-            self.model.batches.iter().flat_map(|b| b.records.iter().map(|r| (r.0, (r.1, r.2)))).collect();
+        let model: HashMap<u64, (u8, Option<u8>)> = self
+            .model
+            .batches
+            .iter()
+            .flat_map(|b| b.records.iter().map(|r| (r.0, (r.1, r.2))))
+            .collect();
         for (offset, key, value) in &got {
             let Some((k, v)) = model.get(offset) else {
-                return Err(TestCaseError::fail(format!("record at {offset} not in the model")));
+                return Err(TestCaseError::fail(format!(
+                    "record at {offset} not in the model"
+                )));
             };
             prop_assert_eq!(key.clone(), Some(format!("k{k}").into_bytes()));
             prop_assert_eq!(value.clone(), v.map(|v| format!("v{v}").into_bytes()));
@@ -273,13 +372,21 @@ impl Harness {
         prop_assert_eq!(log.log_end_offset(), model_leo);
         prop_assert_eq!(log.log_start_offset(), model_start);
         prop_assert_eq!(log.next_entry_index(), self.model.next_entry);
-        let bytes = log.read(model_start, usize::MAX, u64::MAX).expect("read all");
+        let bytes = log
+            .read(model_start, usize::MAX, u64::MAX)
+            .expect("read all");
         self.check_records(&bytes)?;
-        let got: std::collections::HashSet<u64> = records(&bytes).into_iter().map(|r| r.0).collect();
+        let got: std::collections::HashSet<u64> =
+            records(&bytes).into_iter().map(|r| r.0).collect();
         for b in &self.model.batches {
             for r in &b.records {
                 if r.0 >= model_start && !r.3 {
-                    prop_assert!(got.contains(&r.0), "record at {} (key {}) is missing", r.0, r.1);
+                    prop_assert!(
+                        got.contains(&r.0),
+                        "record at {} (key {}) is missing",
+                        r.0,
+                        r.1
+                    );
                 }
             }
         }
@@ -288,10 +395,14 @@ impl Harness {
         let next = log.next_entry_index();
         let entries = log.entries(first, next, usize::MAX).expect("entries");
         prop_assert_eq!(entries.len() as u64, next - first);
-        let by_entry: HashMap<u64, &ModelBatch> = self.model.batches.iter().map(|b| (b.entry, b)).collect();
+        let by_entry: HashMap<u64, &ModelBatch> =
+            self.model.batches.iter().map(|b| (b.entry, b)).collect();
         for e in &entries {
             let Some(b) = by_entry.get(&e.index) else {
-                return Err(TestCaseError::fail(format!("entry {} not in the model", e.index)));
+                return Err(TestCaseError::fail(format!(
+                    "entry {} not in the model",
+                    e.index
+                )));
             };
             let h = batch::BatchHeader::parse(&e.data).expect("entry header");
             prop_assert_eq!(h.base_offset as u64, b.base);
@@ -308,7 +419,9 @@ impl Harness {
 /// `(end position, last offset)` of every complete batch in a segment file.
 fn read_batch_ends(path: &std::path::Path) -> Vec<(u64, u64)> {
     let raw = std::fs::read(path).expect("read segment");
-    batch::BatchIter::new(&raw).map(|(at, h)| ((at + h.size()) as u64, h.last_offset() as u64)).collect()
+    batch::BatchIter::new(&raw)
+        .map(|(at, h)| ((at + h.size()) as u64, h.last_offset() as u64))
+        .collect()
 }
 
 proptest! {

@@ -20,13 +20,28 @@ pub fn record(ts: i64, key: Option<&str>, value: Option<&str>) -> NewRecord {
 
 /// A batch of `n` records with values `"{tag}-{i}"` and timestamps `ts + i`.
 pub fn batch_of(n: usize, tag: &str, ts: i64) -> Bytes {
-    let records: Vec<_> = (0..n).map(|i| record(ts + i as i64, Some(&format!("k{i}")), Some(&format!("{tag}-{i}")))).collect();
+    let records: Vec<_> = (0..n)
+        .map(|i| {
+            record(
+                ts + i as i64,
+                Some(&format!("k{i}")),
+                Some(&format!("{tag}-{i}")),
+            )
+        })
+        .collect();
     batch::build_batch(&records, &BatchOptions::default()).expect("build batch")
 }
 
 pub fn keyed_batch(pairs: &[(&str, Option<&str>)], ts: i64, compression: Compression) -> Bytes {
     let records: Vec<_> = pairs.iter().map(|(k, v)| record(ts, Some(k), *v)).collect();
-    batch::build_batch(&records, &BatchOptions { compression, ..Default::default() }).expect("build batch")
+    batch::build_batch(
+        &records,
+        &BatchOptions {
+            compression,
+            ..Default::default()
+        },
+    )
+    .expect("build batch")
 }
 
 pub fn open(dir: &std::path::Path, config: LogConfig, clock: &ManualClock) -> Log {
@@ -39,7 +54,10 @@ pub fn batches(bytes: &[u8]) -> Vec<BatchHeader> {
 }
 
 /// `(offset, key, value)` of every record in `bytes` (control batches skipped).
-pub fn records(bytes: &[u8]) -> Vec<(u64, Option<Vec<u8>>, Option<Vec<u8>>)> {
+/// `(offset, key, value)` of one record.
+pub type Rec = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+pub fn records(bytes: &[u8]) -> Vec<Rec> {
     let mut out = Vec::new();
     for (at, h) in batch::BatchIter::new(bytes) {
         if h.is_control() {
@@ -49,12 +67,20 @@ pub fn records(bytes: &[u8]) -> Vec<(u64, Option<Vec<u8>>, Option<Vec<u8>>)> {
         batch::verify_crc(raw, &h).expect("crc of batch read back");
         let body = batch::records_body(raw, &h, 1 << 26).expect("body");
         for r in batch::parse_records(&body, h.records_count).expect("records") {
-            out.push((h.base_offset as u64 + r.offset_delta as u64, r.key.map(<[u8]>::to_vec), r.value.map(<[u8]>::to_vec)));
+            out.push((
+                h.base_offset as u64 + r.offset_delta as u64,
+                r.key.map(<[u8]>::to_vec),
+                r.value.map(<[u8]>::to_vec),
+            ));
         }
     }
     out
 }
 
 pub fn small_segments() -> LogConfig {
-    LogConfig { segment_bytes: 1024, index_interval_bytes: 128, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 1024,
+        index_interval_bytes: 128,
+        ..LogConfig::default()
+    }
 }

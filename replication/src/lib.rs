@@ -1,0 +1,1 @@
+//! Raft groups over Runnel's storage logs.
