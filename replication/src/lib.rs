@@ -1,1 +1,186 @@
 //! Raft groups over Runnel's storage logs.
+//!
+//! Every partition is a Raft group (tikv's `raft` crate) whose log is the partition's storage
+//! `Log`; cluster metadata is one more group, `__cluster_metadata`, whose committed records
+//! every broker applies to its [`ClusterMetadata`]. A single broker is a cluster of one: the
+//! same code path with one voter.
+//!
+//! All groups of a broker are driven by one thread ([`driver`]) in the order raft-rs
+//! requires; request handlers talk to it through [`Replication`] and read replicas directly.
+//!
+//! Raft ids are Kafka broker ids plus one (Kafka ids start at 0, Raft's at 1).
+
+mod driver;
+pub mod metadata;
+pub mod proto;
+pub mod raft_log;
+pub mod topic_config;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_storage::{CleanerConfig, StorageError};
+use tokio::sync::{oneshot, Notify};
+
+pub use metadata::{BrokerInfo, ClusterMetadata, TopicMetadata};
+pub use proto::MetadataRecord;
+pub use raft_log::Replica;
+
+/// The name of the cluster metadata log (as in KRaft).
+pub const METADATA_TOPIC: &str = "__cluster_metadata";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("I/O: {0}")]
+    Io(String),
+    #[error("corrupt replication state: {0}")]
+    Corrupt(String),
+    #[error("this broker does not lead the partition")]
+    NotLeaderOrFollower,
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+/// How the broker is started, as far as replication cares.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    /// fsync the log once per Raft Ready cycle (group commit) before acknowledging. Off trades
+    /// power-loss durability for speed (page cache only), for development.
+    pub fsync: bool,
+    pub tick: Duration,
+    pub retention_check_interval: Duration,
+    pub checkpoint_interval: Duration,
+    pub cleaner_interval: Duration,
+    pub cleaner: CleanerConfig,
+}
+
+impl ReplicationConfig {
+    pub fn new(node_id: i32, data_dir: PathBuf) -> ReplicationConfig {
+        ReplicationConfig {
+            node_id,
+            data_dir,
+            fsync: true,
+            tick: Duration::from_millis(100),
+            retention_check_interval: Duration::from_secs(300),
+            checkpoint_interval: Duration::from_secs(60),
+            cleaner_interval: Duration::from_secs(15),
+            cleaner: CleanerConfig::default(),
+        }
+    }
+}
+
+/// What an acknowledged produce wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceAck {
+    pub base_offset: u64,
+    pub log_start_offset: u64,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ReplicationError>>;
+
+pub(crate) enum Command {
+    Produce { topic: String, partition: i32, batches: Vec<Bytes>, acks: i16, reply: Option<Reply<ProduceAck>> },
+    Metadata { record: MetadataRecord, reply: Reply<()> },
+    Shutdown,
+}
+
+/// State shared between the driver thread and request handlers.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) replicas: RwLock<HashMap<(String, i32), Arc<Replica>>>,
+    pub(crate) metadata: RwLock<ClusterMetadata>,
+    pub(crate) data_changed: Notify,
+}
+
+/// The broker's handle on replication.
+#[derive(Debug)]
+pub struct Replication {
+    node_id: i32,
+    tx: std::sync::mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Replication {
+    /// Opens the metadata log and every local replica (recovering their logs), then starts
+    /// the driver thread.
+    pub fn start(config: ReplicationConfig) -> Result<Replication, ReplicationError> {
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let node_id = config.node_id;
+        let threads = driver::start(config, shared.clone(), rx)?;
+        Ok(Replication { node_id, tx, shared, threads })
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.node_id
+    }
+
+    pub fn replica(&self, topic: &str, partition: i32) -> Option<Arc<Replica>> {
+        self.shared
+            .replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    /// The current metadata. Do not hold the guard across an `.await`.
+    pub fn metadata(&self) -> RwLockReadGuard<'_, ClusterMetadata> {
+        self.shared.metadata.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notified whenever any local partition's high watermark moves (long-polling fetches).
+    pub fn data_changed(&self) -> &Notify {
+        &self.shared.data_changed
+    }
+
+    /// Proposes validated batches (each one complete v2 batch) to a partition this broker
+    /// leads. `acks`: 0 returns at once with `None`; 1 after the leader's append; -1 after
+    /// commit.
+    pub async fn produce(&self, topic: &str, partition: i32, batches: Vec<Bytes>, acks: i16) -> Result<Option<ProduceAck>, ReplicationError> {
+        if acks == 0 {
+            self.send(Command::Produce { topic: topic.to_string(), partition, batches, acks, reply: None })?;
+            return Ok(None);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Produce { topic: topic.to_string(), partition, batches, acks, reply: Some(reply) })?;
+        rx.await.map_err(|_| ReplicationError::ShuttingDown)?.map(Some)
+    }
+
+    /// Proposes a metadata change and waits until it is committed and applied here.
+    pub async fn propose_metadata(&self, record: MetadataRecord) -> Result<(), ReplicationError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Metadata { record, reply })?;
+        rx.await.map_err(|_| ReplicationError::ShuttingDown)?
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), ReplicationError> {
+        self.tx.send(cmd).map_err(|_| ReplicationError::ShuttingDown)
+    }
+
+    /// Stops the driver: every log checkpointed, so the next start scans nothing.
+    pub fn shutdown(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Replication {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

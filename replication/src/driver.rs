@@ -1,0 +1,594 @@
+//! The one thread that drives every Raft group of this broker, in the order raft-rs requires:
+//! send messages, apply the snapshot, apply committed entries, persist entries (one fsync),
+//! persist hard state, send persisted messages, advance, apply what advance committed.
+//!
+//! It also runs retention and checkpoints on its logs; compaction runs on its own thread and
+//! takes each log's write lock only to swap cleaned segments in.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message as _;
+use raft::eraftpb::{Entry, EntryType};
+use raft::{RawNode, StateRole};
+use runnel_storage::batch::{self, BatchHeader, BatchOptions, NewRecord};
+use runnel_storage::{Log, LogConfig, SystemClock};
+use uuid::Uuid;
+
+use crate::metadata::{MetadataEffect, TopicMetadata};
+use crate::raft_log::{RaftLog, Replica};
+use crate::{Command, MetadataRecord, ProduceAck, ReplicationConfig, ReplicationError, Reply, Shared, METADATA_TOPIC};
+
+/// Forwards raft-rs's slog records to `tracing`.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record<'_>, _values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{}", record.msg()),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::debug!(target: "raft", "{}", record.msg()),
+            _ => tracing::trace!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+enum Pending {
+    Produce { first_index: u64, acks: i16, reply: Reply<ProduceAck> },
+    Metadata { reply: Reply<()> },
+}
+
+/// What applying committed metadata entries leaves for the driver to do, in order.
+enum Effect {
+    Apply(MetadataEffect),
+    Reply(Reply<()>),
+}
+
+struct Group {
+    node: RawNode<RaftLog>,
+    /// Proposals waiting for persistence or commit, by the index of their last entry.
+    pending: BTreeMap<u64, Pending>,
+    metadata: bool,
+    was_leader: bool,
+}
+
+struct Driver {
+    config: ReplicationConfig,
+    raft_id: u64,
+    shared: Arc<Shared>,
+    logger: slog::Logger,
+    metadata: Group,
+    partitions: HashMap<(String, i32), Group>,
+}
+
+fn raft_err(e: raft::Error) -> ReplicationError {
+    ReplicationError::Raft(e.to_string())
+}
+
+fn raft_id(node_id: i32) -> u64 {
+    node_id as u64 + 1
+}
+
+/// The offset just past entry `index` (the high watermark once it is committed).
+fn offset_end_of_entry(log: &Log, index: u64) -> Option<u64> {
+    let entry = log.entries(index, index + 1, 0).ok()?.pop()?;
+    let h = BatchHeader::parse(&entry.data).ok()?;
+    Some(h.last_offset() as u64 + 1)
+}
+
+/// The high watermark a replica restarts with: the end of its last committed entry.
+fn recovered_high_watermark(log: &Log, commit: u64) -> u64 {
+    if commit >= log.first_entry_index() {
+        if let Some(end) = offset_end_of_entry(log, commit) {
+            return end;
+        }
+    }
+    log.log_start_offset()
+}
+
+pub(crate) fn start(
+    config: ReplicationConfig,
+    shared: Arc<Shared>,
+    rx: Receiver<Command>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, ReplicationError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| ReplicationError::Io(format!("{}: {e}", config.data_dir.display())))?;
+    let logger = slog::Logger::root(TracingDrain, slog::o!());
+    let raft_id = raft_id(config.node_id);
+    // The metadata log: replay what is committed, then join its group.
+    let dir = config.data_dir.join(format!("{METADATA_TOPIC}-0"));
+    let meta_config = LogConfig { retention_ms: -1, segment_bytes: 64 * 1024 * 1024, ..LogConfig::default() };
+    let log = Log::open(&dir, meta_config, Arc::new(SystemClock))?;
+    let replica = Arc::new(Replica::new(METADATA_TOPIC.to_string(), 0, Uuid::nil(), log));
+    let raft_log = RaftLog::open(replica.clone(), &dir, &[raft_id], config.fsync)?;
+    let commit = raft_log.hard_state().commit.min(replica.log().next_entry_index().saturating_sub(1));
+    replay_metadata(&shared, &replica, commit)?;
+    replica.reset_high_watermark(recovered_high_watermark(&replica.log(), commit));
+    let metadata = new_group(&config, raft_id, raft_log, commit, true, &logger)?;
+
+    let mut driver = Driver { config, raft_id, shared, logger, metadata, partitions: HashMap::new() };
+    let topics: Vec<TopicMetadata> = driver.metadata_read().topics.values().cloned().collect();
+    for topic in topics {
+        driver.open_partitions(&topic, 0)?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let cleaner = {
+        let shared = driver.shared.clone();
+        let config = driver.config.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("log-cleaner".into())
+            .spawn(move || run_cleaner(&shared, &config, &stop))
+            .map_err(|e| ReplicationError::Io(format!("spawn cleaner: {e}")))?
+    };
+    let raft = std::thread::Builder::new()
+        .name("raft-driver".into())
+        .spawn(move || {
+            driver.run(rx);
+            stop.store(true, Ordering::Release);
+        })
+        .map_err(|e| ReplicationError::Io(format!("spawn driver: {e}")))?;
+    Ok(vec![raft, cleaner])
+}
+
+fn new_group(
+    config: &ReplicationConfig,
+    raft_id: u64,
+    raft_log: RaftLog,
+    applied: u64,
+    metadata: bool,
+    logger: &slog::Logger,
+) -> Result<Group, ReplicationError> {
+    let single_voter = raft::Storage::initial_state(&raft_log).map_err(raft_err)?.conf_state.voters == vec![raft_id];
+    let cfg = raft::Config {
+        id: raft_id,
+        election_tick: 10,
+        heartbeat_tick: 1,
+        applied,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        max_committed_size_per_ready: 16 * 1024 * 1024,
+        ..raft::Config::default()
+    };
+    let _ = config;
+    let mut node = RawNode::new(&cfg, raft_log, logger).map_err(raft_err)?;
+    if single_voter {
+        node.campaign().map_err(raft_err)?;
+    }
+    Ok(Group { node, pending: BTreeMap::new(), metadata, was_leader: false })
+}
+
+/// Applies every committed metadata record in the log (startup).
+fn replay_metadata(shared: &Shared, replica: &Replica, commit: u64) -> Result<(), ReplicationError> {
+    let log = replica.log();
+    let mut index = log.first_entry_index();
+    let mut metadata = shared.metadata.write().unwrap_or_else(|e| e.into_inner());
+    while index <= commit {
+        let entries = log.entries(index, commit + 1, 4 * 1024 * 1024)?;
+        if entries.is_empty() {
+            break;
+        }
+        for e in &entries {
+            for record in metadata_records(&e.data) {
+                metadata.apply(&record);
+            }
+            metadata.applied_index = e.index;
+        }
+        index = entries.last().map_or(commit + 1, |e| e.index + 1);
+    }
+    Ok(())
+}
+
+/// The metadata records in a stored metadata batch (none for control batches).
+fn metadata_records(data: &[u8]) -> Vec<MetadataRecord> {
+    let Ok(h) = BatchHeader::parse(data) else { return Vec::new() };
+    if h.is_control() {
+        return Vec::new();
+    }
+    let Ok(body) = batch::records_body(data, &h, 64 * 1024 * 1024) else { return Vec::new() };
+    let Ok(records) = batch::parse_records(&body, h.records_count) else { return Vec::new() };
+    records.iter().filter_map(|r| r.value).filter_map(|v| MetadataRecord::decode(v).ok()).collect()
+}
+
+impl Driver {
+    fn metadata_read(&self) -> std::sync::RwLockReadGuard<'_, crate::ClusterMetadata> {
+        self.shared.metadata.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens the local replicas of `topic`'s partitions from `from` on.
+    fn open_partitions(&mut self, topic: &TopicMetadata, from: usize) -> Result<(), ReplicationError> {
+        let log_config = self.metadata_read().log_config(topic);
+        for (p, replicas) in topic.partitions.iter().enumerate().skip(from) {
+            if !replicas.contains(&self.config.node_id) {
+                continue;
+            }
+            let partition = p as i32;
+            let key = (topic.name.clone(), partition);
+            if self.partitions.contains_key(&key) {
+                continue;
+            }
+            let dir = self.config.data_dir.join(runnel_storage::partition_dir_name(&topic.name, partition));
+            let log = Log::open(&dir, log_config.clone(), Arc::new(SystemClock))?;
+            let replica = Arc::new(Replica::new(topic.name.clone(), partition, topic.id, log));
+            let voters: Vec<u64> = replicas.iter().map(|&r| raft_id(r)).collect();
+            let raft_log = RaftLog::open(replica.clone(), &dir, &voters, self.config.fsync)?;
+            let commit = raft_log.hard_state().commit.min(replica.log().next_entry_index().saturating_sub(1));
+            replica.reset_high_watermark(recovered_high_watermark(&replica.log(), commit));
+            let group = new_group(&self.config, self.raft_id, raft_log, commit, false, &self.logger)?;
+            self.partitions.insert(key.clone(), group);
+            self.shared.replicas.write().unwrap_or_else(|e| e.into_inner()).insert(key, replica);
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, rx: Receiver<Command>) {
+        let tick = self.config.tick;
+        let mut next_tick = Instant::now() + tick;
+        let mut next_retention = Instant::now() + self.config.retention_check_interval;
+        let mut next_checkpoint = Instant::now() + self.config.checkpoint_interval;
+        'run: loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(timeout) {
+                Ok(cmd) => {
+                    if !self.handle(cmd) {
+                        break 'run;
+                    }
+                    while let Ok(cmd) = rx.try_recv() {
+                        if !self.handle(cmd) {
+                            break 'run;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break 'run,
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.metadata.node.tick();
+                for g in self.partitions.values_mut() {
+                    g.node.tick();
+                }
+                next_tick = now + tick;
+            }
+            self.process_ready();
+            if now >= next_retention {
+                self.apply_retention();
+                next_retention = now + self.config.retention_check_interval;
+            }
+            if now >= next_checkpoint {
+                self.checkpoint_all();
+                next_checkpoint = now + self.config.checkpoint_interval;
+            }
+        }
+        self.checkpoint_all();
+        tracing::info!("raft driver stopped; logs checkpointed");
+    }
+
+    /// Handles one command; false on shutdown.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Shutdown => return false,
+            Command::Produce { topic, partition, batches, acks, reply } => {
+                let Some(group) = self.partitions.get_mut(&(topic, partition)) else {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(ReplicationError::UnknownTopicOrPartition));
+                    }
+                    return true;
+                };
+                if group.node.raft.state != StateRole::Leader {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(ReplicationError::NotLeaderOrFollower));
+                    }
+                    return true;
+                }
+                let count = batches.len() as u64;
+                for b in batches {
+                    if let Err(e) = group.node.propose(Vec::new(), b.to_vec()) {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(match e {
+                                raft::Error::ProposalDropped => ReplicationError::NotLeaderOrFollower,
+                                other => raft_err(other),
+                            }));
+                        }
+                        return true;
+                    }
+                }
+                if let Some(reply) = reply {
+                    let last = group.node.raft.raft_log.last_index();
+                    group.pending.insert(last, Pending::Produce { first_index: last + 1 - count, acks, reply });
+                }
+            }
+            Command::Metadata { record, reply } => {
+                let value = Bytes::from(record.encode_to_vec());
+                let rec = NewRecord { timestamp: crate::raft_log::now_ms(), key: None, value: Some(value), headers: Vec::new() };
+                let data = match batch::build_batch(&[rec], &BatchOptions::default()) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        return true;
+                    }
+                };
+                let group = &mut self.metadata;
+                if group.node.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(ReplicationError::NotLeaderOrFollower));
+                    return true;
+                }
+                match group.node.propose(Vec::new(), data.to_vec()) {
+                    Ok(()) => {
+                        let last = group.node.raft.raft_log.last_index();
+                        group.pending.insert(last, Pending::Metadata { reply });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(raft_err(e)));
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn process_ready(&mut self) {
+        let mut effects = Vec::new();
+        if self.metadata.node.has_ready() {
+            match on_ready(&mut self.metadata, &self.shared, self.raft_id) {
+                Ok(mut e) => effects.append(&mut e),
+                Err(e) => tracing::error!(error = %e, "metadata group failed to persist"),
+            }
+        }
+        for effect in effects {
+            let effect = match effect {
+                Effect::Reply(reply) => {
+                    let _ = reply.send(Ok(()));
+                    continue;
+                }
+                Effect::Apply(effect) => effect,
+            };
+            if let Err(e) = self.apply_effect(effect) {
+                tracing::error!(error = %e, "applying a metadata change to local replicas failed");
+            }
+        }
+        for ((topic, partition), g) in self.partitions.iter_mut() {
+            if g.node.has_ready() {
+                if let Err(e) = on_ready(g, &self.shared, self.raft_id) {
+                    tracing::error!(topic, partition, error = %e, "partition failed to persist");
+                }
+            }
+        }
+    }
+
+    fn apply_effect(&mut self, effect: MetadataEffect) -> Result<(), ReplicationError> {
+        match effect {
+            MetadataEffect::None => {}
+            MetadataEffect::PartitionsAdded { topic, from } => {
+                let t = self.metadata_read().topics.get(&topic).cloned();
+                if let Some(t) = t {
+                    self.open_partitions(&t, from)?;
+                }
+            }
+            MetadataEffect::TopicDeleted(t) => {
+                for p in 0..t.partitions.len() as i32 {
+                    let key = (t.name.clone(), p);
+                    if let Some(mut g) = self.partitions.remove(&key) {
+                        for (_, pending) in std::mem::take(&mut g.pending) {
+                            fail(pending, ReplicationError::UnknownTopicOrPartition);
+                        }
+                    }
+                    let replica = self.shared.replicas.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    if let Some(replica) = replica {
+                        let dir = replica.log().dir().to_path_buf();
+                        drop(replica);
+                        remove_dir(&dir);
+                    }
+                }
+            }
+            MetadataEffect::TopicConfigChanged { topic } => self.reconfigure(Some(&topic)),
+            MetadataEffect::BrokerConfigChanged => self.reconfigure(None),
+        }
+        Ok(())
+    }
+
+    fn reconfigure(&mut self, only: Option<&str>) {
+        let metadata = self.metadata_read().clone();
+        let replicas = self.shared.replicas.read().unwrap_or_else(|e| e.into_inner()).clone();
+        for ((topic, _), replica) in replicas {
+            if only.is_some_and(|t| t != topic) {
+                continue;
+            }
+            if let Some(t) = metadata.topics.get(&topic) {
+                if let Err(e) = replica.log_mut().set_config(metadata.log_config(t)) {
+                    tracing::warn!(topic, error = %e, "could not apply topic config");
+                }
+            }
+        }
+    }
+
+    fn apply_retention(&mut self) {
+        let replicas: Vec<Arc<Replica>> =
+            self.shared.replicas.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for r in replicas {
+            let hw = r.high_watermark();
+            match r.log_mut().delete_old_segments(hw) {
+                Ok(o) if o.segments_deleted > 0 => {
+                    tracing::info!(topic = r.topic, partition = r.partition, segments = o.segments_deleted, bytes = o.bytes_deleted, "retention deleted segments")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(topic = r.topic, partition = r.partition, error = %e, "retention failed"),
+            }
+        }
+    }
+
+    fn checkpoint_all(&mut self) {
+        for g in std::iter::once(&mut self.metadata).chain(self.partitions.values_mut()) {
+            let commit = g.node.raft.raft_log.committed;
+            let store = g.node.mut_store();
+            if let Err(e) = store.replica().log_mut().checkpoint() {
+                tracing::warn!(error = %e, "checkpoint failed");
+            }
+            if let Err(e) = store.set_commit(commit) {
+                tracing::warn!(error = %e, "storing commit index failed");
+            }
+        }
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not delete a deleted topic's directory");
+    }
+}
+
+fn fail(pending: Pending, error: ReplicationError) {
+    match pending {
+        Pending::Produce { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Pending::Metadata { reply } => {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+/// One Ready cycle of one group. Returns the metadata effects of applied metadata entries.
+fn on_ready(g: &mut Group, shared: &Shared, raft_id: u64) -> Result<Vec<Effect>, ReplicationError> {
+    let mut effects = Vec::new();
+    let mut ready = g.node.ready();
+    // Single-broker groups have no peers; inter-broker transport arrives with the cluster.
+    drop(ready.take_messages());
+    if !ready.snapshot().is_empty() {
+        tracing::warn!("snapshots are not supported yet; ignoring one");
+    }
+    let committed = ready.take_committed_entries();
+    apply_committed(g, shared, &committed, &mut effects);
+    if !ready.entries().is_empty() {
+        let last = ready.entries().last().map_or(0, |e| e.index);
+        g.node.mut_store().append_entries(ready.entries())?;
+        acknowledge_persisted(g, last);
+    }
+    if let Some(hs) = ready.hs() {
+        let stored = g.node.store().hard_state();
+        if hs.term != stored.term || hs.vote != stored.vote {
+            g.node.mut_store().set_hard_state(hs)?;
+        }
+    }
+    drop(ready.take_persisted_messages());
+    let mut light = g.node.advance(ready);
+    drop(light.take_messages());
+    let committed = light.take_committed_entries();
+    apply_committed(g, shared, &committed, &mut effects);
+    g.node.advance_apply();
+
+    let leader = g.node.raft.state == StateRole::Leader;
+    let term = i32::try_from(g.node.raft.term).unwrap_or(i32::MAX);
+    let leader_id = g.node.raft.leader_id;
+    g.node.store().replica().set_leader(if leader_id == 0 { -1 } else { leader_id as i32 - 1 }, term);
+    if g.was_leader && !leader {
+        for (_, p) in std::mem::take(&mut g.pending) {
+            fail(p, ReplicationError::NotLeaderOrFollower);
+        }
+    }
+    g.was_leader = leader;
+    let _ = raft_id;
+    Ok(effects)
+}
+
+/// acks=1: answered once the leader's own log has the entries.
+fn acknowledge_persisted(g: &mut Group, last_persisted: u64) {
+    let ready: Vec<u64> = g
+        .pending
+        .range(..=last_persisted)
+        .filter(|(_, p)| matches!(p, Pending::Produce { acks: 1, .. }))
+        .map(|(k, _)| *k)
+        .collect();
+    for k in ready {
+        if let Some(Pending::Produce { first_index, reply, .. }) = g.pending.remove(&k) {
+            let _ = reply.send(produce_ack(g, first_index));
+        }
+    }
+}
+
+fn produce_ack(g: &Group, first_index: u64) -> Result<ProduceAck, ReplicationError> {
+    let log = g.node.store().replica().log();
+    Ok(ProduceAck { base_offset: log.entry_offset(first_index)?, log_start_offset: log.log_start_offset() })
+}
+
+fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &mut Vec<Effect>) {
+    let Some(last) = entries.last() else { return };
+    if g.metadata {
+        let mut metadata = shared.metadata.write().unwrap_or_else(|e| e.into_inner());
+        for e in entries {
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                for record in metadata_records(&e.data) {
+                    effects.push(Effect::Apply(metadata.apply(&record)));
+                }
+            }
+            metadata.applied_index = e.index;
+        }
+    }
+    let replica = g.node.store().replica().clone();
+    if let Some(end) = offset_end_of_entry(&replica.log(), last.index) {
+        replica.set_high_watermark(end);
+    }
+    let done: Vec<u64> = g.pending.range(..=last.index).map(|(k, _)| *k).collect();
+    for k in done {
+        match g.pending.remove(&k) {
+            Some(Pending::Produce { first_index, reply, .. }) => {
+                let _ = reply.send(produce_ack(g, first_index));
+            }
+            Some(Pending::Metadata { reply }) => {
+                // Answered once the driver has applied the effects to local replicas.
+                effects.push(Effect::Reply(reply));
+            }
+            None => {}
+        }
+    }
+    shared.data_changed.notify_waiters();
+}
+
+/// The compaction thread: for each compacted log, plan under a read lock, build with no lock,
+/// install under the write lock.
+fn run_cleaner(shared: &Shared, config: &ReplicationConfig, stop: &AtomicBool) {
+    let step = Duration::from_millis(200);
+    let mut waited = Duration::ZERO;
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(step);
+        waited += step;
+        if waited < config.cleaner_interval {
+            continue;
+        }
+        waited = Duration::ZERO;
+        let replicas: Vec<Arc<Replica>> = shared.replicas.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for r in replicas {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            let plan = match r.log().clean_plan(r.high_watermark()) {
+                Ok(Some(plan)) => plan,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(topic = r.topic, partition = r.partition, error = %e, "cleaner plan failed");
+                    continue;
+                }
+            };
+            let result = plan.build(&config.cleaner).and_then(|output| r.log_mut().install_clean(output));
+            match result {
+                Ok(stats) => tracing::info!(
+                    topic = r.topic,
+                    partition = r.partition,
+                    removed = stats.records_removed,
+                    rewritten = stats.segments_rewritten,
+                    "cleaned log"
+                ),
+                Err(e) => tracing::warn!(topic = r.topic, partition = r.partition, error = %e, "cleaning failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Runnel's own messages, defined with `prost` derives (no protoc): the cluster metadata
+//! records written to the controller log, and small per-group state files.
+
+/// One change to the cluster metadata, the value of one record in `__cluster_metadata`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetadataRecord {
+    #[prost(oneof = "metadata_record::Record", tags = "1, 2, 3, 4, 5, 6")]
+    pub record: Option<metadata_record::Record>,
+}
+
+pub mod metadata_record {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Record {
+        #[prost(message, tag = "1")]
+        RegisterBroker(super::RegisterBroker),
+        #[prost(message, tag = "2")]
+        CreateTopic(super::CreateTopic),
+        #[prost(message, tag = "3")]
+        DeleteTopic(super::DeleteTopic),
+        #[prost(message, tag = "4")]
+        AlterTopicConfig(super::AlterTopicConfig),
+        #[prost(message, tag = "5")]
+        CreatePartitions(super::CreatePartitions),
+        #[prost(message, tag = "6")]
+        AlterBrokerConfig(super::AlterBrokerConfig),
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegisterBroker {
+    #[prost(int32, tag = "1")]
+    pub node_id: i32,
+    #[prost(string, tag = "2")]
+    pub host: String,
+    #[prost(int32, tag = "3")]
+    pub port: i32,
+    #[prost(string, optional, tag = "4")]
+    pub rack: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartitionAssignment {
+    #[prost(int32, repeated, tag = "1")]
+    pub replicas: Vec<i32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfigEntry {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateTopic {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The topic id, 16 bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub topic_id: Vec<u8>,
+    #[prost(message, repeated, tag = "3")]
+    pub partitions: Vec<PartitionAssignment>,
+    #[prost(message, repeated, tag = "4")]
+    pub configs: Vec<ConfigEntry>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeleteTopic {
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+}
+
+/// Replaces a topic's whole set of explicitly set configs.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AlterTopicConfig {
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    pub configs: Vec<ConfigEntry>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreatePartitions {
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    /// Assignments of the new partitions, in partition order after the existing ones.
+    #[prost(message, repeated, tag = "2")]
+    pub partitions: Vec<PartitionAssignment>,
+}
+
+/// Replaces the dynamic broker-level configs (cluster-wide defaults for topics).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AlterBrokerConfig {
+    #[prost(message, repeated, tag = "1")]
+    pub configs: Vec<ConfigEntry>,
+}
+
+/// A Raft group's membership, persisted beside its log.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GroupMembership {
+    #[prost(uint64, repeated, tag = "1")]
+    pub voters: Vec<u64>,
+    #[prost(uint64, repeated, tag = "2")]
+    pub learners: Vec<u64>,
+}
