@@ -1,1 +1,205 @@
-//! The Runnel broker.
+//! The Runnel broker: connections, one handler per Kafka API (`handlers/`), topic and
+//! partition management through [`runnel_replication`], metrics.
+//!
+//! A handler reads as: decode (done by the connection), validate, delegate to replication or
+//! storage, respond. Client mistakes become Kafka error codes ([`error`]), never a panic or a
+//! dropped connection where the protocol has an answer.
+
+pub mod config;
+mod connection;
+pub mod error;
+mod fetch_session;
+pub mod handlers;
+pub mod probe;
+
+use std::sync::Arc;
+
+use runnel_replication::proto::{metadata_record::Record, RegisterBroker};
+use runnel_replication::{MetadataRecord, Replication, ReplicationConfig, ReplicationError};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+pub use config::BrokerConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running broker's state, shared by all connections.
+#[derive(Debug)]
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub replication: Replication,
+    pub cluster_id: String,
+    fetch_sessions: fetch_session::FetchSessionCache,
+}
+
+/// `meta.properties`, as Kafka writes it: the cluster id and node id this data dir belongs to.
+fn load_or_create_meta(config: &BrokerConfig) -> Result<String, BrokerError> {
+    let path = config.data_dir.join("meta.properties");
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        BrokerError::Config(format!(
+            "cannot create data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let mut cluster_id = None;
+        let mut node_id = None;
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("cluster.id=") {
+                cluster_id = Some(v.trim().to_string());
+            }
+            if let Some(v) = line.strip_prefix("node.id=") {
+                node_id = v.trim().parse::<i32>().ok();
+            }
+        }
+        if let Some(stored) = node_id {
+            if stored != config.node_id {
+                return Err(BrokerError::Config(format!(
+                    "data dir {} belongs to node {stored}, not {}: start with --node-id {stored} or use another --data-dir",
+                    config.data_dir.display(),
+                    config.node_id
+                )));
+            }
+        }
+        if let Some(id) = cluster_id {
+            return Ok(id);
+        }
+    }
+    let cluster_id = base64_url(uuid::Uuid::new_v4().as_bytes());
+    let text = format!(
+        "version=1\ncluster.id={cluster_id}\nnode.id={}\n",
+        config.node_id
+    );
+    std::fs::write(&path, text)
+        .map_err(|e| BrokerError::Config(format!("cannot write {}: {e}", path.display())))?;
+    Ok(cluster_id)
+}
+
+/// Kafka prints cluster and topic ids as URL-safe base64 without padding.
+pub fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 2);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+impl Broker {
+    /// Opens the data dir (recovering every log) and starts replication.
+    pub fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        let cluster_id = load_or_create_meta(&config)?;
+        let mut rc = ReplicationConfig::new(config.node_id, config.data_dir.clone());
+        rc.fsync = config.fsync;
+        rc.retention_check_interval =
+            std::time::Duration::from_millis(config.retention_check_interval_ms.max(10));
+        let replication = Replication::start(rc)?;
+        Ok(Broker {
+            config,
+            replication,
+            cluster_id,
+            fetch_sessions: fetch_session::FetchSessionCache::default(),
+        })
+    }
+
+    /// Records this broker's endpoint in the cluster metadata if it changed.
+    pub async fn register(&self) -> Result<(), BrokerError> {
+        let wanted = RegisterBroker {
+            node_id: self.config.node_id,
+            host: self.config.advertised_host.clone(),
+            port: i32::from(self.config.advertised_port),
+            rack: self.config.rack.clone(),
+        };
+        let current = self
+            .replication
+            .metadata()
+            .brokers
+            .get(&self.config.node_id)
+            .cloned();
+        let same = current.is_some_and(|b| {
+            b.host == wanted.host && b.port == wanted.port && b.rack == wanted.rack
+        });
+        if !same {
+            let mut attempts = 0;
+            loop {
+                let record = MetadataRecord {
+                    record: Some(Record::RegisterBroker(wanted.clone())),
+                };
+                match self.replication.propose_metadata(record).await {
+                    Ok(()) => break,
+                    // The metadata group elects itself within a tick or two of starting.
+                    Err(ReplicationError::NotLeaderOrFollower) if attempts < 100 => {
+                        attempts += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepts connections until `shutdown` turns true, then stops replication (every log
+    /// checkpointed).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                accepted = listener.accept() => {
+                    let (socket, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "connection limit reached; closing");
+                        continue;
+                    };
+                    let broker = self.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        connection::run(broker, socket, peer, shutdown).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Binds the configured listener.
+pub async fn bind(config: &BrokerConfig) -> Result<TcpListener, BrokerError> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| BrokerError::Bind {
+            addr: config.listen,
+            source,
+        })
+}

@@ -22,7 +22,18 @@ use uuid::Uuid;
 
 use crate::metadata::{MetadataEffect, TopicMetadata};
 use crate::raft_log::{RaftLog, Replica};
-use crate::{Command, MetadataRecord, ProduceAck, ReplicationConfig, ReplicationError, Reply, Shared, METADATA_TOPIC};
+use crate::{
+    Command, MetadataRecord, ProduceAck, ReplicationConfig, ReplicationError, Reply, Shared,
+    METADATA_TOPIC,
+};
+
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
 
 /// Forwards raft-rs's slog records to `tracing`.
 struct TracingDrain;
@@ -30,9 +41,15 @@ struct TracingDrain;
 impl slog::Drain for TracingDrain {
     type Ok = ();
     type Err = slog::Never;
-    fn log(&self, record: &slog::Record<'_>, _values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        _values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
         match record.level() {
-            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{}", record.msg()),
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
+            }
             slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
             slog::Level::Info => tracing::debug!(target: "raft", "{}", record.msg()),
             _ => tracing::trace!(target: "raft", "{}", record.msg()),
@@ -42,8 +59,14 @@ impl slog::Drain for TracingDrain {
 }
 
 enum Pending {
-    Produce { first_index: u64, acks: i16, reply: Reply<ProduceAck> },
-    Metadata { reply: Reply<()> },
+    Produce {
+        first_index: u64,
+        acks: i16,
+        reply: Reply<ProduceAck>,
+    },
+    Metadata {
+        reply: Reply<()>,
+    },
 }
 
 /// What applying committed metadata entries leaves for the driver to do, in order.
@@ -81,7 +104,7 @@ fn raft_id(node_id: i32) -> u64 {
 fn offset_end_of_entry(log: &Log, index: u64) -> Option<u64> {
     let entry = log.entries(index, index + 1, 0).ok()?.pop()?;
     let h = BatchHeader::parse(&entry.data).ok()?;
-    Some(h.last_offset() as u64 + 1)
+    Some(h.next_offset().max(0) as u64)
 }
 
 /// The high watermark a replica restarts with: the end of its last committed entry.
@@ -99,21 +122,41 @@ pub(crate) fn start(
     shared: Arc<Shared>,
     rx: Receiver<Command>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, ReplicationError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| ReplicationError::Io(format!("{}: {e}", config.data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| ReplicationError::Io(format!("{}: {e}", config.data_dir.display())))?;
     let logger = slog::Logger::root(TracingDrain, slog::o!());
     let raft_id = raft_id(config.node_id);
     // The metadata log: replay what is committed, then join its group.
     let dir = config.data_dir.join(format!("{METADATA_TOPIC}-0"));
-    let meta_config = LogConfig { retention_ms: -1, segment_bytes: 64 * 1024 * 1024, ..LogConfig::default() };
+    let meta_config = LogConfig {
+        retention_ms: -1,
+        segment_bytes: 64 * 1024 * 1024,
+        ..LogConfig::default()
+    };
     let log = Log::open(&dir, meta_config, Arc::new(SystemClock))?;
-    let replica = Arc::new(Replica::new(METADATA_TOPIC.to_string(), 0, Uuid::nil(), log));
+    let replica = Arc::new(Replica::new(
+        METADATA_TOPIC.to_string(),
+        0,
+        Uuid::nil(),
+        log,
+    ));
     let raft_log = RaftLog::open(replica.clone(), &dir, &[raft_id], config.fsync)?;
-    let commit = raft_log.hard_state().commit.min(replica.log().next_entry_index().saturating_sub(1));
+    let commit = raft_log
+        .hard_state()
+        .commit
+        .min(replica.log().next_entry_index().saturating_sub(1));
     replay_metadata(&shared, &replica, commit)?;
     replica.reset_high_watermark(recovered_high_watermark(&replica.log(), commit));
     let metadata = new_group(&config, raft_id, raft_log, commit, true, &logger)?;
 
-    let mut driver = Driver { config, raft_id, shared, logger, metadata, partitions: HashMap::new() };
+    let mut driver = Driver {
+        config,
+        raft_id,
+        shared,
+        logger,
+        metadata,
+        partitions: HashMap::new(),
+    };
     let topics: Vec<TopicMetadata> = driver.metadata_read().topics.values().cloned().collect();
     for topic in topics {
         driver.open_partitions(&topic, 0)?;
@@ -131,8 +174,9 @@ pub(crate) fn start(
     let raft = std::thread::Builder::new()
         .name("raft-driver".into())
         .spawn(move || {
+            // Stops the cleaner however the driver ends, a panic included.
+            let _stop = StopOnDrop(stop);
             driver.run(rx);
-            stop.store(true, Ordering::Release);
         })
         .map_err(|e| ReplicationError::Io(format!("spawn driver: {e}")))?;
     Ok(vec![raft, cleaner])
@@ -146,7 +190,11 @@ fn new_group(
     metadata: bool,
     logger: &slog::Logger,
 ) -> Result<Group, ReplicationError> {
-    let single_voter = raft::Storage::initial_state(&raft_log).map_err(raft_err)?.conf_state.voters == vec![raft_id];
+    let single_voter = raft::Storage::initial_state(&raft_log)
+        .map_err(raft_err)?
+        .conf_state
+        .voters
+        == vec![raft_id];
     let cfg = raft::Config {
         id: raft_id,
         election_tick: 10,
@@ -164,11 +212,20 @@ fn new_group(
     if single_voter {
         node.campaign().map_err(raft_err)?;
     }
-    Ok(Group { node, pending: BTreeMap::new(), metadata, was_leader: false })
+    Ok(Group {
+        node,
+        pending: BTreeMap::new(),
+        metadata,
+        was_leader: false,
+    })
 }
 
 /// Applies every committed metadata record in the log (startup).
-fn replay_metadata(shared: &Shared, replica: &Replica, commit: u64) -> Result<(), ReplicationError> {
+fn replay_metadata(
+    shared: &Shared,
+    replica: &Replica,
+    commit: u64,
+) -> Result<(), ReplicationError> {
     let log = replica.log();
     let mut index = log.first_entry_index();
     let mut metadata = shared.metadata.write().unwrap_or_else(|e| e.into_inner());
@@ -190,22 +247,39 @@ fn replay_metadata(shared: &Shared, replica: &Replica, commit: u64) -> Result<()
 
 /// The metadata records in a stored metadata batch (none for control batches).
 fn metadata_records(data: &[u8]) -> Vec<MetadataRecord> {
-    let Ok(h) = BatchHeader::parse(data) else { return Vec::new() };
+    let Ok(h) = BatchHeader::parse(data) else {
+        return Vec::new();
+    };
     if h.is_control() {
         return Vec::new();
     }
-    let Ok(body) = batch::records_body(data, &h, 64 * 1024 * 1024) else { return Vec::new() };
-    let Ok(records) = batch::parse_records(&body, h.records_count) else { return Vec::new() };
-    records.iter().filter_map(|r| r.value).filter_map(|v| MetadataRecord::decode(v).ok()).collect()
+    let Ok(body) = batch::records_body(data, &h, 64 * 1024 * 1024) else {
+        return Vec::new();
+    };
+    let Ok(records) = batch::parse_records(&body, h.records_count) else {
+        return Vec::new();
+    };
+    records
+        .iter()
+        .filter_map(|r| r.value)
+        .filter_map(|v| MetadataRecord::decode(v).ok())
+        .collect()
 }
 
 impl Driver {
     fn metadata_read(&self) -> std::sync::RwLockReadGuard<'_, crate::ClusterMetadata> {
-        self.shared.metadata.read().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Opens the local replicas of `topic`'s partitions from `from` on.
-    fn open_partitions(&mut self, topic: &TopicMetadata, from: usize) -> Result<(), ReplicationError> {
+    fn open_partitions(
+        &mut self,
+        topic: &TopicMetadata,
+        from: usize,
+    ) -> Result<(), ReplicationError> {
         let log_config = self.metadata_read().log_config(topic);
         for (p, replicas) in topic.partitions.iter().enumerate().skip(from) {
             if !replicas.contains(&self.config.node_id) {
@@ -216,16 +290,33 @@ impl Driver {
             if self.partitions.contains_key(&key) {
                 continue;
             }
-            let dir = self.config.data_dir.join(runnel_storage::partition_dir_name(&topic.name, partition));
+            let dir = self
+                .config
+                .data_dir
+                .join(runnel_storage::partition_dir_name(&topic.name, partition));
             let log = Log::open(&dir, log_config.clone(), Arc::new(SystemClock))?;
             let replica = Arc::new(Replica::new(topic.name.clone(), partition, topic.id, log));
             let voters: Vec<u64> = replicas.iter().map(|&r| raft_id(r)).collect();
             let raft_log = RaftLog::open(replica.clone(), &dir, &voters, self.config.fsync)?;
-            let commit = raft_log.hard_state().commit.min(replica.log().next_entry_index().saturating_sub(1));
+            let commit = raft_log
+                .hard_state()
+                .commit
+                .min(replica.log().next_entry_index().saturating_sub(1));
             replica.reset_high_watermark(recovered_high_watermark(&replica.log(), commit));
-            let group = new_group(&self.config, self.raft_id, raft_log, commit, false, &self.logger)?;
+            let group = new_group(
+                &self.config,
+                self.raft_id,
+                raft_log,
+                commit,
+                false,
+                &self.logger,
+            )?;
             self.partitions.insert(key.clone(), group);
-            self.shared.replicas.write().unwrap_or_else(|e| e.into_inner()).insert(key, replica);
+            self.shared
+                .replicas
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, replica);
         }
         Ok(())
     }
@@ -277,7 +368,13 @@ impl Driver {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Shutdown => return false,
-            Command::Produce { topic, partition, batches, acks, reply } => {
+            Command::Produce {
+                topic,
+                partition,
+                batches,
+                acks,
+                reply,
+            } => {
                 let Some(group) = self.partitions.get_mut(&(topic, partition)) else {
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(ReplicationError::UnknownTopicOrPartition));
@@ -295,7 +392,9 @@ impl Driver {
                     if let Err(e) = group.node.propose(Vec::new(), b.to_vec()) {
                         if let Some(reply) = reply {
                             let _ = reply.send(Err(match e {
-                                raft::Error::ProposalDropped => ReplicationError::NotLeaderOrFollower,
+                                raft::Error::ProposalDropped => {
+                                    ReplicationError::NotLeaderOrFollower
+                                }
                                 other => raft_err(other),
                             }));
                         }
@@ -304,12 +403,24 @@ impl Driver {
                 }
                 if let Some(reply) = reply {
                     let last = group.node.raft.raft_log.last_index();
-                    group.pending.insert(last, Pending::Produce { first_index: last + 1 - count, acks, reply });
+                    group.pending.insert(
+                        last,
+                        Pending::Produce {
+                            first_index: last + 1 - count,
+                            acks,
+                            reply,
+                        },
+                    );
                 }
             }
             Command::Metadata { record, reply } => {
                 let value = Bytes::from(record.encode_to_vec());
-                let rec = NewRecord { timestamp: crate::raft_log::now_ms(), key: None, value: Some(value), headers: Vec::new() };
+                let rec = NewRecord {
+                    timestamp: crate::raft_log::now_ms(),
+                    key: None,
+                    value: Some(value),
+                    headers: Vec::new(),
+                };
                 let data = match batch::build_batch(&[rec], &BatchOptions::default()) {
                     Ok(d) => d,
                     Err(e) => {
@@ -382,7 +493,12 @@ impl Driver {
                             fail(pending, ReplicationError::UnknownTopicOrPartition);
                         }
                     }
-                    let replica = self.shared.replicas.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    let replica = self
+                        .shared
+                        .replicas
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
                     if let Some(replica) = replica {
                         let dir = replica.log().dir().to_path_buf();
                         drop(replica);
@@ -398,7 +514,12 @@ impl Driver {
 
     fn reconfigure(&mut self, only: Option<&str>) {
         let metadata = self.metadata_read().clone();
-        let replicas = self.shared.replicas.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let replicas = self
+            .shared
+            .replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for ((topic, _), replica) in replicas {
             if only.is_some_and(|t| t != topic) {
                 continue;
@@ -412,16 +533,30 @@ impl Driver {
     }
 
     fn apply_retention(&mut self) {
-        let replicas: Vec<Arc<Replica>> =
-            self.shared.replicas.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let replicas: Vec<Arc<Replica>> = self
+            .shared
+            .replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for r in replicas {
             let hw = r.high_watermark();
             match r.log_mut().delete_old_segments(hw) {
                 Ok(o) if o.segments_deleted > 0 => {
-                    tracing::info!(topic = r.topic, partition = r.partition, segments = o.segments_deleted, bytes = o.bytes_deleted, "retention deleted segments")
+                    tracing::info!(
+                        topic = r.topic,
+                        partition = r.partition,
+                        segments = o.segments_deleted,
+                        bytes = o.bytes_deleted,
+                        "retention deleted segments"
+                    )
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(topic = r.topic, partition = r.partition, error = %e, "retention failed"),
+                Err(e) => {
+                    tracing::warn!(topic = r.topic, partition = r.partition, error = %e, "retention failed")
+                }
             }
         }
     }
@@ -489,7 +624,14 @@ fn on_ready(g: &mut Group, shared: &Shared, raft_id: u64) -> Result<Vec<Effect>,
     let leader = g.node.raft.state == StateRole::Leader;
     let term = i32::try_from(g.node.raft.term).unwrap_or(i32::MAX);
     let leader_id = g.node.raft.leader_id;
-    g.node.store().replica().set_leader(if leader_id == 0 { -1 } else { leader_id as i32 - 1 }, term);
+    g.node.store().replica().set_leader(
+        if leader_id == 0 {
+            -1
+        } else {
+            leader_id as i32 - 1
+        },
+        term,
+    );
     if g.was_leader && !leader {
         for (_, p) in std::mem::take(&mut g.pending) {
             fail(p, ReplicationError::NotLeaderOrFollower);
@@ -509,7 +651,10 @@ fn acknowledge_persisted(g: &mut Group, last_persisted: u64) {
         .map(|(k, _)| *k)
         .collect();
     for k in ready {
-        if let Some(Pending::Produce { first_index, reply, .. }) = g.pending.remove(&k) {
+        if let Some(Pending::Produce {
+            first_index, reply, ..
+        }) = g.pending.remove(&k)
+        {
             let _ = reply.send(produce_ack(g, first_index));
         }
     }
@@ -517,7 +662,10 @@ fn acknowledge_persisted(g: &mut Group, last_persisted: u64) {
 
 fn produce_ack(g: &Group, first_index: u64) -> Result<ProduceAck, ReplicationError> {
     let log = g.node.store().replica().log();
-    Ok(ProduceAck { base_offset: log.entry_offset(first_index)?, log_start_offset: log.log_start_offset() })
+    Ok(ProduceAck {
+        base_offset: log.entry_offset(first_index)?,
+        log_start_offset: log.log_start_offset(),
+    })
 }
 
 fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &mut Vec<Effect>) {
@@ -540,7 +688,9 @@ fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &
     let done: Vec<u64> = g.pending.range(..=last.index).map(|(k, _)| *k).collect();
     for k in done {
         match g.pending.remove(&k) {
-            Some(Pending::Produce { first_index, reply, .. }) => {
+            Some(Pending::Produce {
+                first_index, reply, ..
+            }) => {
                 let _ = reply.send(produce_ack(g, first_index));
             }
             Some(Pending::Metadata { reply }) => {
@@ -565,7 +715,13 @@ fn run_cleaner(shared: &Shared, config: &ReplicationConfig, stop: &AtomicBool) {
             continue;
         }
         waited = Duration::ZERO;
-        let replicas: Vec<Arc<Replica>> = shared.replicas.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let replicas: Vec<Arc<Replica>> = shared
+            .replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for r in replicas {
             if stop.load(Ordering::Acquire) {
                 return;
@@ -578,7 +734,9 @@ fn run_cleaner(shared: &Shared, config: &ReplicationConfig, stop: &AtomicBool) {
                     continue;
                 }
             };
-            let result = plan.build(&config.cleaner).and_then(|output| r.log_mut().install_clean(output));
+            let result = plan
+                .build(&config.cleaner)
+                .and_then(|output| r.log_mut().install_clean(output));
             match result {
                 Ok(stats) => tracing::info!(
                     topic = r.topic,
@@ -587,7 +745,9 @@ fn run_cleaner(shared: &Shared, config: &ReplicationConfig, stop: &AtomicBool) {
                     rewritten = stats.segments_rewritten,
                     "cleaned log"
                 ),
-                Err(e) => tracing::warn!(topic = r.topic, partition = r.partition, error = %e, "cleaning failed"),
+                Err(e) => {
+                    tracing::warn!(topic = r.topic, partition = r.partition, error = %e, "cleaning failed")
+                }
             }
         }
     }

@@ -90,8 +90,17 @@ pub struct ProduceAck {
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ReplicationError>>;
 
 pub(crate) enum Command {
-    Produce { topic: String, partition: i32, batches: Vec<Bytes>, acks: i16, reply: Option<Reply<ProduceAck>> },
-    Metadata { record: MetadataRecord, reply: Reply<()> },
+    Produce {
+        topic: String,
+        partition: i32,
+        batches: Vec<Bytes>,
+        acks: i16,
+        reply: Option<Reply<ProduceAck>>,
+    },
+    Metadata {
+        record: MetadataRecord,
+        reply: Reply<()>,
+    },
     Shutdown,
 }
 
@@ -109,7 +118,7 @@ pub struct Replication {
     node_id: i32,
     tx: std::sync::mpsc::Sender<Command>,
     shared: Arc<Shared>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Replication {
@@ -120,7 +129,12 @@ impl Replication {
         let (tx, rx) = std::sync::mpsc::channel();
         let node_id = config.node_id;
         let threads = driver::start(config, shared.clone(), rx)?;
-        Ok(Replication { node_id, tx, shared, threads })
+        Ok(Replication {
+            node_id,
+            tx,
+            shared,
+            threads: std::sync::Mutex::new(threads),
+        })
     }
 
     pub fn node_id(&self) -> i32 {
@@ -138,7 +152,10 @@ impl Replication {
 
     /// The current metadata. Do not hold the guard across an `.await`.
     pub fn metadata(&self) -> RwLockReadGuard<'_, ClusterMetadata> {
-        self.shared.metadata.read().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Notified whenever any local partition's high watermark moves (long-polling fetches).
@@ -149,14 +166,65 @@ impl Replication {
     /// Proposes validated batches (each one complete v2 batch) to a partition this broker
     /// leads. `acks`: 0 returns at once with `None`; 1 after the leader's append; -1 after
     /// commit.
-    pub async fn produce(&self, topic: &str, partition: i32, batches: Vec<Bytes>, acks: i16) -> Result<Option<ProduceAck>, ReplicationError> {
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        batches: Vec<Bytes>,
+        acks: i16,
+    ) -> Result<Option<ProduceAck>, ReplicationError> {
         if acks == 0 {
-            self.send(Command::Produce { topic: topic.to_string(), partition, batches, acks, reply: None })?;
+            self.send(Command::Produce {
+                topic: topic.to_string(),
+                partition,
+                batches,
+                acks,
+                reply: None,
+            })?;
             return Ok(None);
         }
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Produce { topic: topic.to_string(), partition, batches, acks, reply: Some(reply) })?;
-        rx.await.map_err(|_| ReplicationError::ShuttingDown)?.map(Some)
+        self.send(Command::Produce {
+            topic: topic.to_string(),
+            partition,
+            batches,
+            acks,
+            reply: Some(reply),
+        })?;
+        rx.await
+            .map_err(|_| ReplicationError::ShuttingDown)?
+            .map(Some)
+    }
+
+    /// Like [`Replication::produce`], but only sends the proposal; the returned receiver
+    /// answers later. Lets a handler start every partition's write before waiting for any.
+    pub fn begin_produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        batches: Vec<Bytes>,
+        acks: i16,
+    ) -> Result<Option<oneshot::Receiver<Result<ProduceAck, ReplicationError>>>, ReplicationError>
+    {
+        if acks == 0 {
+            self.send(Command::Produce {
+                topic: topic.to_string(),
+                partition,
+                batches,
+                acks,
+                reply: None,
+            })?;
+            return Ok(None);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Produce {
+            topic: topic.to_string(),
+            partition,
+            batches,
+            acks,
+            reply: Some(reply),
+        })?;
+        Ok(Some(rx))
     }
 
     /// Proposes a metadata change and waits until it is committed and applied here.
@@ -167,13 +235,21 @@ impl Replication {
     }
 
     fn send(&self, cmd: Command) -> Result<(), ReplicationError> {
-        self.tx.send(cmd).map_err(|_| ReplicationError::ShuttingDown)
+        self.tx
+            .send(cmd)
+            .map_err(|_| ReplicationError::ShuttingDown)
     }
 
     /// Stops the driver: every log checkpointed, so the next start scans nothing.
-    pub fn shutdown(&mut self) {
+    pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
-        for t in self.threads.drain(..) {
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for t in threads {
             let _ = t.join();
         }
     }

@@ -47,7 +47,10 @@ pub struct ClusterMetadata {
 }
 
 fn configs_map(entries: &[ConfigEntry]) -> BTreeMap<String, String> {
-    entries.iter().map(|c| (c.name.clone(), c.value.clone())).collect()
+    entries
+        .iter()
+        .map(|c| (c.name.clone(), c.value.clone()))
+        .collect()
 }
 
 fn uuid_of(bytes: &[u8]) -> Option<Uuid> {
@@ -56,23 +59,34 @@ fn uuid_of(bytes: &[u8]) -> Option<Uuid> {
 
 impl ClusterMetadata {
     pub fn topic_by_id(&self, id: &Uuid) -> Option<&TopicMetadata> {
-        self.topic_names.get(id).and_then(|name| self.topics.get(name))
+        self.topic_names
+            .get(id)
+            .and_then(|name| self.topics.get(name))
     }
 
     /// Applies one committed record. Records that refer to unknown topics are ignored (they
     /// lost a race with a deletion).
     pub fn apply(&mut self, record: &MetadataRecord) -> MetadataEffect {
-        let Some(record) = &record.record else { return MetadataEffect::None };
+        let Some(record) = &record.record else {
+            return MetadataEffect::None;
+        };
         match record {
             Record::RegisterBroker(b) => {
                 self.brokers.insert(
                     b.node_id,
-                    BrokerInfo { node_id: b.node_id, host: b.host.clone(), port: b.port, rack: b.rack.clone() },
+                    BrokerInfo {
+                        node_id: b.node_id,
+                        host: b.host.clone(),
+                        port: b.port,
+                        rack: b.rack.clone(),
+                    },
                 );
                 MetadataEffect::None
             }
             Record::CreateTopic(t) => {
-                let Some(id) = uuid_of(&t.topic_id) else { return MetadataEffect::None };
+                let Some(id) = uuid_of(&t.topic_id) else {
+                    return MetadataEffect::None;
+                };
                 if self.topics.contains_key(&t.name) {
                     return MetadataEffect::None;
                 }
@@ -86,18 +100,27 @@ impl ClusterMetadata {
                         configs: configs_map(&t.configs),
                     },
                 );
-                MetadataEffect::PartitionsAdded { topic: t.name.clone(), from: 0 }
+                MetadataEffect::PartitionsAdded {
+                    topic: t.name.clone(),
+                    from: 0,
+                }
             }
             Record::DeleteTopic(d) => {
-                let Some(id) = uuid_of(&d.topic_id) else { return MetadataEffect::None };
-                let Some(name) = self.topic_names.remove(&id) else { return MetadataEffect::None };
+                let Some(id) = uuid_of(&d.topic_id) else {
+                    return MetadataEffect::None;
+                };
+                let Some(name) = self.topic_names.remove(&id) else {
+                    return MetadataEffect::None;
+                };
                 match self.topics.remove(&name) {
                     Some(t) => MetadataEffect::TopicDeleted(t),
                     None => MetadataEffect::None,
                 }
             }
             Record::AlterTopicConfig(a) => {
-                let Some(name) = uuid_of(&a.topic_id).and_then(|id| self.topic_names.get(&id).cloned()) else {
+                let Some(name) =
+                    uuid_of(&a.topic_id).and_then(|id| self.topic_names.get(&id).cloned())
+                else {
                     return MetadataEffect::None;
                 };
                 if let Some(t) = self.topics.get_mut(&name) {
@@ -106,12 +129,17 @@ impl ClusterMetadata {
                 MetadataEffect::TopicConfigChanged { topic: name }
             }
             Record::CreatePartitions(c) => {
-                let Some(name) = uuid_of(&c.topic_id).and_then(|id| self.topic_names.get(&id).cloned()) else {
+                let Some(name) =
+                    uuid_of(&c.topic_id).and_then(|id| self.topic_names.get(&id).cloned())
+                else {
                     return MetadataEffect::None;
                 };
-                let Some(t) = self.topics.get_mut(&name) else { return MetadataEffect::None };
+                let Some(t) = self.topics.get_mut(&name) else {
+                    return MetadataEffect::None;
+                };
                 let from = t.partitions.len();
-                t.partitions.extend(c.partitions.iter().map(|p| p.replicas.clone()));
+                t.partitions
+                    .extend(c.partitions.iter().map(|p| p.replicas.clone()));
                 MetadataEffect::PartitionsAdded { topic: name, from }
             }
             Record::AlterBrokerConfig(b) => {
@@ -174,10 +202,16 @@ pub fn log_config_from(values: &BTreeMap<String, String>) -> LogConfig {
     if let Some(v) = int("max.message.bytes") {
         c.max_message_bytes = (v.max(0) as usize).max(runnel_storage::batch::HEADER_SIZE);
     }
-    if let Some(v) = values.get("min.cleanable.dirty.ratio").and_then(|v| v.parse::<f64>().ok()) {
+    if let Some(v) = values
+        .get("min.cleanable.dirty.ratio")
+        .and_then(|v| v.parse::<f64>().ok())
+    {
         c.min_cleanable_dirty_ratio = v.clamp(0.0, 1.0);
     }
-    if let Some(p) = values.get("cleanup.policy").and_then(|v| CleanupPolicy::parse(v).ok()) {
+    if let Some(p) = values
+        .get("cleanup.policy")
+        .and_then(|v| CleanupPolicy::parse(v).ok())
+    {
         c.cleanup_policy = p;
     }
     c

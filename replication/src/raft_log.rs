@@ -92,7 +92,9 @@ fn storage_err(e: StorageError) -> raft::Error {
         StorageError::EntryUnavailable { index, first, .. } if index < first => {
             raft::Error::Store(raft::StorageError::Compacted)
         }
-        StorageError::EntryUnavailable { .. } => raft::Error::Store(raft::StorageError::Unavailable),
+        StorageError::EntryUnavailable { .. } => {
+            raft::Error::Store(raft::StorageError::Unavailable)
+        }
         other => raft::Error::Store(raft::StorageError::Other(Box::new(other))),
     }
 }
@@ -110,23 +112,39 @@ pub struct RaftLog {
 
 impl RaftLog {
     /// Opens the Raft state beside `replica`'s log. `voters` seeds the membership of a new group.
-    pub fn open(replica: Arc<Replica>, dir: &Path, voters: &[u64], fsync: bool) -> Result<RaftLog, ReplicationError> {
+    pub fn open(
+        replica: Arc<Replica>,
+        dir: &Path,
+        voters: &[u64],
+        fsync: bool,
+    ) -> Result<RaftLog, ReplicationError> {
         let hard_state = HardStateFile::open(dir)?;
         let path = dir.join(MEMBERSHIP_FILE);
         let membership = match std::fs::read(&path) {
             Ok(raw) => GroupMembership::decode(raw.as_slice())
                 .map_err(|e| ReplicationError::Corrupt(format!("{}: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let m = GroupMembership { voters: voters.to_vec(), learners: Vec::new() };
+                let m = GroupMembership {
+                    voters: voters.to_vec(),
+                    learners: Vec::new(),
+                };
                 write_file_atomic(dir, MEMBERSHIP_FILE, &m.encode_to_vec())?;
                 m
             }
             Err(e) => return Err(ReplicationError::Io(format!("{}: {e}", path.display()))),
         };
-        let mut conf_state = ConfState::default();
-        conf_state.voters = membership.voters;
-        conf_state.learners = membership.learners;
-        Ok(RaftLog { replica, dir: dir.to_path_buf(), hard_state, conf_state, fsync })
+        let conf_state = ConfState {
+            voters: membership.voters,
+            learners: membership.learners,
+            ..Default::default()
+        };
+        Ok(RaftLog {
+            replica,
+            dir: dir.to_path_buf(),
+            hard_state,
+            conf_state,
+            fsync,
+        })
     }
 
     pub fn replica(&self) -> &Arc<Replica> {
@@ -139,7 +157,9 @@ impl RaftLog {
 
     /// Persists entries from a Ready: drops any conflicting suffix, appends, fsyncs once.
     pub fn append_entries(&mut self, entries: &[Entry]) -> Result<(), ReplicationError> {
-        let Some(first) = entries.first() else { return Ok(()) };
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
         let mut log = self.replica.log_mut();
         if first.index < log.next_entry_index() {
             log.truncate_entries_from(first.index)?;
@@ -152,7 +172,9 @@ impl RaftLog {
                     log.next_entry_index()
                 )));
             }
-            let epoch = i32::try_from(e.term).map_err(|_| ReplicationError::Corrupt(format!("term {} overflows a leader epoch", e.term)))?;
+            let epoch = i32::try_from(e.term).map_err(|_| {
+                ReplicationError::Corrupt(format!("term {} overflows a leader epoch", e.term))
+            })?;
             let data = entry_to_batch(e)?;
             log.append(&data, epoch)?;
         }
@@ -163,7 +185,11 @@ impl RaftLog {
     }
 
     pub fn set_hard_state(&mut self, hs: &RaftHardState) -> Result<(), ReplicationError> {
-        let state = HardState { term: hs.term, vote: hs.vote, commit: hs.commit };
+        let state = HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        };
         if state != self.hard_state.get() {
             self.hard_state.store(state)?;
         }
@@ -180,7 +206,10 @@ impl RaftLog {
     }
 
     pub fn set_membership(&mut self, cs: &ConfState) -> Result<(), ReplicationError> {
-        let m = GroupMembership { voters: cs.voters.clone(), learners: cs.learners.clone() };
+        let m = GroupMembership {
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+        };
         write_file_atomic(&self.dir, MEMBERSHIP_FILE, &m.encode_to_vec())?;
         self.conf_state = cs.clone();
         Ok(())
@@ -198,37 +227,55 @@ fn write_file_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<(), Repl
         f.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, &path).map_err(io)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 /// The stored form of a Raft entry.
 fn entry_to_batch(e: &Entry) -> Result<Bytes, ReplicationError> {
     match e.get_entry_type() {
-        EntryType::EntryNormal if e.data.is_empty() => {
-            Ok(batch::build_control_batch(control_type::LEADER_CHANGE, None, now_ms())?)
-        }
+        EntryType::EntryNormal if e.data.is_empty() => Ok(batch::build_raft_control_batch(
+            control_type::LEADER_CHANGE,
+            None,
+            now_ms(),
+        )?),
         EntryType::EntryNormal => Ok(e.data.clone()),
         kind => {
             let mut value = BytesMut::with_capacity(e.data.len() + 1);
-            value.put_u8(if kind == EntryType::EntryConfChange { CONF_CHANGE_V1 } else { CONF_CHANGE_V2 });
+            value.put_u8(if kind == EntryType::EntryConfChange {
+                CONF_CHANGE_V1
+            } else {
+                CONF_CHANGE_V2
+            });
             value.extend_from_slice(&e.data);
-            Ok(batch::build_control_batch(control_type::KRAFT_VOTERS, Some(value.freeze()), now_ms())?)
+            Ok(batch::build_raft_control_batch(
+                control_type::KRAFT_VOTERS,
+                Some(value.freeze()),
+                now_ms(),
+            )?)
         }
     }
 }
 
 /// The Raft entry a stored batch stands for.
 fn batch_to_entry(index: u64, term: u64, data: Bytes) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
+    let mut e = Entry {
+        index,
+        term,
+        ..Default::default()
+    };
     let header = BatchHeader::parse(&data).ok();
     if header.is_some_and(|h| h.is_control()) {
         match batch::control_type_of(&data) {
             Some(control_type::KRAFT_VOTERS) => {
                 let value = control_value(&data).unwrap_or_default();
                 let kind = value.first().copied().unwrap_or(CONF_CHANGE_V2);
-                e.set_entry_type(if kind == CONF_CHANGE_V1 { EntryType::EntryConfChange } else { EntryType::EntryConfChangeV2 });
+                e.set_entry_type(if kind == CONF_CHANGE_V1 {
+                    EntryType::EntryConfChange
+                } else {
+                    EntryType::EntryConfChangeV2
+                });
                 e.data = value.slice(1.min(value.len())..);
             }
             _ => e.data = Bytes::new(),
@@ -257,20 +304,36 @@ impl raft::Storage for RaftLog {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let hs = self.hard_state.get();
         let last = self.replica.log().next_entry_index().saturating_sub(1);
-        let mut hard_state = RaftHardState::default();
-        hard_state.term = hs.term;
-        hard_state.vote = hs.vote;
         // A commit index past the log (its tail was lost before an fsync in page-cache mode)
         // must not be trusted.
-        hard_state.commit = hs.commit.min(last);
-        Ok(RaftState { hard_state, conf_state: self.conf_state.clone() })
+        let hard_state = RaftHardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit.min(last),
+            ..Default::default()
+        };
+        Ok(RaftState {
+            hard_state,
+            conf_state: self.conf_state.clone(),
+        })
     }
 
-    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
-        let max = max_size.into().map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max = max_size
+            .into()
+            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let log = self.replica.log();
         let entries = log.entries(low, high, max).map_err(storage_err)?;
-        Ok(entries.into_iter().map(|e| batch_to_entry(e.index, e.epoch.max(0) as u64, e.data)).collect())
+        Ok(entries
+            .into_iter()
+            .map(|e| batch_to_entry(e.index, e.epoch.max(0) as u64, e.data))
+            .collect())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -282,12 +345,18 @@ impl raft::Storage for RaftLog {
             if idx == 0 {
                 return Ok(0);
             }
-            return Ok(log.leader_epochs().entries().first().map_or(0, |e| e.epoch.max(0) as u64));
+            return Ok(log
+                .leader_epochs()
+                .entries()
+                .first()
+                .map_or(0, |e| e.epoch.max(0) as u64));
         }
         if idx < first {
             return Err(raft::Error::Store(raft::StorageError::Compacted));
         }
-        log.entry_epoch(idx).map(|e| e.max(0) as u64).map_err(storage_err)
+        log.entry_epoch(idx)
+            .map(|e| e.max(0) as u64)
+            .map_err(storage_err)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -299,6 +368,8 @@ impl raft::Storage for RaftLog {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }

@@ -176,6 +176,18 @@ impl BatchHeader {
         self.producer_id >= 0
     }
 
+    /// A Raft-internal control batch (a new leader's no-op, a membership change) that takes no
+    /// Kafka offset: `lastOffsetDelta` is -1, so the next batch starts at the same offset and
+    /// consumers see offsets exactly as Kafka assigns them. Never served to clients.
+    pub fn is_zero_width(&self) -> bool {
+        self.is_control() && self.last_offset_delta == -1
+    }
+
+    /// The offset after this batch (its base offset for a zero-width batch).
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset() + 1
+    }
+
     /// Checks everything but the CRC that an append needs: magic, codec, record count and
     /// offset delta consistency.
     pub fn validate(&self) -> Result<()> {
@@ -183,6 +195,15 @@ impl BatchHeader {
             return Err(StorageError::UnsupportedMagic(self.magic));
         }
         self.compression()?;
+        if self.is_zero_width() {
+            return if self.records_count == 1 {
+                Ok(())
+            } else {
+                Err(StorageError::InvalidBatch(
+                    "a zero-width control batch holds exactly one record".into(),
+                ))
+            };
+        }
         if self.records_count < 0 {
             return Err(StorageError::InvalidBatch(format!(
                 "negative record count {}",
@@ -554,6 +575,19 @@ pub fn build_control_batch(
     )
 }
 
+/// A zero-width control batch (see [`BatchHeader::is_zero_width`]): Raft's no-op and
+/// membership entries are stored this way so they take no Kafka offset.
+pub fn build_raft_control_batch(
+    control_type: i16,
+    value: Option<Bytes>,
+    timestamp: i64,
+) -> Result<Bytes> {
+    let batch = build_control_batch(control_type, value, timestamp)?;
+    let mut header = BatchHeader::parse(&batch)?;
+    header.last_offset_delta = -1;
+    Ok(assemble(&header, &batch[HEADER_SIZE..]))
+}
+
 /// The control type of a control batch's first record, if it is a well-formed control batch.
 pub fn control_type_of(batch: &[u8]) -> Option<i16> {
     let header = BatchHeader::parse(batch).ok()?;
@@ -703,6 +737,17 @@ mod tests {
             validate_batches(&bad, 1 << 20),
             Err(StorageError::InvalidBatchLength(-5))
         ));
+    }
+
+    #[test]
+    fn raft_control_batches_take_no_offset() {
+        let batch = build_raft_control_batch(control_type::LEADER_CHANGE, None, 5).expect("build");
+        let header = BatchHeader::parse(&batch).expect("parse");
+        header.validate().expect("valid");
+        verify_crc(&batch, &header).expect("crc");
+        assert!(header.is_zero_width());
+        assert_eq!(header.next_offset(), header.base_offset);
+        assert_eq!(control_type_of(&batch), Some(control_type::LEADER_CHANGE));
     }
 
     #[test]

@@ -366,7 +366,7 @@ impl CleanPlan {
             while let Some((h, raw)) = reader.next_batch()? {
                 throttler.account(raw.len());
                 stats.bytes_read += raw.len() as u64;
-                if (h.last_offset() as u64) < self.first_dirty_offset {
+                if h.next_offset() <= self.first_dirty_offset as i64 {
                     continue;
                 }
                 if h.is_control() {

@@ -104,6 +104,21 @@ fn assign_recovered(epochs: &mut LeaderEpochCache, dirty: &mut bool, h: &BatchHe
     }
 }
 
+/// Drops Raft-internal zero-width batches from bytes about to be served to a client. They are
+/// rare (one per leader change), so the common case returns the bytes untouched.
+fn without_zero_width(bytes: Bytes) -> Bytes {
+    if !batch::BatchIter::new(&bytes).any(|(_, h)| h.is_zero_width()) {
+        return bytes;
+    }
+    let mut out = BytesMut::with_capacity(bytes.len());
+    for (at, h) in batch::BatchIter::new(&bytes) {
+        if !h.is_zero_width() {
+            out.extend_from_slice(&bytes[at..at + h.size()]);
+        }
+    }
+    out.freeze()
+}
+
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering the unflushed tail: every batch after the
     /// recovery point is checked, a torn or partial final write is cut off, missing or broken
@@ -382,7 +397,8 @@ impl Log {
         for (pos, header) in batches {
             let raw = &records[pos..pos + header.size()];
             let base = self.log_end_offset();
-            let last = base + header.last_offset_delta as u64;
+            // A zero-width control batch ends "before" its base: it takes no offset.
+            let last = (base as i64 + i64::from(header.last_offset_delta)).max(0) as u64;
             self.maybe_roll(header.size(), last, header.max_timestamp, now)?;
             let entry_index = self.next_entry_index();
             let mut stamped = header;
@@ -517,6 +533,19 @@ impl Log {
     /// first batch is returned whole even if larger) and only batches that end before
     /// `max_offset` (the high watermark or last stable offset). Bytes are as stored.
     pub fn read(&self, offset: u64, max_bytes: usize, max_offset: u64) -> Result<Bytes> {
+        self.read_with(offset, max_bytes, max_offset, true)
+    }
+
+    /// [`Log::read`] where `min_one` says whether a first batch larger than `max_bytes` is
+    /// returned anyway (Kafka's `minOneMessage`: only for the first partition of a response
+    /// that has no data yet).
+    pub fn read_with(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        max_offset: u64,
+        min_one: bool,
+    ) -> Result<Bytes> {
         let log_end = self.log_end_offset();
         if offset < self.log_start_offset || offset > log_end {
             return Err(StorageError::OffsetOutOfRange {
@@ -536,7 +565,8 @@ impl Log {
                 i += 1;
                 continue;
             };
-            let (data, next) = seg.read_batches(pos, budget, parts.is_empty(), max_offset)?;
+            let (data, next) =
+                seg.read_batches(pos, budget, min_one && parts.is_empty(), max_offset)?;
             let Some(next) = next else { break };
             let reached_segment_end = pos + data.len() as u64 == seg.size();
             budget = budget.saturating_sub(data.len());
@@ -547,7 +577,7 @@ impl Log {
             }
             i += 1;
         }
-        Ok(match parts.len() {
+        let joined = match parts.len() {
             0 => Bytes::new(),
             1 => parts.pop().unwrap_or_default(),
             _ => {
@@ -557,7 +587,8 @@ impl Log {
                 }
                 out.freeze()
             }
-        })
+        };
+        Ok(without_zero_width(joined))
     }
 
     /// The first record with timestamp `>= timestamp` at or after the log start offset
@@ -575,7 +606,10 @@ impl Log {
             let start = seg.time_lookup_start(timestamp)?;
             let mut candidate = None;
             seg.walk_headers(start, |pos, h| {
-                if h.last_offset() < self.log_start_offset as i64 || h.max_timestamp < timestamp {
+                if h.is_zero_width()
+                    || h.last_offset() < self.log_start_offset as i64
+                    || h.max_timestamp < timestamp
+                {
                     return true;
                 }
                 candidate = Some((pos, *h));
@@ -663,6 +697,23 @@ impl Log {
             });
         }
         let i = self.segment_index_for_offset(offset);
+        let cut = self.segments[i].locate(offset)?;
+        let position = cut.map_or(self.segments[i].size(), |(p, _)| p);
+        self.truncate_at(i, position)
+    }
+
+    /// Removes entry `index` and every later entry.
+    pub fn truncate_entries_from(&mut self, index: u64) -> Result<()> {
+        if index >= self.next_entry_index() {
+            return Ok(());
+        }
+        let (seg, k) = self.locate_entry(index)?;
+        let (span, _) = self.segments[seg].entry_span(k)?;
+        self.truncate_at(seg, u64::from(span.position))
+    }
+
+    /// Cuts segment `i` at `position` (a batch boundary) and deletes every later segment.
+    fn truncate_at(&mut self, i: usize, position: u64) -> Result<()> {
         if !self.segments[i].entries_available() {
             return Err(StorageError::EntryUnavailable {
                 index: self.segments[i].first_entry_index(),
@@ -670,8 +721,6 @@ impl Log {
                 next: self.next_entry_index(),
             });
         }
-        let cut = self.segments[i].locate(offset)?;
-        let position = cut.map_or(self.segments[i].size(), |(p, _)| p);
         // Recovery must never start past the cut: move the recovery point back first.
         let base = self.segments[i].base_offset();
         let beyond = match self.recovery_point {
@@ -700,7 +749,7 @@ impl Log {
         checkpoint::sync_dir(&self.dir)?;
         let end = self.log_end_offset();
         if end < self.log_start_offset {
-            // The batch holding `offset` began before the log start and went whole.
+            // The batch holding the cut began before the log start and went whole.
             checkpoint::write_offset(&self.dir, LOG_START_OFFSET_FILE, end)?;
             self.log_start_offset = end;
         }
@@ -708,17 +757,6 @@ impl Log {
         self.epochs.store(&self.dir)?;
         self.epochs_dirty = false;
         Ok(())
-    }
-
-    /// Removes entry `index` and every later entry.
-    pub fn truncate_entries_from(&mut self, index: u64) -> Result<()> {
-        if index >= self.next_entry_index() {
-            return Ok(());
-        }
-        let (seg, k) = self.locate_entry(index)?;
-        let (span, _) = self.segments[seg].entry_span(k)?;
-        let offset = self.segments[seg].base_offset() + u64::from(span.relative_offset);
-        self.truncate_to(offset)
     }
 
     fn entry_unavailable(&self, index: u64) -> StorageError {

@@ -372,7 +372,7 @@ impl LogSegment {
     /// Whether a batch spanning `last_offset` can still be indexed here (relative offsets are
     /// 32-bit).
     pub(crate) fn can_index(&self, last_offset: u64) -> bool {
-        last_offset - self.base_offset <= u64::from(u32::MAX)
+        last_offset.saturating_sub(self.base_offset) <= u64::from(u32::MAX)
     }
 
     /// Appends one validated batch whose `baseOffset` the log has chosen; stamps offset and
@@ -534,7 +534,7 @@ impl LogSegment {
             let base = header.base_offset;
             if base < 0
                 || (base as u64) < self.next_offset
-                || !self.can_index(header.last_offset() as u64)
+                || !self.can_index(header.next_offset().max(base) as u64)
             {
                 break Some(format!(
                     "at position {pos}: batch base offset {base} does not follow offset {} in segment {}",
@@ -684,7 +684,7 @@ impl LogSegment {
             return Ok((Bytes::new(), None));
         }
         let first = BatchHeader::parse(&self.read_at(position, HEADER_SIZE)?)?;
-        if first.last_offset() as u64 >= max_offset {
+        if first.next_offset() > max_offset as i64 {
             return Ok((Bytes::new(), None));
         }
         let want = if min_one {
@@ -700,11 +700,11 @@ impl LogSegment {
         let mut end = 0usize;
         let mut next = None;
         for (at, h) in batch::BatchIter::new(&data) {
-            if h.last_offset() as u64 >= max_offset {
+            if h.next_offset() > max_offset as i64 {
                 break;
             }
             end = at + h.size();
-            next = Some((h.last_offset() + 1) as u64);
+            next = Some(h.next_offset() as u64);
         }
         Ok((data.slice(..end), next))
     }

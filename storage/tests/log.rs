@@ -677,3 +677,45 @@ fn reset_restarts_an_empty_log_at_an_offset_and_entry() {
         (1000, 1001, 501)
     );
 }
+
+#[test]
+fn raft_control_batches_take_no_offset_and_are_never_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let mut log = open(dir.path(), small_segments(), &clock);
+    let noop =
+        batch::build_raft_control_batch(control_type::LEADER_CHANGE, None, T0).expect("noop");
+    let a = log.append(&noop, 1).expect("noop");
+    assert_eq!((a.first_offset, a.first_entry_index), (0, 1));
+    let d = log.append(&batch_of(2, "d", T0), 1).expect("data");
+    assert_eq!(
+        (d.first_offset, d.first_entry_index),
+        (0, 2),
+        "the first record of a new log is offset 0"
+    );
+    log.append(&noop, 2).expect("second leader");
+    let e = log.append(&batch_of(1, "e", T0), 2).expect("data");
+    assert_eq!(e.first_offset, 2);
+    assert_eq!(log.log_end_offset(), 3);
+    let bytes = log.read(0, 1 << 20, u64::MAX).expect("read");
+    let hs = batches(&bytes);
+    assert_eq!(hs.len(), 2, "clients never see zero-width batches");
+    assert!(hs.iter().all(|h| !h.is_control()));
+    assert_eq!(
+        log.end_offset_for_epoch(1),
+        (1, 2),
+        "epoch 2 starts at the offset of its first record"
+    );
+    assert_eq!(log.entries(1, 5, usize::MAX).expect("entries").len(), 4);
+    // Raft drops entry 3 (the second no-op) and what follows.
+    log.truncate_entries_from(3).expect("truncate");
+    assert_eq!((log.next_entry_index(), log.log_end_offset()), (3, 2));
+    assert_eq!(log.latest_epoch(), Some(1));
+    drop(log);
+    let log = open(dir.path(), small_segments(), &clock);
+    assert_eq!((log.next_entry_index(), log.log_end_offset()), (3, 2));
+    assert_eq!(
+        records(&log.read(0, 1 << 20, u64::MAX).expect("read")).len(),
+        2
+    );
+}

@@ -1,0 +1,54 @@
+//! Static broker configuration (what `runnel serve` is started with), named after Kafka's
+//! broker configs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `node.id`.
+    pub node_id: i32,
+    /// `log.dirs`.
+    pub data_dir: PathBuf,
+    /// The address to bind.
+    pub listen: SocketAddr,
+    /// `advertised.listeners`: the host and port clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// `broker.rack`: the availability zone.
+    pub rack: Option<String>,
+    /// `socket.request.max.bytes`.
+    pub max_request_size: usize,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+    /// `num.partitions`: partitions of auto-created topics and of CreateTopics with -1.
+    pub num_partitions: i32,
+    /// `default.replication.factor`.
+    pub default_replication_factor: i16,
+    /// fsync once per Raft cycle before acknowledging (default). Off: page cache only.
+    pub fsync: bool,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval_ms: u64,
+    /// `group.initial.rebalance.delay.ms` and other group settings arrive with consumer groups.
+    pub max_connections: usize,
+}
+
+impl BrokerConfig {
+    pub fn new(node_id: i32, data_dir: PathBuf, listen: SocketAddr) -> BrokerConfig {
+        BrokerConfig {
+            node_id,
+            data_dir,
+            listen,
+            advertised_host: listen.ip().to_string(),
+            advertised_port: listen.port(),
+            rack: None,
+            max_request_size: runnel_protocol::DEFAULT_MAX_REQUEST_SIZE,
+            auto_create_topics: true,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            fsync: true,
+            retention_check_interval_ms: 300_000,
+            max_connections: 10_000,
+        }
+    }
+}

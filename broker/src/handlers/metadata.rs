@@ -1,0 +1,157 @@
+//! Metadata (key 3): brokers, topics with ids, partitions with leaders, epochs, replicas and
+//! ISR. Creates missing topics when both the client and `auto.create.topics.enable` allow it.
+
+use std::sync::Arc;
+
+use runnel_protocol::kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use runnel_protocol::kafka_protocol::messages::{
+    BrokerId, MetadataRequest, MetadataResponse, TopicName,
+};
+use runnel_protocol::kafka_protocol::protocol::StrBytes;
+use runnel_protocol::kafka_protocol::ResponseError;
+use runnel_replication::TopicMetadata;
+use uuid::Uuid;
+
+use super::create_topics::{create_topic, validate_topic_name, NewTopic};
+use crate::Broker;
+
+/// `authorized_operations` when the client did not ask for it.
+pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    // v0: an empty list means all topics; v1+: null means all, empty means none.
+    let requested: Option<Vec<(Option<String>, Uuid)>> = match request.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(
+            t.into_iter()
+                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                .collect(),
+        ),
+    };
+    let auto_create =
+        broker.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    if let (Some(list), true) = (&requested, auto_create) {
+        let missing: Vec<String> = {
+            let md = broker.replication.metadata();
+            list.iter()
+                .filter_map(|(n, _)| n.clone())
+                .filter(|n| !md.topics.contains_key(n) && validate_topic_name(n).is_ok())
+                .collect()
+        };
+        for name in missing {
+            let new = NewTopic::defaults(broker, name.clone());
+            if let Err((code, msg)) = create_topic(broker, new, false).await {
+                if code != ResponseError::TopicAlreadyExists.code() {
+                    tracing::warn!(topic = name, code, msg, "auto-creating topic failed");
+                }
+            }
+        }
+    }
+    let md = broker.replication.metadata();
+    let mut topics = Vec::new();
+    match requested {
+        None => {
+            for t in md.topics.values() {
+                topics.push(topic_response(broker, t, version));
+            }
+        }
+        Some(list) => {
+            for (name, id) in list {
+                let found = match &name {
+                    Some(n) => md.topics.get(n),
+                    None => md.topic_by_id(&id),
+                };
+                match found {
+                    Some(t) => topics.push(topic_response(broker, t, version)),
+                    None => {
+                        let code = match &name {
+                            Some(n) if validate_topic_name(n).is_err() => {
+                                ResponseError::InvalidTopicException.code()
+                            }
+                            Some(_) => ResponseError::UnknownTopicOrPartition.code(),
+                            None => ResponseError::UnknownTopicId.code(),
+                        };
+                        topics.push(
+                            MetadataResponseTopic::default()
+                                .with_error_code(code)
+                                .with_name(name.map(|n| TopicName(StrBytes::from_string(n))))
+                                .with_topic_id(if version >= 10 { id } else { Uuid::nil() })
+                                .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let brokers = md
+        .brokers
+        .values()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(b.port)
+                .with_rack(if version >= 1 {
+                    b.rack.clone().map(StrBytes::from_string)
+                } else {
+                    None
+                })
+        })
+        .collect();
+    // Fields a version does not have must stay at their defaults or the encoder refuses.
+    MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(if version >= 2 {
+            Some(StrBytes::from_string(broker.cluster_id.clone()))
+        } else {
+            None
+        })
+        .with_controller_id(BrokerId(if version >= 1 {
+            broker.config.node_id
+        } else {
+            -1
+        }))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+fn topic_response(broker: &Broker, t: &TopicMetadata, version: i16) -> MetadataResponseTopic {
+    let partitions = t
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(p, replicas)| {
+            let replica = broker.replication.replica(&t.name, p as i32);
+            let (leader, epoch) = replica
+                .as_ref()
+                .map_or((-1, -1), |r| (r.leader_id(), r.leader_epoch()));
+            let nodes: Vec<BrokerId> = replicas.iter().map(|&r| BrokerId(r)).collect();
+            let error = if leader < 0 {
+                ResponseError::LeaderNotAvailable.code()
+            } else {
+                0
+            };
+            MetadataResponsePartition::default()
+                .with_error_code(error)
+                .with_partition_index(p as i32)
+                .with_leader_id(BrokerId(leader))
+                .with_leader_epoch(if version >= 7 { epoch } else { -1 })
+                .with_replica_nodes(nodes.clone())
+                .with_isr_nodes(if leader < 0 { Vec::new() } else { nodes })
+                .with_offline_replicas(Vec::new())
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
+        .with_topic_id(if version >= 10 { t.id } else { Uuid::nil() })
+        .with_is_internal(false)
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}

@@ -1,0 +1,106 @@
+//! One file per Kafka API, and the one table of supported APIs and versions that also
+//! answers ApiVersions.
+
+pub mod api_versions;
+pub mod create_topics;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use runnel_protocol::kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use runnel_protocol::{encode_response, ApiVersionRange, Request};
+
+use crate::probe;
+use crate::Broker;
+
+const fn range(api_key: ApiKey, min: i16, max: i16) -> ApiVersionRange {
+    ApiVersionRange { api_key, min, max }
+}
+
+/// Every API this broker answers, with the versions its handler implements. Produce
+/// advertises v0 as its minimum because librdkafka requires it (KAFKA-18659); v0-2 requests
+/// themselves are refused, as Kafka 4 refuses them.
+pub const SUPPORTED: &[ApiVersionRange] = &[
+    range(ApiKey::Produce, 0, 13),
+    range(ApiKey::Fetch, 4, 18),
+    range(ApiKey::ListOffsets, 1, 10),
+    range(ApiKey::Metadata, 0, 13),
+    range(ApiKey::ApiVersions, 0, 4),
+    range(ApiKey::CreateTopics, 2, 7),
+];
+
+pub fn supported(api_key: ApiKey) -> Option<&'static ApiVersionRange> {
+    SUPPORTED.iter().find(|r| r.api_key == api_key)
+}
+
+/// What the connection sends back for one request.
+#[derive(Debug)]
+pub enum Reply {
+    Frame(Bytes),
+    /// No response at all (Produce with acks=0).
+    Nothing,
+    /// The request has no valid answer: close the connection, as Kafka does.
+    Close,
+}
+
+fn api_name(api_key: ApiKey) -> &'static str {
+    match api_key {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        _ => "Other",
+    }
+}
+
+pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
+    let api_key = request.api_key;
+    let version = request.api_version();
+    let correlation_id = request.correlation_id();
+    let started = Instant::now();
+    if !supported(api_key).is_some_and(|r| r.contains(version)) {
+        if api_key == ApiKey::ApiVersions {
+            return api_versions::unsupported_version_response(correlation_id);
+        }
+        tracing::info!(
+            ?api_key,
+            version,
+            client = request.client_id(),
+            "unsupported API or version; closing connection"
+        );
+        return Reply::Close;
+    }
+    let body = match request.body {
+        RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(r, version)),
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(metadata::handle(broker, r, version).await)
+        }
+        RequestKind::Produce(r) => match produce::handle(broker, r, version).await {
+            Some(resp) => ResponseKind::Produce(resp),
+            None => return Reply::Nothing,
+        },
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(broker, r, version).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(list_offsets::handle(broker, r, version))
+        }
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(create_topics::handle(broker, r, version).await)
+        }
+        _ => return Reply::Close,
+    };
+    probe::request_done(api_name(api_key), version, started.elapsed());
+    match encode_response(api_key, version, correlation_id, &body) {
+        Ok(frame) => Reply::Frame(frame),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a response; closing connection");
+            Reply::Close
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Produce (key 0): validate each partition's batches (size, CRC, keys on compacted topics,
+//! timestamps), propose them to the partition's Raft group, answer per `acks`.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use runnel_protocol::kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, TopicProduceResponse,
+};
+use runnel_protocol::kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use runnel_protocol::kafka_protocol::protocol::StrBytes;
+use runnel_protocol::kafka_protocol::ResponseError;
+use runnel_replication::{ProduceAck, ReplicationError, TopicMetadata};
+use runnel_storage::batch::{self, BatchHeader};
+use runnel_storage::{LogConfig, StorageError};
+use tokio::sync::oneshot;
+
+use crate::error::{replication_error_code, storage_error_code};
+use crate::{probe, Broker};
+
+type Pending = oneshot::Receiver<Result<ProduceAck, ReplicationError>>;
+
+enum Outcome {
+    Done(PartitionProduceResponse),
+    Waiting {
+        index: i32,
+        log_append_time: i64,
+        rx: Option<Pending>,
+    },
+}
+
+fn failed(
+    index: i32,
+    code: i16,
+    message: Option<String>,
+    version: i16,
+) -> PartitionProduceResponse {
+    // error_message exists from v8.
+    let message = if version >= 8 { message } else { None };
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(code)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
+        .with_error_message(message.map(StrBytes::from_string))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Topic settings the produce path needs, resolved once per request.
+struct TopicRules {
+    log_append_time: bool,
+    before_max_ms: i64,
+    after_max_ms: i64,
+}
+
+fn rules(broker: &Broker, t: &TopicMetadata) -> TopicRules {
+    let md = broker.replication.metadata();
+    let c = md.effective_topic_config(t);
+    let long = |n: &str| {
+        c.get(n)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(i64::MAX)
+    };
+    TopicRules {
+        log_append_time: c
+            .get("message.timestamp.type")
+            .is_some_and(|v| v == "LogAppendTime"),
+        before_max_ms: long("message.timestamp.before.max.ms"),
+        after_max_ms: long("message.timestamp.after.max.ms"),
+    }
+}
+
+/// Splits and checks one partition's records; returns the batches to propose.
+fn validate(
+    records: &Bytes,
+    config: &LogConfig,
+    rules: &TopicRules,
+    now: i64,
+) -> Result<Vec<Bytes>, (i16, String)> {
+    if records.len() as u64 > config.segment_bytes {
+        return Err((
+            ResponseError::RecordListTooLarge.code(),
+            format!(
+                "Records of {} bytes exceed segment.bytes {}",
+                records.len(),
+                config.segment_bytes
+            ),
+        ));
+    }
+    let batches = batch::validate_batches(records, config.max_message_bytes)
+        .map_err(|e| (storage_error_code(&e), e.to_string()))?;
+    if batches.is_empty() {
+        return Err((
+            ResponseError::CorruptMessage.code(),
+            "no record batch in produce request".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(batches.len());
+    for (pos, h) in batches {
+        if h.records_count == 0 {
+            return Err((
+                ResponseError::InvalidRecord.code(),
+                "record batch has no records".into(),
+            ));
+        }
+        if h.is_control() {
+            return Err((
+                ResponseError::InvalidRecord.code(),
+                "clients may not write control batches".into(),
+            ));
+        }
+        let raw = records.slice(pos..pos + h.size());
+        if config.cleanup_policy.compacts() {
+            check_keys(&raw, &h)?;
+        }
+        if rules.log_append_time {
+            let mut stamped = BytesMut::from(&raw[..]);
+            batch::set_log_append_time(&mut stamped, now);
+            out.push(stamped.freeze());
+            continue;
+        }
+        for ts in [h.base_timestamp, h.max_timestamp] {
+            if ts >= 0
+                && (now.saturating_sub(ts) > rules.before_max_ms
+                    || ts.saturating_sub(now) > rules.after_max_ms)
+            {
+                return Err((
+                    ResponseError::InvalidTimestamp.code(),
+                    format!(
+                        "Timestamp {ts} of message is out of range; the broker's time is {now}"
+                    ),
+                ));
+            }
+        }
+        out.push(raw);
+    }
+    Ok(out)
+}
+
+/// Kafka refuses keyless records on compacted topics.
+fn check_keys(raw: &[u8], h: &BatchHeader) -> Result<(), (i16, String)> {
+    let invalid = |e: StorageError| (ResponseError::CorruptMessage.code(), e.to_string());
+    let body = batch::records_body(raw, h, runnel_storage::MAX_DECOMPRESSED_BATCH_BYTES)
+        .map_err(invalid)?;
+    let records = batch::parse_records(&body, h.records_count).map_err(invalid)?;
+    if records.iter().any(|r| r.key.is_none()) {
+        return Err((
+            ResponseError::InvalidRecord.code(),
+            "Compacted topic cannot accept message without key".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: ProduceRequest,
+    version: i16,
+) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let now = now_ms();
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    for t in request.topic_data {
+        let topic = {
+            let md = broker.replication.metadata();
+            if version >= 13 {
+                md.topic_by_id(&t.topic_id).cloned()
+            } else {
+                md.topics.get(t.name.0.as_str()).cloned()
+            }
+        };
+        let rules = topic.as_ref().map(|t| rules(broker, t));
+        let mut partitions = Vec::with_capacity(t.partition_data.len());
+        for p in t.partition_data {
+            let index = p.index;
+            let (Some(topic), Some(rules)) = (&topic, &rules) else {
+                let code = if version >= 13 {
+                    ResponseError::UnknownTopicId.code()
+                } else {
+                    ResponseError::UnknownTopicOrPartition.code()
+                };
+                partitions.push(Outcome::Done(failed(index, code, None, version)));
+                continue;
+            };
+            if !matches!(acks, -1..=1) {
+                partitions.push(Outcome::Done(failed(
+                    index,
+                    ResponseError::InvalidRequiredAcks.code(),
+                    None,
+                    version,
+                )));
+                continue;
+            }
+            let Some(replica) = broker.replication.replica(&topic.name, index) else {
+                let code = if (index as usize) < topic.partitions.len() {
+                    ResponseError::NotLeaderOrFollower.code()
+                } else {
+                    ResponseError::UnknownTopicOrPartition.code()
+                };
+                partitions.push(Outcome::Done(failed(index, code, None, version)));
+                continue;
+            };
+            let config = replica.log().config().clone();
+            let records = p.records.unwrap_or_default();
+            let batches = match validate(&records, &config, rules, now) {
+                Ok(b) => b,
+                Err((code, message)) => {
+                    probe::error("Produce", code);
+                    partitions.push(Outcome::Done(failed(index, code, Some(message), version)));
+                    continue;
+                }
+            };
+            let messages: u64 = batches
+                .iter()
+                .filter_map(|b| BatchHeader::parse(b).ok())
+                .map(|h| h.records_count.max(0) as u64)
+                .sum();
+            probe::bytes_in(&topic.name, records.len(), messages);
+            match broker
+                .replication
+                .begin_produce(&topic.name, index, batches, acks)
+            {
+                Ok(rx) => partitions.push(Outcome::Waiting {
+                    index,
+                    log_append_time: if rules.log_append_time { now } else { -1 },
+                    rx,
+                }),
+                Err(e) => partitions.push(Outcome::Done(failed(
+                    index,
+                    replication_error_code(&e),
+                    Some(e.to_string()),
+                    version,
+                ))),
+            }
+        }
+        topics.push((t.name, t.topic_id, partitions));
+    }
+    if acks == 0 {
+        return None;
+    }
+    let mut responses = Vec::with_capacity(topics.len());
+    for (name, topic_id, partitions) in topics {
+        let mut out = Vec::with_capacity(partitions.len());
+        for outcome in partitions {
+            out.push(match outcome {
+                Outcome::Done(r) => r,
+                Outcome::Waiting {
+                    index,
+                    log_append_time,
+                    rx,
+                } => {
+                    let result = match rx {
+                        Some(rx) => rx.await.unwrap_or(Err(ReplicationError::ShuttingDown)),
+                        None => Err(ReplicationError::ShuttingDown),
+                    };
+                    match result {
+                        Ok(ack) => PartitionProduceResponse::default()
+                            .with_index(index)
+                            .with_base_offset(ack.base_offset as i64)
+                            .with_log_append_time_ms(log_append_time)
+                            .with_log_start_offset(if version >= 5 {
+                                ack.log_start_offset as i64
+                            } else {
+                                -1
+                            }),
+                        Err(e) => {
+                            let code = replication_error_code(&e);
+                            probe::error("Produce", code);
+                            failed(index, code, Some(e.to_string()), version)
+                        }
+                    }
+                }
+            });
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_topic_id(topic_id)
+                .with_partition_responses(out),
+        );
+    }
+    Some(ProduceResponse::default().with_responses(responses))
+}

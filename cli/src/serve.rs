@@ -1,0 +1,249 @@
+//! `runnel serve`: flags, `RUNNEL_*` environment variables, and an optional Kafka-style
+//! properties file (`--config server.properties`), in that order of precedence.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use runnel_broker::{Broker, BrokerConfig};
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Kafka-style properties file (node.id, log.dirs, listeners, advertised.listeners,
+    /// broker.rack, num.partitions, auto.create.topics.enable, ...). Flags win over it.
+    #[arg(long, env = "RUNNEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// This broker's id (`node.id`).
+    #[arg(long, env = "RUNNEL_NODE_ID")]
+    node_id: Option<i32>,
+    /// Where partitions and metadata live (`log.dirs`).
+    #[arg(long, env = "RUNNEL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on for Kafka clients.
+    #[arg(long, env = "RUNNEL_LISTEN")]
+    listen: Option<String>,
+    /// host:port clients are told to connect to (defaults to --listen).
+    #[arg(long, env = "RUNNEL_ADVERTISED_LISTENER")]
+    advertised_listener: Option<String>,
+    /// Availability zone (`broker.rack`).
+    #[arg(long, env = "RUNNEL_AZ")]
+    az: Option<String>,
+    /// Prometheus metrics address; empty to disable.
+    #[arg(long, env = "RUNNEL_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Acknowledge writes once in the page cache instead of after fsync (faster, loses
+    /// acknowledged writes on power loss; for development).
+    #[arg(long, env = "RUNNEL_NO_FSYNC")]
+    no_fsync: bool,
+    /// How often retention runs, in ms (`log.retention.check.interval.ms`).
+    #[arg(long, env = "RUNNEL_RETENTION_CHECK_INTERVAL_MS")]
+    retention_check_interval_ms: Option<u64>,
+}
+
+fn read_properties(path: &PathBuf) -> anyhow::Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let mut out = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=').or_else(|| line.split_once(':')) else {
+            bail!("{}:{}: expected key=value", path.display(), n + 1);
+        };
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// `PLAINTEXT://host:port` or `host:port`.
+fn strip_listener(value: &str) -> &str {
+    value
+        .split(',')
+        .next()
+        .unwrap_or(value)
+        .rsplit("://")
+        .next()
+        .unwrap_or(value)
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("cannot resolve listen address {addr}"))?
+        .next()
+        .with_context(|| format!("listen address {addr} resolves to nothing"))
+}
+
+fn split_host_port(value: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .with_context(|| format!("{value}: expected host:port"))?;
+    let port = port.parse().with_context(|| format!("{value}: bad port"))?;
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+    ))
+}
+
+fn build_config(args: &ServeArgs) -> anyhow::Result<(BrokerConfig, Option<SocketAddr>)> {
+    let props = match &args.config {
+        Some(path) => read_properties(path)?,
+        None => HashMap::new(),
+    };
+    let prop = |k: &str| props.get(k).cloned();
+    let node_id = match args.node_id {
+        Some(id) => id,
+        None => prop("node.id")
+            .or_else(|| prop("broker.id"))
+            .map(|v| v.parse())
+            .transpose()
+            .context("node.id must be an integer")?
+            .unwrap_or(1),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| {
+            prop("log.dirs")
+                .or_else(|| prop("log.dir"))
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("./runnel-data"));
+    let listen = args
+        .listen
+        .clone()
+        .or_else(|| prop("listeners").map(|l| strip_listener(&l).to_string()))
+        .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+    let listen_addr = resolve(&listen)?;
+    let mut config = BrokerConfig::new(node_id, data_dir, listen_addr);
+    let advertised = args
+        .advertised_listener
+        .clone()
+        .or_else(|| prop("advertised.listeners").map(|l| strip_listener(&l).to_string()));
+    if let Some(adv) = advertised {
+        let (host, port) = split_host_port(&adv)?;
+        config.advertised_host = host;
+        config.advertised_port = port;
+    } else if listen_addr.ip().is_unspecified() {
+        bail!("--listen {listen} binds every interface: also give --advertised-listener host:port so clients know where to connect");
+    }
+    config.rack = args
+        .az
+        .clone()
+        .or_else(|| prop("broker.rack"))
+        .or_else(|| Some("az-1".to_string()));
+    config.fsync = !args.no_fsync;
+    if let Some(v) = prop("num.partitions") {
+        config.num_partitions = v.parse().context("num.partitions must be an integer")?;
+    }
+    if let Some(v) = prop("default.replication.factor") {
+        config.default_replication_factor = v
+            .parse()
+            .context("default.replication.factor must be an integer")?;
+    }
+    if let Some(v) = prop("auto.create.topics.enable") {
+        config.auto_create_topics = v
+            .parse()
+            .context("auto.create.topics.enable must be true or false")?;
+    }
+    if let Some(v) = prop("socket.request.max.bytes") {
+        config.max_request_size = v
+            .parse()
+            .context("socket.request.max.bytes must be an integer")?;
+    }
+    if let Some(v) = args
+        .retention_check_interval_ms
+        .or(prop("log.retention.check.interval.ms").and_then(|v| v.parse().ok()))
+    {
+        config.retention_check_interval_ms = v;
+    }
+    let metrics = args
+        .metrics_listen
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:9644".to_string());
+    let metrics = if metrics.trim().is_empty() {
+        None
+    } else {
+        Some(resolve(&metrics)?)
+    };
+    Ok((config, metrics))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "warn,runnel=info,runnel_broker=info,runnel_replication=info,runnel_storage=info",
+        )
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let started = std::time::Instant::now();
+    let (config, metrics) = build_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        if let Some(addr) = metrics {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .with_context(|| {
+                    format!("cannot serve metrics on {addr} (use --metrics-listen '' to disable)")
+                })?;
+        }
+        let listener = runnel_broker::bind(&config)
+            .await
+            .context("is another broker already running? use --listen to pick another port")?;
+        let broker = Arc::new(Broker::open(config.clone()).context("cannot open the data dir")?);
+        broker
+            .register()
+            .await
+            .context("cannot register the broker in the cluster metadata")?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let serving = tokio::spawn(broker.clone().serve(listener, stopped));
+        println!(
+            "runnel: broker {} ({}) ready in {} ms on {} (advertised {}:{}), data in {}",
+            config.node_id,
+            config.rack.as_deref().unwrap_or("-"),
+            started.elapsed().as_millis(),
+            config.listen,
+            config.advertised_host,
+            config.advertised_port,
+            config.data_dir.display()
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+        let _ = serving.await;
+        // Stops the Raft driver, which checkpoints every log.
+        broker.replication.shutdown();
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
