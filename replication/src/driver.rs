@@ -326,6 +326,7 @@ impl Driver {
         let mut next_tick = Instant::now() + tick;
         let mut next_retention = Instant::now() + self.config.retention_check_interval;
         let mut next_checkpoint = Instant::now() + self.config.checkpoint_interval;
+        let mut next_metrics = Instant::now();
         'run: loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(timeout) {
@@ -354,6 +355,10 @@ impl Driver {
             if now >= next_retention {
                 self.apply_retention();
                 next_retention = now + self.config.retention_check_interval;
+            }
+            if now >= next_metrics {
+                self.publish_metrics();
+                next_metrics = now + Duration::from_secs(5);
             }
             if now >= next_checkpoint {
                 self.checkpoint_all();
@@ -559,6 +564,16 @@ impl Driver {
                 }
             }
         }
+    }
+
+    fn publish_metrics(&self) {
+        let mut leaders = 0;
+        for g in self.partitions.values() {
+            let leader = g.node.raft.state == StateRole::Leader;
+            leaders += usize::from(leader);
+            crate::probe::replica_state(g.node.store().replica(), g.node.raft.term, leader);
+        }
+        crate::probe::partition_counts(self.partitions.len(), leaders);
     }
 
     fn checkpoint_all(&mut self) {

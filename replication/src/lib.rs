@@ -12,6 +12,7 @@
 
 mod driver;
 pub mod metadata;
+mod probe;
 pub mod proto;
 pub mod raft_log;
 pub mod topic_config;
