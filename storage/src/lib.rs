@@ -17,6 +17,7 @@ mod epoch;
 mod error;
 mod index;
 mod log;
+pub mod producer_state;
 mod segment;
 
 pub use checkpoint::{HardState, HardStateFile};
@@ -27,6 +28,7 @@ pub use error::{Result, StorageError};
 pub use log::{
     AppendInfo, Log, LogEntry, RetentionOutcome, TimestampAndOffset, MAX_DECOMPRESSED_BATCH_BYTES,
 };
+pub use producer_state::{ProducerStateManager, SequenceCheck};
 
 /// The directory name Kafka gives a partition's log: `<topic>-<partition>`.
 pub fn partition_dir_name(topic: &str, partition: i32) -> String {

@@ -27,6 +27,7 @@ use crate::checkpoint::{self, RecoveryPoint, LOG_START_OFFSET_FILE};
 use crate::config::{Clock, LogConfig};
 use crate::epoch::LeaderEpochCache;
 use crate::error::{IoContext, Result, StorageError};
+use crate::producer_state::ProducerStateManager;
 use crate::segment::{self, LogSegment};
 
 /// Decompression bound for timestamp lookups and the cleaner.
@@ -76,6 +77,8 @@ pub struct Log {
     pub(crate) epochs: LeaderEpochCache,
     epochs_dirty: bool,
     recovery_point: Option<RecoveryPoint>,
+    producer_state: ProducerStateManager,
+    producer_snapshot_offset: Option<u64>,
 }
 
 fn parse_base_offset(name: &str, suffix: &str) -> Option<u64> {
@@ -260,12 +263,15 @@ impl Log {
             epochs,
             epochs_dirty,
             recovery_point,
+            producer_state: ProducerStateManager::default(),
+            producer_snapshot_offset: None,
         };
         if stored_log_start.is_some_and(|stored| stored != log_start_offset) {
             checkpoint::write_offset(&log.dir, LOG_START_OFFSET_FILE, log_start_offset)?;
         }
         log.epochs.truncate_from_start(log_start_offset);
         log.delete_segments_below_log_start()?;
+        log.load_producer_state()?;
         let active = log.active();
         let clean = recovery_point
             == Some(RecoveryPoint {
@@ -405,6 +411,7 @@ impl Log {
             stamped.base_offset = base as i64;
             stamped.partition_leader_epoch = leader_epoch;
             self.active_mut().append(raw, &stamped)?;
+            self.producer_state.update(&stamped);
             if self.epochs.assign(leader_epoch, base)? {
                 self.epochs_dirty = true;
             }
@@ -477,10 +484,66 @@ impl Log {
         )?;
         self.segments.push(seg);
         self.store_epochs_if_dirty()?;
+        self.snapshot_producer_state()?;
         self.store_recovery_point(RecoveryPoint {
             segment_base: next_offset,
             position: 0,
         })
+    }
+
+    /// Idempotent producer state: sequences and offsets of each producer's last batches.
+    pub fn producer_state(&self) -> &ProducerStateManager {
+        &self.producer_state
+    }
+
+    /// Forgets producers idle for longer than `expiration_ms` (`producer.id.expiration.ms`).
+    pub fn expire_producers(&mut self, expiration_ms: i64) -> usize {
+        let now = self.clock.now_ms();
+        self.producer_state.remove_expired(now, expiration_ms)
+    }
+
+    /// Writes a producer snapshot if the state moved since the last one, so the next open
+    /// replays only what follows (an empty snapshot proves there is nothing to replay).
+    fn snapshot_producer_state(&mut self) -> Result<()> {
+        let end = self.producer_state.map_end_offset();
+        if self.producer_snapshot_offset == Some(end) {
+            return Ok(());
+        }
+        self.producer_state.write_snapshot(&self.dir)?;
+        self.producer_snapshot_offset = Some(end);
+        Ok(())
+    }
+
+    /// Rebuilds producer state: the newest snapshot at or below the log end, then every batch
+    /// after it.
+    fn load_producer_state(&mut self) -> Result<()> {
+        let end = self.log_end_offset();
+        let from = match ProducerStateManager::load_snapshot(&self.dir, end)? {
+            Some(s) if s.map_end_offset() >= self.log_start_offset => {
+                let from = s.map_end_offset();
+                self.producer_snapshot_offset = Some(from);
+                self.producer_state = s;
+                from
+            }
+            _ => {
+                self.producer_state.reset(self.log_start_offset);
+                self.producer_snapshot_offset = None;
+                self.log_start_offset
+            }
+        };
+        let mut state = std::mem::take(&mut self.producer_state);
+        for seg in &self.segments[self.segment_index_for_offset(from)..] {
+            if let Some((pos, _)) = seg.locate(from)? {
+                seg.walk_headers(pos, |_, h| {
+                    if h.next_offset() > from as i64 {
+                        state.update(h);
+                    }
+                    true
+                })?;
+            }
+        }
+        self.producer_state = state;
+        Ok(())
     }
 
     fn store_epochs_if_dirty(&mut self) -> Result<()> {
@@ -507,6 +570,7 @@ impl Log {
     pub fn checkpoint(&mut self) -> Result<()> {
         self.active_mut().sync_all()?;
         self.store_epochs_if_dirty()?;
+        self.snapshot_producer_state()?;
         let a = self.active();
         let rp = RecoveryPoint {
             segment_base: a.base_offset(),
@@ -756,7 +820,7 @@ impl Log {
         self.epochs.truncate_from_end(end);
         self.epochs.store(&self.dir)?;
         self.epochs_dirty = false;
-        Ok(())
+        self.load_producer_state()
     }
 
     fn entry_unavailable(&self, index: u64) -> StorageError {
