@@ -31,6 +31,11 @@ pub fn replication_error_code(e: &ReplicationError) -> i16 {
         ReplicationError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower.code(),
         ReplicationError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition.code(),
         ReplicationError::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
+        ReplicationError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
+        ReplicationError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch.code(),
+        // Retriable: the client retries and then finds the batch in the log.
+        ReplicationError::DuplicateInFlight => ResponseError::RequestTimedOut.code(),
+        ReplicationError::ProducerIds(_) => ResponseError::CoordinatorNotAvailable.code(),
         ReplicationError::Raft(_) | ReplicationError::Io(_) | ReplicationError::Corrupt(_) => {
             ResponseError::KafkaStorageError.code()
         }

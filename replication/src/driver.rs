@@ -27,6 +27,9 @@ use crate::{
     METADATA_TOPIC,
 };
 
+/// `producer.id.expiration.ms`: idle producers' state is forgotten after a day.
+const PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
+
 struct StopOnDrop(Arc<AtomicBool>);
 
 impl Drop for StopOnDrop {
@@ -75,8 +78,18 @@ enum Effect {
     Reply(Reply<()>),
 }
 
+/// An idempotent batch proposed but not yet in the log.
+struct InFlight {
+    epoch: i16,
+    first_seq: i32,
+    last_seq: i32,
+    index: u64,
+}
+
 struct Group {
     node: RawNode<RaftLog>,
+    /// Idempotent batches proposed but not yet persisted, by producer id.
+    in_flight: HashMap<i64, Vec<InFlight>>,
     /// Proposals waiting for persistence or commit, by the index of their last entry.
     pending: BTreeMap<u64, Pending>,
     metadata: bool,
@@ -214,6 +227,7 @@ fn new_group(
     }
     Ok(Group {
         node,
+        in_flight: HashMap::new(),
         pending: BTreeMap::new(),
         metadata,
         was_leader: false,
@@ -393,6 +407,33 @@ impl Driver {
                     return true;
                 }
                 let count = batches.len() as u64;
+                let headers: Vec<Option<BatchHeader>> = batches.iter().map(|b| BatchHeader::parse(b).ok()).collect();
+                match check_sequences(group, &headers) {
+                    Ok(None) => {}
+                    Ok(Some(ack)) => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(ack));
+                        }
+                        return true;
+                    }
+                    Err(e) => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(e));
+                        }
+                        return true;
+                    }
+                }
+                let first_index = group.node.raft.raft_log.last_index() + 1;
+                for (i, h) in headers.iter().enumerate() {
+                    if let Some(h) = h.filter(|h| h.has_producer_id()) {
+                        group.in_flight.entry(h.producer_id).or_default().push(InFlight {
+                            epoch: h.producer_epoch,
+                            first_seq: h.base_sequence,
+                            last_seq: runnel_storage::producer_state::last_sequence(&h),
+                            index: first_index + i as u64,
+                        });
+                    }
+                }
                 for b in batches {
                     if let Err(e) = group.node.propose(Vec::new(), b.to_vec()) {
                         if let Some(reply) = reply {
@@ -548,6 +589,7 @@ impl Driver {
             .collect();
         for r in replicas {
             let hw = r.high_watermark();
+            r.log_mut().expire_producers(PRODUCER_ID_EXPIRATION_MS);
             match r.log_mut().delete_old_segments(hw) {
                 Ok(o) if o.segments_deleted > 0 => {
                     tracing::info!(
@@ -621,6 +663,10 @@ fn on_ready(g: &mut Group, shared: &Shared, raft_id: u64) -> Result<Vec<Effect>,
     if !ready.entries().is_empty() {
         let last = ready.entries().last().map_or(0, |e| e.index);
         g.node.mut_store().append_entries(ready.entries())?;
+        g.in_flight.retain(|_, batches| {
+            batches.retain(|b| b.index > last);
+            !batches.is_empty()
+        });
         acknowledge_persisted(g, last);
     }
     if let Some(hs) = ready.hs() {
@@ -655,6 +701,52 @@ fn on_ready(g: &mut Group, shared: &Shared, raft_id: u64) -> Result<Vec<Effect>,
     g.was_leader = leader;
     let _ = raft_id;
     Ok(effects)
+}
+
+/// Kafka's idempotence checks for the batches of one produce request, against the log's
+/// producer state and the batches proposed but not yet persisted. `Ok(Some(ack))` answers a
+/// retry of a batch already in the log with its original offsets.
+fn check_sequences(g: &Group, headers: &[Option<BatchHeader>]) -> Result<Option<ProduceAck>, ReplicationError> {
+    use runnel_storage::producer_state::{last_sequence, SequenceCheck};
+    let log = g.node.store().replica().log();
+    let mut pending: HashMap<i64, (i16, i32)> = HashMap::new();
+    for h in headers.iter().flatten().filter(|h| h.has_producer_id()) {
+        let (first, last) = (h.base_sequence, last_sequence(h));
+        let latest_in_flight = pending
+            .get(&h.producer_id)
+            .copied()
+            .or_else(|| g.in_flight.get(&h.producer_id).and_then(|v| v.last()).map(|b| (b.epoch, b.last_seq)));
+        if let Some((epoch, last_seq)) = latest_in_flight {
+            if h.producer_epoch < epoch {
+                return Err(ReplicationError::InvalidProducerEpoch { epoch: h.producer_epoch, current: epoch });
+            }
+            let in_flight_retry = g
+                .in_flight
+                .get(&h.producer_id)
+                .is_some_and(|v| v.iter().any(|b| b.epoch == h.producer_epoch && b.first_seq == first));
+            if in_flight_retry {
+                return Err(ReplicationError::DuplicateInFlight);
+            }
+            let expected = if h.producer_epoch > epoch { 0 } else if last_seq == i32::MAX { 0 } else { last_seq + 1 };
+            if first != expected {
+                return Err(ReplicationError::OutOfOrderSequence { expected });
+            }
+        } else {
+            match log.producer_state().check(h.producer_id, h.producer_epoch, first, last) {
+                SequenceCheck::Accept => {}
+                SequenceCheck::Duplicate(meta) if headers.len() == 1 => {
+                    return Ok(Some(ProduceAck { base_offset: meta.first_offset, log_start_offset: log.log_start_offset() }));
+                }
+                SequenceCheck::Duplicate(_) => return Err(ReplicationError::DuplicateInFlight),
+                SequenceCheck::OutOfOrder { expected } => return Err(ReplicationError::OutOfOrderSequence { expected }),
+                SequenceCheck::InvalidEpoch { current } => {
+                    return Err(ReplicationError::InvalidProducerEpoch { epoch: h.producer_epoch, current })
+                }
+            }
+        }
+        pending.insert(h.producer_id, (h.producer_epoch, last));
+    }
+    Ok(None)
 }
 
 /// acks=1: answered once the leader's own log has the entries.

@@ -49,6 +49,14 @@ pub enum ReplicationError {
     UnknownTopicOrPartition,
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error("out of order sequence number: expected {expected}")]
+    OutOfOrderSequence { expected: i32 },
+    #[error("producer epoch {epoch} is older than the current epoch {current}")]
+    InvalidProducerEpoch { epoch: i16, current: i16 },
+    #[error("a retry of a batch that is still being replicated")]
+    DuplicateInFlight,
+    #[error("could not allocate producer ids: {0}")]
+    ProducerIds(String),
 }
 
 /// How the broker is started, as far as replication cares.
@@ -117,6 +125,8 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct Replication {
     node_id: i32,
+    /// This broker's current block of producer ids: [next, end).
+    producer_ids: tokio::sync::Mutex<(i64, i64)>,
     tx: std::sync::mpsc::Sender<Command>,
     shared: Arc<Shared>,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -132,6 +142,7 @@ impl Replication {
         let threads = driver::start(config, shared.clone(), rx)?;
         Ok(Replication {
             node_id,
+            producer_ids: tokio::sync::Mutex::new((0, 0)),
             tx,
             shared,
             threads: std::sync::Mutex::new(threads),
@@ -233,6 +244,33 @@ impl Replication {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Metadata { record, reply })?;
         rx.await.map_err(|_| ReplicationError::ShuttingDown)?
+    }
+
+    /// A producer id never handed out before by any broker: taken from this broker's block,
+    /// which is refilled through the metadata log a thousand ids at a time (as KRaft does).
+    pub async fn allocate_producer_id(&self) -> Result<i64, ReplicationError> {
+        const BLOCK: i32 = 1000;
+        let mut block = self.producer_ids.lock().await;
+        for _ in 0..20 {
+            if block.0 < block.1 {
+                let id = block.0;
+                block.0 += 1;
+                return Ok(id);
+            }
+            let first = self.metadata().next_producer_id;
+            let record = MetadataRecord {
+                record: Some(proto::metadata_record::Record::ProducerIdsBlock(proto::ProducerIdsBlock {
+                    node_id: self.node_id,
+                    first,
+                    size: BLOCK,
+                })),
+            };
+            self.propose_metadata(record).await?;
+            if self.metadata().producer_id_blocks.get(&self.node_id) == Some(&(first, BLOCK)) {
+                *block = (first, first + i64::from(BLOCK));
+            }
+        }
+        Err(ReplicationError::ProducerIds("lost the race for a block 20 times".into()))
     }
 
     fn send(&self, cmd: Command) -> Result<(), ReplicationError> {

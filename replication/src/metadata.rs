@@ -42,6 +42,10 @@ pub struct ClusterMetadata {
     pub topics: BTreeMap<String, TopicMetadata>,
     pub topic_names: HashMap<Uuid, String>,
     pub broker_configs: BTreeMap<String, String>,
+    /// The next producer id no broker has been granted.
+    pub next_producer_id: i64,
+    /// The last block of producer ids granted to each broker: (first, size).
+    pub producer_id_blocks: BTreeMap<i32, (i64, i32)>,
     /// Index of the last metadata entry applied.
     pub applied_index: u64,
 }
@@ -145,6 +149,13 @@ impl ClusterMetadata {
             Record::AlterBrokerConfig(b) => {
                 self.broker_configs = configs_map(&b.configs);
                 MetadataEffect::BrokerConfigChanged
+            }
+            Record::ProducerIdsBlock(b) => {
+                if b.first == self.next_producer_id && b.size > 0 {
+                    self.next_producer_id = b.first.saturating_add(i64::from(b.size));
+                    self.producer_id_blocks.insert(b.node_id, (b.first, b.size));
+                }
+                MetadataEffect::None
             }
         }
     }

@@ -4,7 +4,7 @@
 /// One change to the cluster metadata, the value of one record in `__cluster_metadata`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
-    #[prost(oneof = "metadata_record::Record", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "metadata_record::Record", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub record: Option<metadata_record::Record>,
 }
 
@@ -23,6 +23,8 @@ pub mod metadata_record {
         CreatePartitions(super::CreatePartitions),
         #[prost(message, tag = "6")]
         AlterBrokerConfig(super::AlterBrokerConfig),
+        #[prost(message, tag = "7")]
+        ProducerIdsBlock(super::ProducerIdsBlock),
     }
 }
 
@@ -103,4 +105,16 @@ pub struct GroupMembership {
     pub voters: Vec<u64>,
     #[prost(uint64, repeated, tag = "2")]
     pub learners: Vec<u64>,
+}
+
+/// Grants `size` producer ids starting at `first` to broker `node_id`, if `first` is the next
+/// unallocated id (otherwise the record lost a race and grants nothing).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProducerIdsBlock {
+    #[prost(int32, tag = "1")]
+    pub node_id: i32,
+    #[prost(int64, tag = "2")]
+    pub first: i64,
+    #[prost(int32, tag = "3")]
+    pub size: i32,
 }
