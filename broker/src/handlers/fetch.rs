@@ -233,7 +233,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
             reads.push(read);
         }
         let now = Instant::now();
-        if total >= min_bytes.max(1) || any_error || now >= deadline {
+        if total >= min_bytes || any_error || now >= deadline {
             break reads;
         }
         if tokio::time::timeout(deadline - now, notified)
