@@ -148,13 +148,15 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
     })
 }
 
-/// Encodes a response frame: length prefix, response header (v0, or v1 for flexible
-/// versions; ApiVersions always v0), body.
-pub fn encode_response(
+/// What an encoding step returns (kafka-protocol's errors, boxed for display).
+type Step = std::result::Result<(), Box<dyn std::fmt::Display>>;
+
+/// Writes a length-prefixed frame: `header` then `body`, each encoded by its closure.
+fn framed(
     api_key: ApiKey,
     api_version: i16,
-    correlation_id: i32,
-    body: &ResponseKind,
+    header: impl FnOnce(&mut BytesMut) -> Step,
+    body: impl FnOnce(&mut BytesMut) -> Step,
 ) -> Result<Bytes, EncodeError> {
     let err = |reason: String| EncodeError::Body {
         api_key,
@@ -163,15 +165,36 @@ pub fn encode_response(
     };
     let mut out = BytesMut::with_capacity(64);
     out.put_i32(0);
-    let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    header
-        .encode(&mut out, api_key.response_header_version(api_version))
-        .map_err(|e| err(format!("header: {e:#}")))?;
-    body.encode(&mut out, api_version)
-        .map_err(|e| err(format!("{e:#}")))?;
+    header(&mut out).map_err(|e| err(format!("header: {e:#}")))?;
+    body(&mut out).map_err(|e| err(format!("{e:#}")))?;
     let len = (out.len() - 4) as i32;
     out[..4].copy_from_slice(&len.to_be_bytes());
     Ok(out.freeze())
+}
+
+fn boxed<E: std::fmt::Display + 'static>(e: E) -> Box<dyn std::fmt::Display> {
+    Box::new(e)
+}
+
+/// Encodes a response frame: length prefix, response header (v0, or v1 for flexible
+/// versions; ApiVersions always v0), body.
+pub fn encode_response(
+    api_key: ApiKey,
+    api_version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> Result<Bytes, EncodeError> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    framed(
+        api_key,
+        api_version,
+        |out| {
+            header
+                .encode(out, api_key.response_header_version(api_version))
+                .map_err(boxed)
+        },
+        |out| body.encode(out, api_version).map_err(boxed),
+    )
 }
 
 /// Encodes a request frame (client side: the CLI and tests).
@@ -182,26 +205,21 @@ pub fn encode_request(
     client_id: &str,
     body: &RequestKind,
 ) -> Result<Bytes, EncodeError> {
-    let err = |reason: String| EncodeError::Body {
-        api_key,
-        api_version,
-        reason,
-    };
-    let mut out = BytesMut::with_capacity(64);
-    out.put_i32(0);
     let header = RequestHeader::default()
         .with_request_api_key(api_key as i16)
         .with_request_api_version(api_version)
         .with_correlation_id(correlation_id)
         .with_client_id(Some(StrBytes::from_string(client_id.to_string())));
-    header
-        .encode(&mut out, api_key.request_header_version(api_version))
-        .map_err(|e| err(format!("header: {e:#}")))?;
-    body.encode(&mut out, api_version)
-        .map_err(|e| err(format!("{e:#}")))?;
-    let len = (out.len() - 4) as i32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(out.freeze())
+    framed(
+        api_key,
+        api_version,
+        |out| {
+            header
+                .encode(out, api_key.request_header_version(api_version))
+                .map_err(boxed)
+        },
+        |out| body.encode(out, api_version).map_err(boxed),
+    )
 }
 
 /// Decodes a response frame (without its length prefix) for a request sent at `api_version`.

@@ -407,7 +407,8 @@ impl Driver {
                     return true;
                 }
                 let count = batches.len() as u64;
-                let headers: Vec<Option<BatchHeader>> = batches.iter().map(|b| BatchHeader::parse(b).ok()).collect();
+                let headers: Vec<Option<BatchHeader>> =
+                    batches.iter().map(|b| BatchHeader::parse(b).ok()).collect();
                 match check_sequences(group, &headers) {
                     Ok(None) => {}
                     Ok(Some(ack)) => {
@@ -426,12 +427,16 @@ impl Driver {
                 let first_index = group.node.raft.raft_log.last_index() + 1;
                 for (i, h) in headers.iter().enumerate() {
                     if let Some(h) = h.filter(|h| h.has_producer_id()) {
-                        group.in_flight.entry(h.producer_id).or_default().push(InFlight {
-                            epoch: h.producer_epoch,
-                            first_seq: h.base_sequence,
-                            last_seq: runnel_storage::producer_state::last_sequence(&h),
-                            index: first_index + i as u64,
-                        });
+                        group
+                            .in_flight
+                            .entry(h.producer_id)
+                            .or_default()
+                            .push(InFlight {
+                                epoch: h.producer_epoch,
+                                first_seq: h.base_sequence,
+                                last_seq: runnel_storage::producer_state::last_sequence(&h),
+                                index: first_index + i as u64,
+                            });
                     }
                 }
                 for b in batches {
@@ -579,15 +584,7 @@ impl Driver {
     }
 
     fn apply_retention(&mut self) {
-        let replicas: Vec<Arc<Replica>> = self
-            .shared
-            .replicas
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for r in replicas {
+        for r in self.shared.all_replicas() {
             let hw = r.high_watermark();
             r.log_mut().expire_producers(PRODUCER_ID_EXPIRATION_MS);
             match r.log_mut().delete_old_segments(hw) {
@@ -706,41 +703,66 @@ fn on_ready(g: &mut Group, shared: &Shared, raft_id: u64) -> Result<Vec<Effect>,
 /// Kafka's idempotence checks for the batches of one produce request, against the log's
 /// producer state and the batches proposed but not yet persisted. `Ok(Some(ack))` answers a
 /// retry of a batch already in the log with its original offsets.
-fn check_sequences(g: &Group, headers: &[Option<BatchHeader>]) -> Result<Option<ProduceAck>, ReplicationError> {
+fn check_sequences(
+    g: &Group,
+    headers: &[Option<BatchHeader>],
+) -> Result<Option<ProduceAck>, ReplicationError> {
     use runnel_storage::producer_state::{last_sequence, SequenceCheck};
     let log = g.node.store().replica().log();
     let mut pending: HashMap<i64, (i16, i32)> = HashMap::new();
     for h in headers.iter().flatten().filter(|h| h.has_producer_id()) {
         let (first, last) = (h.base_sequence, last_sequence(h));
-        let latest_in_flight = pending
-            .get(&h.producer_id)
-            .copied()
-            .or_else(|| g.in_flight.get(&h.producer_id).and_then(|v| v.last()).map(|b| (b.epoch, b.last_seq)));
+        let latest_in_flight = pending.get(&h.producer_id).copied().or_else(|| {
+            g.in_flight
+                .get(&h.producer_id)
+                .and_then(|v| v.last())
+                .map(|b| (b.epoch, b.last_seq))
+        });
         if let Some((epoch, last_seq)) = latest_in_flight {
             if h.producer_epoch < epoch {
-                return Err(ReplicationError::InvalidProducerEpoch { epoch: h.producer_epoch, current: epoch });
+                return Err(ReplicationError::InvalidProducerEpoch {
+                    epoch: h.producer_epoch,
+                    current: epoch,
+                });
             }
-            let in_flight_retry = g
-                .in_flight
-                .get(&h.producer_id)
-                .is_some_and(|v| v.iter().any(|b| b.epoch == h.producer_epoch && b.first_seq == first));
+            let in_flight_retry = g.in_flight.get(&h.producer_id).is_some_and(|v| {
+                v.iter()
+                    .any(|b| b.epoch == h.producer_epoch && b.first_seq == first)
+            });
             if in_flight_retry {
                 return Err(ReplicationError::DuplicateInFlight);
             }
-            let expected = if h.producer_epoch > epoch { 0 } else if last_seq == i32::MAX { 0 } else { last_seq + 1 };
+            let expected = if h.producer_epoch > epoch {
+                0
+            } else if last_seq == i32::MAX {
+                0
+            } else {
+                last_seq + 1
+            };
             if first != expected {
                 return Err(ReplicationError::OutOfOrderSequence { expected });
             }
         } else {
-            match log.producer_state().check(h.producer_id, h.producer_epoch, first, last) {
+            match log
+                .producer_state()
+                .check(h.producer_id, h.producer_epoch, first, last)
+            {
                 SequenceCheck::Accept => {}
                 SequenceCheck::Duplicate(meta) if headers.len() == 1 => {
-                    return Ok(Some(ProduceAck { base_offset: meta.first_offset, log_start_offset: log.log_start_offset() }));
+                    return Ok(Some(ProduceAck {
+                        base_offset: meta.first_offset,
+                        log_start_offset: log.log_start_offset(),
+                    }));
                 }
                 SequenceCheck::Duplicate(_) => return Err(ReplicationError::DuplicateInFlight),
-                SequenceCheck::OutOfOrder { expected } => return Err(ReplicationError::OutOfOrderSequence { expected }),
+                SequenceCheck::OutOfOrder { expected } => {
+                    return Err(ReplicationError::OutOfOrderSequence { expected })
+                }
                 SequenceCheck::InvalidEpoch { current } => {
-                    return Err(ReplicationError::InvalidProducerEpoch { epoch: h.producer_epoch, current })
+                    return Err(ReplicationError::InvalidProducerEpoch {
+                        epoch: h.producer_epoch,
+                        current,
+                    })
                 }
             }
         }
@@ -822,14 +844,7 @@ fn run_cleaner(shared: &Shared, config: &ReplicationConfig, stop: &AtomicBool) {
             continue;
         }
         waited = Duration::ZERO;
-        let replicas: Vec<Arc<Replica>> = shared
-            .replicas
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for r in replicas {
+        for r in shared.all_replicas() {
             if stop.load(Ordering::Acquire) {
                 return;
             }

@@ -121,6 +121,17 @@ pub(crate) struct Shared {
     pub(crate) data_changed: Notify,
 }
 
+impl Shared {
+    pub(crate) fn all_replicas(&self) -> Vec<Arc<Replica>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
 /// The broker's handle on replication.
 #[derive(Debug)]
 pub struct Replication {
@@ -185,27 +196,13 @@ impl Replication {
         batches: Vec<Bytes>,
         acks: i16,
     ) -> Result<Option<ProduceAck>, ReplicationError> {
-        if acks == 0 {
-            self.send(Command::Produce {
-                topic: topic.to_string(),
-                partition,
-                batches,
-                acks,
-                reply: None,
-            })?;
-            return Ok(None);
+        match self.begin_produce(topic, partition, batches, acks)? {
+            None => Ok(None),
+            Some(rx) => rx
+                .await
+                .map_err(|_| ReplicationError::ShuttingDown)?
+                .map(Some),
         }
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Produce {
-            topic: topic.to_string(),
-            partition,
-            batches,
-            acks,
-            reply: Some(reply),
-        })?;
-        rx.await
-            .map_err(|_| ReplicationError::ShuttingDown)?
-            .map(Some)
     }
 
     /// Like [`Replication::produce`], but only sends the proposal; the returned receiver
@@ -259,18 +256,22 @@ impl Replication {
             }
             let first = self.metadata().next_producer_id;
             let record = MetadataRecord {
-                record: Some(proto::metadata_record::Record::ProducerIdsBlock(proto::ProducerIdsBlock {
-                    node_id: self.node_id,
-                    first,
-                    size: BLOCK,
-                })),
+                record: Some(proto::metadata_record::Record::ProducerIdsBlock(
+                    proto::ProducerIdsBlock {
+                        node_id: self.node_id,
+                        first,
+                        size: BLOCK,
+                    },
+                )),
             };
             self.propose_metadata(record).await?;
             if self.metadata().producer_id_blocks.get(&self.node_id) == Some(&(first, BLOCK)) {
                 *block = (first, first + i64::from(BLOCK));
             }
         }
-        Err(ReplicationError::ProducerIds("lost the race for a block 20 times".into()))
+        Err(ReplicationError::ProducerIds(
+            "lost the race for a block 20 times".into(),
+        ))
     }
 
     fn send(&self, cmd: Command) -> Result<(), ReplicationError> {
