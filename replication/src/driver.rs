@@ -732,9 +732,8 @@ fn check_sequences(
             if in_flight_retry {
                 return Err(ReplicationError::DuplicateInFlight);
             }
-            let expected = if h.producer_epoch > epoch {
-                0
-            } else if last_seq == i32::MAX {
+            // A new epoch restarts at 0; sequences wrap from i32::MAX to 0.
+            let expected = if h.producer_epoch > epoch || last_seq == i32::MAX {
                 0
             } else {
                 last_seq + 1
