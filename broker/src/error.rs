@@ -31,7 +31,9 @@ pub fn replication_error_code(e: &ReplicationError) -> i16 {
         ReplicationError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower.code(),
         ReplicationError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition.code(),
         ReplicationError::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
-        ReplicationError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
+        ReplicationError::OutOfOrderSequence { .. } => {
+            ResponseError::OutOfOrderSequenceNumber.code()
+        }
         ReplicationError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch.code(),
         // Retriable: the client retries and then finds the batch in the log.
         ReplicationError::DuplicateInFlight => ResponseError::RequestTimedOut.code(),

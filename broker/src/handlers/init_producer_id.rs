@@ -4,15 +4,27 @@
 
 use std::sync::Arc;
 
-use runnel_protocol::kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+use runnel_protocol::kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProducerId,
+};
 use runnel_protocol::kafka_protocol::ResponseError;
 
 use crate::error::replication_error_code;
 use crate::Broker;
 
-pub async fn handle(broker: &Arc<Broker>, request: InitProducerIdRequest, _version: i16) -> InitProducerIdResponse {
-    if request.transactional_id.is_some() {
-        tracing::info!("InitProducerId with a transactional id: transactions are not supported yet");
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: InitProducerIdRequest,
+    _version: i16,
+) -> InitProducerIdResponse {
+    if request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| !t.0.is_empty())
+    {
+        tracing::info!(
+            "InitProducerId with a transactional id: transactions are not supported yet"
+        );
         return InitProducerIdResponse::default()
             .with_error_code(ResponseError::InvalidRequest.code())
             .with_producer_id(ProducerId(-1))
@@ -21,7 +33,9 @@ pub async fn handle(broker: &Arc<Broker>, request: InitProducerIdRequest, _versi
     match broker.replication.allocate_producer_id().await {
         // Idempotent producers bump their epoch themselves (KIP-360); a fresh id always starts
         // at epoch 0.
-        Ok(id) => InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Ok(id) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(0),
         Err(e) => InitProducerIdResponse::default()
             .with_error_code(replication_error_code(&e))
             .with_producer_id(ProducerId(-1))

@@ -4,6 +4,7 @@
 pub mod api_versions;
 pub mod create_topics;
 pub mod fetch;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -32,6 +33,7 @@ pub const SUPPORTED: &[ApiVersionRange] = &[
     range(ApiKey::Metadata, 0, 13),
     range(ApiKey::ApiVersions, 0, 4),
     range(ApiKey::CreateTopics, 2, 7),
+    range(ApiKey::InitProducerId, 0, 5),
 ];
 
 pub fn supported(api_key: ApiKey) -> Option<&'static ApiVersionRange> {
@@ -56,6 +58,7 @@ fn api_name(api_key: ApiKey) -> &'static str {
         ApiKey::Metadata => "Metadata",
         ApiKey::ApiVersions => "ApiVersions",
         ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::InitProducerId => "InitProducerId",
         _ => "Other",
     }
 }
@@ -92,6 +95,9 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
         }
         RequestKind::CreateTopics(r) => {
             ResponseKind::CreateTopics(create_topics::handle(broker, r, version).await)
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(init_producer_id::handle(broker, r, version).await)
         }
         _ => return Reply::Close,
     };

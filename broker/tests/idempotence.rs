@@ -1,0 +1,181 @@
+//! Idempotent producers over the wire: InitProducerId hands out unique ids, retries of a
+//! batch are answered with the original offsets, gaps and stale epochs are refused.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use runnel_broker::{Broker, BrokerConfig};
+use runnel_protocol::frame::next_frame;
+use runnel_protocol::kafka_protocol::messages::produce_request::{
+    PartitionProduceData, TopicProduceData,
+};
+use runnel_protocol::kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, InitProducerIdRequest, ProduceRequest, RequestKind, ResponseKind,
+    TopicName,
+};
+use runnel_protocol::kafka_protocol::protocol::StrBytes;
+use runnel_protocol::kafka_protocol::ResponseError;
+use runnel_protocol::{decode_response, encode_request};
+use runnel_storage::batch::{build_batch, BatchOptions, NewRecord};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    next_id: i32,
+}
+
+impl Client {
+    async fn call(&mut self, api_key: ApiKey, version: i16, body: RequestKind) -> ResponseKind {
+        self.next_id += 1;
+        let frame = encode_request(api_key, version, self.next_id, "idempotence-test", &body)
+            .expect("encode");
+        self.stream.write_all(&frame).await.expect("write");
+        loop {
+            if let Some(frame) = next_frame(&mut self.buf, 1 << 26).expect("frame") {
+                let (cid, body) = decode_response(api_key, version, frame).expect("decode");
+                assert_eq!(cid, self.next_id);
+                return body;
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.expect("read");
+            assert!(n > 0, "broker closed the connection");
+        }
+    }
+}
+
+async fn start() -> (Arc<Broker>, Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = BrokerConfig::new(1, dir.path().to_path_buf(), addr);
+    config.fsync = false;
+    let broker = Arc::new(Broker::open(config).expect("open"));
+    broker.register().await.expect("register");
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(broker.clone().serve(listener, stopped));
+    std::mem::forget(_stop);
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    (
+        broker,
+        Client {
+            stream,
+            buf: BytesMut::new(),
+            next_id: 0,
+        },
+        dir,
+    )
+}
+
+fn batch(producer_id: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
+    let records: Vec<NewRecord> = (0..n)
+        .map(|i| NewRecord {
+            timestamp: 1_700_000_000_000,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(format!("v{seq}-{i}"))),
+            headers: Vec::new(),
+        })
+        .collect();
+    let options = BatchOptions {
+        producer_id,
+        producer_epoch: epoch,
+        base_sequence: seq,
+        ..Default::default()
+    };
+    build_batch(&records, &options).expect("batch")
+}
+
+async fn produce(client: &mut Client, records: Bytes) -> (i16, i64) {
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("idem")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])]);
+    match client
+        .call(ApiKey::Produce, 9, RequestKind::Produce(request))
+        .await
+    {
+        ResponseKind::Produce(r) => {
+            let p = &r.responses[0].partition_responses[0];
+            (p.error_code, p.base_offset)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn retries_are_deduplicated_and_gaps_and_zombies_refused() {
+    let (broker, mut client, _dir) = start().await;
+    let create = CreateTopicsRequest::default().with_topics(vec![
+        runnel_protocol::kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("idem")))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ]);
+    client
+        .call(ApiKey::CreateTopics, 7, RequestKind::CreateTopics(create))
+        .await;
+
+    // v0 (aiokafka) and v4 both work; ids never repeat.
+    let mut ids = Vec::new();
+    for version in [0i16, 4, 4] {
+        match client
+            .call(
+                ApiKey::InitProducerId,
+                version,
+                RequestKind::InitProducerId(
+                    InitProducerIdRequest::default().with_transactional_id(None),
+                ),
+            )
+            .await
+        {
+            ResponseKind::InitProducerId(r) => {
+                assert_eq!(r.error_code, 0);
+                assert_eq!(r.producer_epoch, 0);
+                ids.push(r.producer_id.0);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "producer ids are unique: {ids:?}");
+    let pid = ids[0];
+
+    assert_eq!(produce(&mut client, batch(pid, 0, 0, 3)).await, (0, 0));
+    assert_eq!(produce(&mut client, batch(pid, 0, 3, 2)).await, (0, 3));
+    // A retry of the first batch gets its original offset, and nothing is written twice.
+    assert_eq!(produce(&mut client, batch(pid, 0, 0, 3)).await, (0, 0));
+    assert_eq!(
+        broker
+            .replication
+            .replica("idem", 0)
+            .expect("replica")
+            .log()
+            .log_end_offset(),
+        5
+    );
+    // A gap in the sequence.
+    assert_eq!(
+        produce(&mut client, batch(pid, 0, 9, 1)).await.0,
+        ResponseError::OutOfOrderSequenceNumber.code()
+    );
+    // A new epoch must start at sequence 0, and then fences the old one.
+    assert_eq!(
+        produce(&mut client, batch(pid, 1, 5, 1)).await.0,
+        ResponseError::OutOfOrderSequenceNumber.code()
+    );
+    assert_eq!(produce(&mut client, batch(pid, 1, 0, 1)).await, (0, 5));
+    assert_eq!(
+        produce(&mut client, batch(pid, 0, 5, 1)).await.0,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    // A producer the broker has never seen is accepted at any sequence (its state may have
+    // expired while it idled).
+    assert_eq!(produce(&mut client, batch(ids[1], 0, 77, 1)).await, (0, 6));
+    broker.replication.shutdown();
+}
