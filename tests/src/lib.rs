@@ -1,1 +1,168 @@
-//! Harness for end-to-end tests: starts real `runnel` processes on loopback ports.
+//! Harness for end-to-end tests: real `runnel` processes on loopback ports, killed and
+//! restarted like a production broker would be.
+//!
+//! The binary is `$RUNNEL_BIN`, or `target/debug/runnel` of this workspace (build it with
+//! `cargo build -p runnel-cli`; `scripts/test.sh` does).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The `runnel` binary under test.
+pub fn runnel_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("RUNNEL_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/runnel");
+    if !path.exists() {
+        bail!(
+            "{} does not exist: run `cargo build -p runnel-cli` first (or set RUNNEL_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One broker process with its own data directory and port.
+#[derive(Debug)]
+pub struct Broker {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    extra_args: Vec<String>,
+}
+
+impl Broker {
+    /// Starts a broker and waits until it accepts connections.
+    pub fn start(extra_args: &[&str]) -> anyhow::Result<Broker> {
+        let dir = tempfile::Builder::new().prefix("runnel-e2e").tempdir()?;
+        let port = free_port()?;
+        let mut broker = Broker {
+            child: None,
+            dir,
+            port,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        broker.spawn()?;
+        eprintln!(
+            "runnel broker on 127.0.0.1:{} with data in {}",
+            broker.port,
+            broker.dir.path().display()
+        );
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let child = Command::new(runnel_bin()?)
+            .args([
+                "serve",
+                "--node-id",
+                "1",
+                "--listen",
+                &listen,
+                "--metrics-listen",
+                "",
+            ])
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start runnel")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(&listen).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("runnel exited during startup: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("runnel did not accept connections on {listen} within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// SIGKILL: no shutdown, no flush beyond what was fsynced.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("runnel did not stop within 15 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same directory and port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill_9();
+        self.spawn()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// A seed for a randomized test: `$RUNNEL_SEED` or the clock; always printed so a failure
+/// can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("RUNNEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{test}: seed {seed} (replay with RUNNEL_SEED={seed})");
+    seed
+}
