@@ -6,6 +6,7 @@
 //! dropped connection where the protocol has an answer.
 
 pub mod config;
+pub mod configs;
 mod connection;
 pub mod error;
 mod fetch_session;

@@ -56,6 +56,24 @@ impl Replica {
         self.log.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `DeleteRecords`: moves the log start offset forward (never past the high watermark).
+    /// Single-broker only for now: with followers this must go through the partition's Raft
+    /// group so replicas agree.
+    pub fn delete_records_before(&self, offset: u64) -> Result<u64, StorageError> {
+        let hw = self.high_watermark();
+        if offset > hw {
+            let log = self.log();
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: log.log_start_offset(),
+                log_end_offset: hw,
+            });
+        }
+        let mut log = self.log_mut();
+        log.advance_log_start_offset(offset)?;
+        Ok(log.log_start_offset())
+    }
+
     pub(crate) fn log_mut(&self) -> RwLockWriteGuard<'_, Log> {
         self.log.write().unwrap_or_else(|e| e.into_inner())
     }

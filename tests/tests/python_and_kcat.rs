@@ -61,6 +61,24 @@ fn kafka_python_produces_consumes_and_administers() {
 }
 
 #[test]
+fn kafka_python_admin_configs_partitions_and_deletes() {
+    let Some(python) = python() else { return };
+    let broker = Broker::start(&[]).expect("broker");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/admin.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(broker.bootstrap())
+        .output()
+        .expect("run python");
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kafka-python admin checks failed");
+}
+
+#[test]
 fn kcat_produces_keyed_messages_and_consumes_them_from_offset_zero() {
     let Some(kcat) = kcat() else { return };
     let broker = Broker::start(&[]).expect("broker");
