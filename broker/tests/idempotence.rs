@@ -1,11 +1,10 @@
 //! Idempotent producers over the wire: InitProducerId hands out unique ids, retries of a
 //! batch are answered with the original offsets, gaps and stale epochs are refused.
 
-use std::sync::Arc;
+mod common;
 
-use bytes::{Bytes, BytesMut};
-use runnel_broker::{Broker, BrokerConfig};
-use runnel_protocol::frame::next_frame;
+use bytes::Bytes;
+use common::{start, Client};
 use runnel_protocol::kafka_protocol::messages::produce_request::{
     PartitionProduceData, TopicProduceData,
 };
@@ -15,59 +14,7 @@ use runnel_protocol::kafka_protocol::messages::{
 };
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
-use runnel_protocol::{decode_response, encode_request};
 use runnel_storage::batch::{build_batch, BatchOptions, NewRecord};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-    next_id: i32,
-}
-
-impl Client {
-    async fn call(&mut self, api_key: ApiKey, version: i16, body: RequestKind) -> ResponseKind {
-        self.next_id += 1;
-        let frame = encode_request(api_key, version, self.next_id, "idempotence-test", &body)
-            .expect("encode");
-        self.stream.write_all(&frame).await.expect("write");
-        loop {
-            if let Some(frame) = next_frame(&mut self.buf, 1 << 26).expect("frame") {
-                let (cid, body) = decode_response(api_key, version, frame).expect("decode");
-                assert_eq!(cid, self.next_id);
-                return body;
-            }
-            let n = self.stream.read_buf(&mut self.buf).await.expect("read");
-            assert!(n > 0, "broker closed the connection");
-        }
-    }
-}
-
-async fn start() -> (Arc<Broker>, Client, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut config = BrokerConfig::new(1, dir.path().to_path_buf(), addr);
-    config.fsync = false;
-    let broker = Arc::new(Broker::open(config).expect("open"));
-    broker.register().await.expect("register");
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(broker.clone().serve(listener, stopped));
-    std::mem::forget(_stop);
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    (
-        broker,
-        Client {
-            stream,
-            buf: BytesMut::new(),
-            next_id: 0,
-        },
-        dir,
-    )
-}
 
 fn batch(producer_id: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
     let records: Vec<NewRecord> = (0..n)

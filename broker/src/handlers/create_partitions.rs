@@ -38,7 +38,7 @@ pub async fn handle(
             }
             let added = (t.count - current) as usize;
             let rf = topic.partitions.first().map_or(1, Vec::len);
-            let assignments: Vec<Vec<i32>> = match &t.assignments {
+            let assignments: Vec<Vec<i32>> = match t.assignments.as_ref().filter(|a| !a.is_empty()) {
                 Some(a) => {
                     if a.len() != added {
                         return Err((ResponseError::InvalidReplicaAssignment.code(), format!("Increasing the number of partitions by {added} but {} assignments provided.", a.len())));

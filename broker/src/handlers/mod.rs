@@ -9,6 +9,7 @@ pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod incremental_alter_configs;
 pub mod init_producer_id;
@@ -50,6 +51,7 @@ pub const SUPPORTED: &[ApiVersionRange] = &[
     range(ApiKey::AlterConfigs, 0, 2),
     range(ApiKey::IncrementalAlterConfigs, 0, 1),
     range(ApiKey::CreatePartitions, 0, 3),
+    range(ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 pub fn supported(api_key: ApiKey) -> Option<&'static ApiVersionRange> {
@@ -83,6 +85,7 @@ fn api_name(api_key: ApiKey) -> &'static str {
         ApiKey::AlterConfigs => "AlterConfigs",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::DescribeTopicPartitions => "DescribeTopicPartitions",
         _ => "Other",
     }
 }
@@ -147,6 +150,9 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
         RequestKind::CreatePartitions(r) => {
             ResponseKind::CreatePartitions(create_partitions::handle(broker, r, version).await)
         }
+        RequestKind::DescribeTopicPartitions(r) => ResponseKind::DescribeTopicPartitions(
+            describe_topic_partitions::handle(broker, r, version),
+        ),
         _ => return Reply::Close,
     };
     probe::request_done(api_name(api_key), version, started.elapsed());

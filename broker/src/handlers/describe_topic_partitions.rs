@@ -1,0 +1,115 @@
+//! DescribeTopicPartitions (key 75, KIP-966): topics and their partitions, paged with a cursor
+//! and `response_partition_limit`. An empty topic list describes every topic.
+
+use std::sync::Arc;
+
+use runnel_protocol::kafka_protocol::messages::describe_topic_partitions_response::{
+    Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
+};
+use runnel_protocol::kafka_protocol::messages::{
+    BrokerId, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse, TopicName,
+};
+use runnel_protocol::kafka_protocol::protocol::StrBytes;
+use runnel_protocol::kafka_protocol::ResponseError;
+
+use super::metadata::AUTHORIZED_OPERATIONS_OMITTED;
+use crate::Broker;
+
+pub fn handle(
+    broker: &Arc<Broker>,
+    request: DescribeTopicPartitionsRequest,
+    _version: i16,
+) -> DescribeTopicPartitionsResponse {
+    let md = broker.replication.metadata();
+    let mut names: Vec<String> = if request.topics.is_empty() {
+        md.topics.keys().cloned().collect()
+    } else {
+        request
+            .topics
+            .iter()
+            .map(|t| t.name.0.to_string())
+            .collect()
+    };
+    names.sort();
+    names.dedup();
+    let (start_topic, start_partition) = match &request.cursor {
+        Some(c) => (
+            c.topic_name.0.to_string(),
+            c.partition_index.max(0) as usize,
+        ),
+        None => (String::new(), 0),
+    };
+    let mut budget = if request.response_partition_limit > 0 {
+        request.response_partition_limit as usize
+    } else {
+        2000
+    };
+    let mut topics = Vec::new();
+    let mut next_cursor = None;
+    for name in names.into_iter().filter(|n| *n >= start_topic) {
+        let topic_name = TopicName(StrBytes::from_string(name.clone()));
+        let Some(t) = md.topics.get(&name) else {
+            topics.push(
+                DescribeTopicPartitionsResponseTopic::default()
+                    .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                    .with_name(Some(topic_name))
+                    .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+            );
+            continue;
+        };
+        let first = if name == start_topic {
+            start_partition
+        } else {
+            0
+        };
+        let mut partitions = Vec::new();
+        for (p, replicas) in t.partitions.iter().enumerate().skip(first) {
+            if budget == 0 {
+                next_cursor = Some(
+                    Cursor::default()
+                        .with_topic_name(topic_name.clone())
+                        .with_partition_index(p as i32),
+                );
+                break;
+            }
+            budget -= 1;
+            let replica = broker.replication.replica(&name, p as i32);
+            let (leader, epoch) = replica
+                .as_ref()
+                .map_or((-1, -1), |r| (r.leader_id(), r.leader_epoch()));
+            let nodes: Vec<BrokerId> = replicas.iter().map(|&r| BrokerId(r)).collect();
+            partitions.push(
+                DescribeTopicPartitionsResponsePartition::default()
+                    .with_partition_index(p as i32)
+                    .with_error_code(if leader < 0 {
+                        ResponseError::LeaderNotAvailable.code()
+                    } else {
+                        0
+                    })
+                    .with_leader_id(BrokerId(leader))
+                    .with_leader_epoch(epoch)
+                    .with_isr_nodes(if leader < 0 {
+                        Vec::new()
+                    } else {
+                        nodes.clone()
+                    })
+                    .with_replica_nodes(nodes)
+                    .with_eligible_leader_replicas(Some(Vec::new()))
+                    .with_last_known_elr(Some(Vec::new())),
+            );
+        }
+        topics.push(
+            DescribeTopicPartitionsResponseTopic::default()
+                .with_name(Some(topic_name))
+                .with_topic_id(t.id)
+                .with_partitions(partitions)
+                .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+        );
+        if next_cursor.is_some() {
+            break;
+        }
+    }
+    DescribeTopicPartitionsResponse::default()
+        .with_topics(topics)
+        .with_next_cursor(next_cursor)
+}
