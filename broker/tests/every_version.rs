@@ -83,15 +83,15 @@ fn request(api_key: ApiKey, version: i16, id: uuid::Uuid) -> Option<RequestKind>
                     .with_topics(vec![t]),
             )
         }
-        ApiKey::ListOffsets => RequestKind::ListOffsets(
-            ListOffsetsRequest::default().with_topics(vec![
+        ApiKey::ListOffsets => {
+            RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
                 list_offsets_request::ListOffsetsTopic::default()
                     .with_name(topic)
                     .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()
                         .with_partition_index(0)
                         .with_timestamp(-1)]),
-            ]),
-        ),
+            ]))
+        }
         ApiKey::CreateTopics => create(&format!("created-v{version}"), 1),
         ApiKey::InitProducerId => RequestKind::InitProducerId(
             InitProducerIdRequest::default().with_transactional_id(None),
@@ -108,8 +108,8 @@ fn request(api_key: ApiKey, version: i16, id: uuid::Uuid) -> Option<RequestKind>
                 )
             }
         }
-        ApiKey::DeleteRecords => RequestKind::DeleteRecords(
-            DeleteRecordsRequest::default().with_topics(vec![
+        ApiKey::DeleteRecords => {
+            RequestKind::DeleteRecords(DeleteRecordsRequest::default().with_topics(vec![
                 delete_records_request::DeleteRecordsTopic::default()
                     .with_name(topic)
                     .with_partitions(vec![
@@ -117,8 +117,8 @@ fn request(api_key: ApiKey, version: i16, id: uuid::Uuid) -> Option<RequestKind>
                             .with_partition_index(0)
                             .with_offset(0),
                     ]),
-            ]),
-        ),
+            ]))
+        }
         ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(
             OffsetForLeaderEpochRequest::default().with_topics(vec![
                 offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
@@ -132,13 +132,13 @@ fn request(api_key: ApiKey, version: i16, id: uuid::Uuid) -> Option<RequestKind>
             ]),
         ),
         ApiKey::DescribeCluster => RequestKind::DescribeCluster(DescribeClusterRequest::default()),
-        ApiKey::DescribeConfigs => RequestKind::DescribeConfigs(
-            DescribeConfigsRequest::default().with_resources(vec![
+        ApiKey::DescribeConfigs => {
+            RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
                 describe_configs_request::DescribeConfigsResource::default()
                     .with_resource_type(2)
                     .with_resource_name(StrBytes::from_static_str("matrix")),
-            ]),
-        ),
+            ]))
+        }
         ApiKey::AlterConfigs => {
             RequestKind::AlterConfigs(AlterConfigsRequest::default().with_resources(
                 vec![alter_configs_request::AlterConfigsResource::default()
