@@ -1,9 +1,12 @@
-//! `runnel`: serve a broker; more subcommands (topics, produce, consume, dev cluster) build on
-//! the same binary.
+//! `runnel`: serve a broker, administer topics, produce and consume.
 
+mod client;
+mod consume;
+mod produce;
 mod serve;
+mod topic;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,16 +19,74 @@ struct Cli {
     command: Command,
 }
 
+/// How client subcommands print their results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// A broker to bootstrap from.
+    #[arg(
+        long,
+        env = "RUNNEL_BOOTSTRAP_SERVER",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    bootstrap_server: String,
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: Output,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a broker (a cluster of one unless peers are given).
     Serve(serve::ServeArgs),
+    /// Create, list, describe, delete topics and change their configs.
+    Topic {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: topic::TopicArgs,
+    },
+    /// Write lines from stdin to a topic (`key<TAB>value` lines carry keys).
+    Produce {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: produce::ProduceArgs,
+    },
+    /// Print a topic's records.
+    Consume {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: consume::ConsumeArgs,
+    },
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Topic { client, args } => {
+            block_on(topic::run(args, &client.bootstrap_server, client.output))
+        }
+        Command::Produce { client, args } => {
+            block_on(produce::run(args, &client.bootstrap_server, client.output))
+        }
+        Command::Consume { client, args } => {
+            block_on(consume::run(args, &client.bootstrap_server, client.output))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,218 @@
+//! The `runnel` client subcommands against a `runnel serve` started by the test.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The broker process, its data directory (removed on drop) and its address.
+struct Server(Child, #[allow(dead_code)] tempfile::TempDir, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["serve", "--listen", &addr, "--metrics-listen", ""])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn runnel serve");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Server(child, dir, addr)
+}
+
+fn runnel(server: &Server, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(args)
+        .args(["--bootstrap-server", &server.2])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn runnel");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("runnel output")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn topics_produce_and_consume_from_the_command_line() {
+    let server = serve();
+    let created = runnel(
+        &server,
+        &[
+            "topic",
+            "create",
+            "cli-topic",
+            "--partitions",
+            "4",
+            "--config",
+            "retention.ms=-1",
+        ],
+        None,
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let again = runnel(&server, &["topic", "create", "cli-topic"], None);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("TOPIC_ALREADY_EXISTS"),
+        "a clear error names the Kafka error"
+    );
+    assert_eq!(
+        stdout(&runnel(&server, &["topic", "list"], None)).trim(),
+        "cli-topic"
+    );
+    let described = stdout(&runnel(&server, &["topic", "describe", "cli-topic"], None));
+    assert!(
+        described.contains("partitions 4") && described.contains("*retention.ms = -1"),
+        "{described}"
+    );
+
+    let input: String = (0..1000)
+        .map(|i| format!("key{}\tvalue{i}\n", i % 13))
+        .collect();
+    let produced = runnel(&server, &["produce", "cli-topic"], Some(&input));
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+
+    let consumed = runnel(
+        &server,
+        &[
+            "consume",
+            "cli-topic",
+            "--timeout-ms",
+            "1000",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert!(consumed.status.success());
+    let lines: Vec<String> = stdout(&consumed).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 1000);
+    let mut partition_of_key = std::collections::HashMap::new();
+    for line in &lines {
+        assert!(
+            line.starts_with("{\"partition\":") && line.ends_with('}'),
+            "{line}"
+        );
+        let partition = line
+            .split("\"partition\":")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .expect("partition");
+        let key = line
+            .split("\"key\":\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("key");
+        let p = partition_of_key
+            .entry(key.to_string())
+            .or_insert_with(|| partition.to_string());
+        assert_eq!(p, partition, "key {key} stays in one partition");
+    }
+
+    let some = runnel(
+        &server,
+        &[
+            "consume",
+            "cli-topic",
+            "--partition",
+            "0",
+            "--from",
+            "3",
+            "--max-messages",
+            "2",
+            "--print-key",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&some).lines().count(), 2);
+
+    let altered = runnel(
+        &server,
+        &[
+            "topic",
+            "alter-config",
+            "cli-topic",
+            "--set",
+            "retention.ms=1000",
+        ],
+        None,
+    );
+    assert!(altered.status.success());
+    assert!(
+        stdout(&runnel(&server, &["topic", "describe", "cli-topic"], None))
+            .contains("*retention.ms = 1000")
+    );
+    let bad = runnel(
+        &server,
+        &[
+            "topic",
+            "alter-config",
+            "cli-topic",
+            "--set",
+            "retention.ms=soon",
+        ],
+        None,
+    );
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("INVALID_CONFIG")
+    );
+
+    let missing = runnel(
+        &server,
+        &["consume", "no-such-topic", "--timeout-ms", "100"],
+        None,
+    );
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("UNKNOWN_TOPIC_OR_PARTITION"));
+
+    assert!(runnel(&server, &["topic", "delete", "cli-topic"], None)
+        .status
+        .success());
+    assert_eq!(
+        stdout(&runnel(
+            &server,
+            &["topic", "list", "--output", "json"],
+            None
+        ))
+        .trim(),
+        "[]"
+    );
+}
