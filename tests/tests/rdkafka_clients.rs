@@ -361,3 +361,58 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
         "old segment files were deleted ({segments} left)"
     );
 }
+
+#[test]
+fn topics_configs_and_data_survive_clean_and_unclean_restarts() {
+    use rdkafka::admin::{ConfigSource, ResourceSpecifier};
+    let mut broker = Broker::start(&[]).expect("broker");
+    let bootstrap = broker.bootstrap();
+    create_topic(
+        &bootstrap,
+        "kept",
+        2,
+        &[("retention.ms", "-1"), ("cleanup.policy", "compact")],
+    );
+    let producer = producer(&bootstrap, &[]);
+    for i in 0..10 {
+        let key = format!("k{i}");
+        producer
+            .send(BaseRecord::to("kept").key(&key).payload("v"))
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    drop(producer);
+    for unclean in [false, true] {
+        if unclean {
+            broker.kill_9();
+        } else {
+            broker.stop().expect("clean stop");
+        }
+        broker.restart().expect("restart");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("admin");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let described = rt
+            .block_on(
+                admin.describe_configs([&ResourceSpecifier::Topic("kept")], &AdminOptions::new()),
+            )
+            .expect("describe_configs");
+        let resource = described[0].as_ref().expect("topic described");
+        let retention = resource.get("retention.ms").expect("retention.ms");
+        assert_eq!(retention.value.as_deref(), Some("-1"), "unclean={unclean}");
+        assert_eq!(retention.source, ConfigSource::DynamicTopic);
+        assert_eq!(
+            resource
+                .get("cleanup.policy")
+                .and_then(|e| e.value.as_deref()),
+            Some("compact")
+        );
+        let records = consume_all(&bootstrap, "kept", 2, 10, Duration::from_secs(20));
+        assert_eq!(records.len(), 10, "data survives (unclean={unclean})");
+    }
+}
