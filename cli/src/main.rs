@@ -8,6 +8,11 @@ mod topic;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// Survives hostile array lengths in Kafka requests (see `runnel_protocol::alloc`).
+#[global_allocator]
+static ALLOCATOR: runnel_protocol::alloc::LazyHugeAllocator =
+    runnel_protocol::alloc::LazyHugeAllocator;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "runnel",

@@ -5,6 +5,7 @@
 //! Checking that a frame is complete ([`frame::next_frame`]) is separate from parsing it
 //! ([`decode_request`]); "not enough bytes yet" is an expected state, not an error.
 
+pub mod alloc;
 pub mod frame;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
