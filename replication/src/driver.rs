@@ -189,7 +189,13 @@ pub(crate) fn start(
         .spawn(move || {
             // Stops the cleaner however the driver ends, a panic included.
             let _stop = StopOnDrop(stop);
-            driver.run(rx);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run(rx)));
+            if outcome.is_err() {
+                // Without its driver the broker cannot make progress; exit so the supervisor
+                // restarts it and recovery brings every log back.
+                tracing::error!("the raft driver panicked; exiting (status 70) so the broker restarts");
+                std::process::exit(70);
+            }
         })
         .map_err(|e| ReplicationError::Io(format!("spawn driver: {e}")))?;
     Ok(vec![raft, cleaner])
