@@ -78,10 +78,9 @@ async fn dispatch(
             if tx.send(answer).await.is_err() {
                 return false;
             }
-            let broker = broker.clone();
+            let reply = handlers::start(broker, request);
             tokio::spawn(async move {
-                let response = handlers::handle(&broker, request).await;
-                let _ = done.send(response);
+                let _ = done.send(reply.await);
             });
             true
         }

@@ -49,6 +49,22 @@ fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> ThreadedProducer<Default
     config.create().expect("producer")
 }
 
+/// A consumer for `assign`-based reads. librdkafka needs a `group.id` to assign partitions,
+/// and closing a consumer with a group waits for the group coordinator (up to the session
+/// timeout) to leave the group. Until consumer groups exist, the consumer is not closed: its
+/// threads end with the test process.
+fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> std::mem::ManuallyDrop<BaseConsumer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "runnel-e2e")
+        .set("enable.auto.commit", "false");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    std::mem::ManuallyDrop::new(config.create().expect("consumer"))
+}
+
 /// Reads every partition from the beginning until `expected` records arrived or `timeout`.
 fn consume_all(
     bootstrap: &str,
@@ -57,12 +73,7 @@ fn consume_all(
     expected: usize,
     timeout: Duration,
 ) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "runnel-e2e")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer = consumer(bootstrap, &[]);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -280,11 +291,7 @@ fn offsets_for_times_finds_the_first_message_at_or_after_a_timestamp() {
             .expect("send");
         producer.flush(Duration::from_secs(10)).expect("flush");
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "runnel-e2e")
-        .create()
-        .expect("consumer");
+    let consumer = consumer(&bootstrap, &[]);
     for (ts, expected) in [
         (base, 0i64),
         (base + 42_500, 43),
@@ -328,11 +335,7 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
             .expect("send");
         producer.flush(Duration::from_secs(10)).expect("flush");
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "runnel-e2e")
-        .create()
-        .expect("consumer");
+    let consumer = consumer(&bootstrap, &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut low = 0;
     while Instant::now() < deadline {
@@ -415,4 +418,58 @@ fn topics_configs_and_data_survive_clean_and_unclean_restarts() {
         let records = consume_all(&bootstrap, "kept", 2, 10, Duration::from_secs(20));
         assert_eq!(records.len(), 10, "data survives (unclean={unclean})");
     }
+}
+
+#[test]
+fn log_append_time_topics_stamp_the_broker_time() {
+    use rdkafka::message::Timestamp;
+    let broker = Broker::start(&[]).expect("broker");
+    let bootstrap = broker.bootstrap();
+    create_topic(
+        &bootstrap,
+        "stamped",
+        1,
+        &[("message.timestamp.type", "LogAppendTime")],
+    );
+    create_topic(&bootstrap, "created", 1, &[]);
+    let producer = producer(&bootstrap, &[]);
+    let client_time = 1_600_000_000_000i64;
+    for topic in ["stamped", "created"] {
+        producer
+            .send(
+                BaseRecord::<(), _>::to(topic)
+                    .payload("x")
+                    .timestamp(client_time),
+            )
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let consumer = consumer(&bootstrap, &[]);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("stamped", 0, Offset::Beginning)
+        .expect("tpl");
+    tpl.add_partition_offset("created", 0, Offset::Beginning)
+        .expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let mut seen = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 2 && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            seen.insert(m.topic().to_string(), m.timestamp());
+        }
+    }
+    match seen.get("stamped") {
+        Some(Timestamp::LogAppendTime(ts)) => {
+            assert!((ts - now).abs() < 60_000, "broker time {ts} near {now}")
+        }
+        other => panic!("LogAppendTime topic gave {other:?}"),
+    }
+    assert_eq!(
+        seen.get("created"),
+        Some(&Timestamp::CreateTime(client_time))
+    );
 }

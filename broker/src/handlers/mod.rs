@@ -90,6 +90,50 @@ fn api_name(api_key: ApiKey) -> &'static str {
     }
 }
 
+/// Starts handling a request and returns the future of its reply. Produce does its
+/// validation and proposing here, synchronously, so a connection's produce requests reach the
+/// logs in the order they arrived; everything else runs in the returned future.
+pub fn start(
+    broker: &Arc<Broker>,
+    request: Request,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
+    let broker = broker.clone();
+    let (api_key, version, correlation_id) = (
+        request.api_key,
+        request.api_version(),
+        request.correlation_id(),
+    );
+    let supported_version = supported(api_key).is_some_and(|r| r.contains(version));
+    if let (RequestKind::Produce(body), true) = (&request.body, supported_version) {
+        let body = body.clone();
+        let started = Instant::now();
+        let begun = produce::begin(&broker, body, version);
+        return Box::pin(async move {
+            let Some(response) = produce::finish(begun).await else {
+                return Reply::Nothing;
+            };
+            probe::request_done(api_name(api_key), version, started.elapsed());
+            encode(
+                api_key,
+                version,
+                correlation_id,
+                &ResponseKind::Produce(response),
+            )
+        });
+    }
+    Box::pin(async move { handle(&broker, request).await })
+}
+
+fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKind) -> Reply {
+    match encode_response(api_key, version, correlation_id, body) {
+        Ok(frame) => Reply::Frame(frame),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a response; closing connection");
+            Reply::Close
+        }
+    }
+}
+
 pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
     let api_key = request.api_key;
     let version = request.api_version();
@@ -112,10 +156,12 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
         RequestKind::Metadata(r) => {
             ResponseKind::Metadata(metadata::handle(broker, r, version).await)
         }
-        RequestKind::Produce(r) => match produce::handle(broker, r, version).await {
-            Some(resp) => ResponseKind::Produce(resp),
-            None => return Reply::Nothing,
-        },
+        RequestKind::Produce(r) => {
+            match produce::finish(produce::begin(broker, r, version)).await {
+                Some(resp) => ResponseKind::Produce(resp),
+                None => return Reply::Nothing,
+            }
+        }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(broker, r, version).await),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::handle(broker, r, version))
@@ -156,11 +202,5 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
         _ => return Reply::Close,
     };
     probe::request_done(api_name(api_key), version, started.elapsed());
-    match encode_response(api_key, version, correlation_id, &body) {
-        Ok(frame) => Reply::Frame(frame),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode a response; closing connection");
-            Reply::Close
-        }
-    }
+    encode(api_key, version, correlation_id, &body)
 }

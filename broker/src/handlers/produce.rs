@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use runnel_protocol::kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, TopicProduceResponse,
 };
-use runnel_protocol::kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use runnel_protocol::kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
 use runnel_replication::{ProduceAck, ReplicationError, TopicMetadata};
@@ -20,6 +20,7 @@ use crate::{probe, Broker};
 
 type Pending = oneshot::Receiver<Result<ProduceAck, ReplicationError>>;
 
+#[derive(Debug)]
 enum Outcome {
     Done(PartitionProduceResponse),
     Waiting {
@@ -159,11 +160,18 @@ fn check_keys(raw: &[u8], h: &BatchHeader) -> Result<(), (i16, String)> {
     Ok(())
 }
 
-pub async fn handle(
-    broker: &Arc<Broker>,
-    request: ProduceRequest,
+/// A produce request whose batches have been proposed, waiting for its answers.
+#[derive(Debug)]
+pub struct Begun {
+    acks: i16,
     version: i16,
-) -> Option<ProduceResponse> {
+    topics: Vec<(TopicName, uuid::Uuid, Vec<Outcome>)>,
+}
+
+/// Validates and proposes every partition's batches. Not async on purpose: the connection
+/// calls it in request order, so pipelined requests of one producer reach each partition's
+/// Raft log in the order they were sent (Kafka's per-connection ordering).
+pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Begun {
     let acks = request.acks;
     let now = now_ms();
     let mut topics = Vec::with_capacity(request.topic_data.len());
@@ -242,6 +250,20 @@ pub async fn handle(
         }
         topics.push((t.name, t.topic_id, partitions));
     }
+    Begun {
+        acks,
+        version,
+        topics,
+    }
+}
+
+/// Waits for the proposals of [`begin`]; `None` for acks=0 (no response at all).
+pub async fn finish(begun: Begun) -> Option<ProduceResponse> {
+    let Begun {
+        acks,
+        version,
+        topics,
+    } = begun;
     if acks == 0 {
         return None;
     }
