@@ -193,7 +193,9 @@ pub(crate) fn start(
             if outcome.is_err() {
                 // Without its driver the broker cannot make progress; exit so the supervisor
                 // restarts it and recovery brings every log back.
-                tracing::error!("the raft driver panicked; exiting (status 70) so the broker restarts");
+                tracing::error!(
+                    "the raft driver panicked; exiting (status 70) so the broker restarts"
+                );
                 std::process::exit(70);
             }
         })
