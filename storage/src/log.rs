@@ -462,13 +462,16 @@ impl Log {
             return Ok(());
         };
         tracing::debug!(dir = %self.dir.display(), reason, "rolling segment");
+
         self.roll()
     }
 
     /// Seals the active segment (fsynced) and starts a new one at the log end offset. A no-op
-    /// when the active segment is empty.
+    /// when the active segment holds no offset yet.
     pub fn roll(&mut self) -> Result<()> {
-        if self.active().size() == 0 {
+        // Segments are named by base offset: a segment holding only zero-width batches has no
+        // offset of its own yet, and a new one would take the same name.
+        if self.active().size() == 0 || self.log_end_offset() == self.active().base_offset() {
             return Ok(());
         }
         let next_offset = self.log_end_offset();
@@ -897,19 +900,17 @@ impl Log {
         Ok(out)
     }
 
-    /// The epoch (Raft term) entry `index` was written in.
+    /// The epoch (Raft term) entry `index` was written in, from its batch header: offsets alone
+    /// cannot tell, since a zero-width batch shares its offset with the batch after it.
     pub fn entry_epoch(&self, index: u64) -> Result<i32> {
         let (i, k) = self.locate_entry(index)?;
         let seg = &self.segments[i];
         let (span, _) = seg.entry_span(k)?;
-        let offset = seg.base_offset() + u64::from(span.relative_offset);
-        if let Some(epoch) = self.epochs.epoch_for_offset(offset) {
-            return Ok(epoch);
-        }
-        // Below the cache's first epoch (the log start moved past it): ask the batch itself.
-        let header =
-            BatchHeader::parse(&seg.read_at(u64::from(span.position), batch::HEADER_SIZE)?)?;
-        Ok(header.partition_leader_epoch)
+        let raw = seg.read_at(
+            u64::from(span.position) + batch::PARTITION_LEADER_EPOCH as u64,
+            4,
+        )?;
+        Ok(i32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]))
     }
 
     /// The first offset of entry `index`.

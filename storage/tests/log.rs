@@ -769,3 +769,38 @@ fn producer_state_survives_restart_crash_and_truncation() {
     );
     expect_duplicate(&log, 54, 54);
 }
+
+#[test]
+fn zero_width_first_then_data_with_a_new_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let config = LogConfig {
+        segment_bytes: 600,
+        index_interval_bytes: 64,
+        cleanup_policy: runnel_storage::CleanupPolicy::CompactDelete,
+        min_cleanable_dirty_ratio: 0.0,
+        retention_ms: -1,
+        ..LogConfig::default()
+    };
+    let mut log = open(dir.path(), config, &clock);
+    let noop =
+        batch::build_raft_control_batch(control_type::LEADER_CHANGE, None, T0).expect("noop");
+    log.append(&noop, 1).expect("noop");
+    assert!(log.read(0, usize::MAX, u64::MAX).expect("read").is_empty());
+    assert_eq!(log.entries(1, 2, usize::MAX).expect("entries").len(), 1);
+    assert_eq!(log.entry_epoch(1).expect("epoch"), 1);
+    let tombstone = batch::build_batch(
+        &[record(T0, Some("k0"), None)],
+        &batch::BatchOptions::default(),
+    )
+    .expect("batch");
+    log.append(&tombstone, 2).expect("data");
+    assert_eq!(
+        records(&log.read(0, usize::MAX, u64::MAX).expect("read")).len(),
+        1
+    );
+    let entries = log
+        .entries(log.first_entry_index(), log.next_entry_index(), usize::MAX)
+        .expect("entries");
+    assert_eq!(entries.len(), 2);
+}

@@ -18,6 +18,8 @@ use runnel_storage::{CleanerConfig, CleanupPolicy, Log, LogConfig, ManualClock, 
 
 #[derive(Debug, Clone)]
 enum Op {
+    /// A new Raft leader's no-op: a zero-width control batch with a new epoch.
+    Noop,
     Append {
         records: Vec<(u8, Option<u8>)>,
         bump_epoch: bool,
@@ -56,13 +58,15 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u16>().prop_map(|bound| Op::Compact { bound }),
         1 => Just(Op::Reopen),
         1 => any::<u16>().prop_map(|cut| Op::Crash { cut }),
+        1 => Just(Op::Noop),
     ]
 }
 
 #[derive(Debug, Clone)]
 struct ModelBatch {
     base: u64,
-    last: u64,
+    /// Last offset; `base - 1` for a zero-width Raft control batch.
+    last: i64,
     epoch: i32,
     entry: u64,
     /// (offset, key, value, removable: superseded by a later record of its key and below a
@@ -88,10 +92,10 @@ impl Model {
     /// Drops every batch at or after `new_leo` (a batch boundary), as truncation and crash
     /// recovery do.
     fn truncate(&mut self, new_leo: u64) {
-        if let Some(first_removed) = self.batches.iter().find(|b| b.last >= new_leo) {
+        if let Some(first_removed) = self.batches.iter().find(|b| b.last >= new_leo as i64) {
             self.next_entry = first_removed.entry;
         }
-        self.batches.retain(|b| b.last < new_leo);
+        self.batches.retain(|b| b.last < new_leo as i64);
         self.leo = new_leo;
         self.log_start = self.log_start.min(new_leo);
     }
@@ -188,12 +192,31 @@ impl Harness {
                     .collect();
                 m.batches.push(ModelBatch {
                     base: m.leo,
-                    last: m.leo + records.len() as u64 - 1,
+                    last: (m.leo + records.len() as u64) as i64 - 1,
                     epoch,
                     entry: m.next_entry,
                     records: recs,
                 });
                 m.leo += records.len() as u64;
+                m.next_entry += 1;
+            }
+            Op::Noop => {
+                self.model.epoch += 1;
+                let noop =
+                    batch::build_raft_control_batch(batch::control_type::LEADER_CHANGE, None, T0)
+                        .expect("noop");
+                let epoch = self.model.epoch;
+                let info = self.log().append(&noop, epoch).expect("append noop");
+                let m = &mut self.model;
+                prop_assert_eq!(info.first_offset, m.leo);
+                prop_assert_eq!(info.first_entry_index, m.next_entry);
+                m.batches.push(ModelBatch {
+                    base: m.leo,
+                    last: m.leo as i64 - 1,
+                    epoch,
+                    entry: m.next_entry,
+                    records: Vec::new(),
+                });
                 m.next_entry += 1;
             }
             Op::Read { at, max_bytes } => {
@@ -239,7 +262,7 @@ impl Harness {
                     .model
                     .batches
                     .iter()
-                    .find(|b| b.last >= to)
+                    .find(|b| b.last >= to as i64)
                     .map_or(self.model.leo, |b| b.base);
                 self.model.truncate(new_leo);
                 self.mark_durable();
@@ -305,7 +328,7 @@ impl Harness {
                     let log_positions = read_batch_ends(&path);
                     log_positions
                         .iter()
-                        .filter(|(_, last)| *last < durable_leo)
+                        .filter(|(_, next)| *next <= durable_leo)
                         .map(|(end, _)| *end)
                         .max()
                         .unwrap_or(0)
@@ -339,6 +362,18 @@ impl Harness {
                     leo
                 );
                 self.model.truncate(leo);
+                // A zero-width batch at the new end may or may not have survived the cut.
+                let entries = self.log().next_entry_index();
+                while self.model.next_entry > entries
+                    && self
+                        .model
+                        .batches
+                        .last()
+                        .is_some_and(|b| b.records.is_empty())
+                {
+                    self.model.batches.pop();
+                    self.model.next_entry -= 1;
+                }
                 self.mark_durable();
             }
         }
@@ -393,7 +428,12 @@ impl Harness {
         let log = self.log.as_ref().expect("open");
         let first = log.first_entry_index();
         let next = log.next_entry_index();
-        let entries = log.entries(first, next, usize::MAX).expect("entries");
+        let entries = log.entries(first, next, usize::MAX).unwrap_or_else(|e| {
+            panic!(
+                "entries {first}..{next}: {e}; segments {:?}; ops so far",
+                log.segment_base_offsets()
+            )
+        });
         prop_assert_eq!(entries.len() as u64, next - first);
         let by_entry: HashMap<u64, &ModelBatch> =
             self.model.batches.iter().map(|b| (b.entry, b)).collect();
@@ -416,11 +456,11 @@ impl Harness {
     }
 }
 
-/// `(end position, last offset)` of every complete batch in a segment file.
+/// `(end position, next offset)` of every complete batch in a segment file.
 fn read_batch_ends(path: &std::path::Path) -> Vec<(u64, u64)> {
     let raw = std::fs::read(path).expect("read segment");
     batch::BatchIter::new(&raw)
-        .map(|(at, h)| ((at + h.size()) as u64, h.last_offset() as u64))
+        .map(|(at, h)| ((at + h.size()) as u64, h.next_offset() as u64))
         .collect()
 }
 
