@@ -42,13 +42,15 @@ fn kcat() -> Option<PathBuf> {
     tool(found, "kcat", "apt-get install kcat")
 }
 
-#[test]
-fn kafka_python_produces_consumes_and_administers() {
+/// Runs `tests/python/<script>` against a fresh broker; the script exits non-zero on failure.
+fn run_python(script: &str) {
     let Some(python) = python() else { return };
     let broker = Broker::start(&[]).expect("broker");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/clients.py");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
     let out = Command::new(python)
-        .arg(script)
+        .arg(path)
         .arg(broker.bootstrap())
         .output()
         .expect("run python");
@@ -57,25 +59,20 @@ fn kafka_python_produces_consumes_and_administers() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "kafka-python checks failed");
+    assert!(
+        out.status.success(),
+        "kafka-python checks in {script} failed"
+    );
+}
+
+#[test]
+fn kafka_python_produces_consumes_and_administers() {
+    run_python("clients.py");
 }
 
 #[test]
 fn kafka_python_admin_configs_partitions_and_deletes() {
-    let Some(python) = python() else { return };
-    let broker = Broker::start(&[]).expect("broker");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/admin.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(broker.bootstrap())
-        .output()
-        .expect("run python");
-    eprintln!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kafka-python admin checks failed");
+    run_python("admin.py");
 }
 
 #[test]
