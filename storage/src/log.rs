@@ -628,7 +628,7 @@ impl Log {
         let mut i = self.segment_index_for_offset(offset);
         while i < self.segments.len() && cursor < max_offset {
             let seg = &self.segments[i];
-            let Some((pos, _)) = seg.locate(cursor)? else {
+            let Some((pos, _)) = seg.locate_data(cursor)? else {
                 i += 1;
                 continue;
             };

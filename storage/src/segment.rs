@@ -638,6 +638,20 @@ impl LogSegment {
 
     /// The position and header of the first batch whose last offset is `>= offset`.
     pub(crate) fn locate(&self, offset: u64) -> Result<Option<(u64, BatchHeader)>> {
+        self.locate_where(offset, |_| true)
+    }
+
+    /// The position and header of the first batch clients may see (not zero-width) whose last
+    /// offset is `>= offset`: where a read starts.
+    pub(crate) fn locate_data(&self, offset: u64) -> Result<Option<(u64, BatchHeader)>> {
+        self.locate_where(offset, |h| !h.is_zero_width())
+    }
+
+    fn locate_where(
+        &self,
+        offset: u64,
+        wanted: impl Fn(&BatchHeader) -> bool,
+    ) -> Result<Option<(u64, BatchHeader)>> {
         let start = if offset <= self.base_offset {
             0
         } else {
@@ -652,7 +666,7 @@ impl LogSegment {
         };
         let mut found = None;
         self.walk_headers(start, |pos, h| {
-            if h.last_offset() >= offset as i64 {
+            if h.last_offset() >= offset as i64 && wanted(h) {
                 found = Some((pos, *h));
                 false
             } else {
