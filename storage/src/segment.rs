@@ -333,7 +333,8 @@ impl LogSegment {
     fn track_batch(&mut self, position: u64, h: &BatchHeader) {
         let base = h.base_offset as u64;
         let relative = (base - self.base_offset) as u32;
-        if h.max_timestamp > self.max_timestamp {
+        // Raft no-ops carry the broker's clock, not record time: they never set the max.
+        if h.max_timestamp > self.max_timestamp && !h.is_zero_width() {
             self.max_timestamp = h.max_timestamp;
             self.offset_of_max_timestamp = base;
         }

@@ -804,3 +804,26 @@ fn zero_width_first_then_data_with_a_new_epoch() {
         .expect("entries");
     assert_eq!(entries.len(), 2);
 }
+
+#[test]
+fn raft_no_ops_do_not_count_as_record_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let mut log = open(dir.path(), LogConfig::default(), &clock);
+    // The no-op carries the broker's clock, far after the records' own timestamps.
+    let noop = batch::build_raft_control_batch(control_type::LEADER_CHANGE, None, T0 + 10_000_000)
+        .expect("noop");
+    log.append(&noop, 1).expect("noop");
+    log.append(&batch_of(3, "r", T0), 1).expect("data");
+    assert_eq!(
+        log.max_timestamp_and_offset().expect("max"),
+        Some(TimestampAndOffset {
+            timestamp: T0 + 2,
+            offset: 2
+        })
+    );
+    assert_eq!(
+        log.offset_for_timestamp(T0 + 5_000_000).expect("lookup"),
+        None
+    );
+}
