@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use runnel_protocol::kafka_protocol::ResponseError;
 use runnel_replication::proto::{self, metadata_record::Record};
 use runnel_replication::topic_config::{
-    topic_config, topic_config_for_broker_name, validate_topic_config, ConfigType, TOPIC_CONFIGS,
+    topic_config, topic_config_for_broker_name, validate_topic_config, ConfigType, TopicConfigDef,
+    TOPIC_CONFIGS,
 };
 use runnel_replication::{MetadataRecord, TopicMetadata};
 
@@ -28,7 +29,7 @@ pub struct ConfigValue {
     pub doc: &'static str,
     pub read_only: bool,
     /// (name, value, source), most specific first.
-    pub synonyms: Vec<(String, String, i8)>,
+    pub synonyms: Vec<(String, Option<String>, i8)>,
 }
 
 pub type Failure = (i16, String);
@@ -42,7 +43,7 @@ pub fn topic_configs(broker: &Broker, t: &TopicMetadata) -> Vec<ConfigValue> {
             if let Some(v) = t.configs.get(def.name) {
                 synonyms.push((
                     def.name.to_string(),
-                    v.clone(),
+                    Some(v.clone()),
                     config_source::DYNAMIC_TOPIC_CONFIG,
                 ));
             }
@@ -52,19 +53,19 @@ pub fn topic_configs(broker: &Broker, t: &TopicMetadata) -> Vec<ConfigValue> {
             {
                 synonyms.push((
                     b.to_string(),
-                    v.clone(),
+                    Some(v.clone()),
                     config_source::DYNAMIC_DEFAULT_BROKER_CONFIG,
                 ));
             }
             synonyms.push((
                 def.broker_name.unwrap_or(def.name).to_string(),
-                def.default.to_string(),
+                Some(def.default.to_string()),
                 config_source::DEFAULT_CONFIG,
             ));
             let (_, value, source) = synonyms[0].clone();
             ConfigValue {
                 name: def.name.to_string(),
-                value: Some(value),
+                value,
                 source,
                 config_type: def.config_type,
                 doc: def.doc,
@@ -80,78 +81,86 @@ pub fn broker_configs(broker: &Broker) -> Vec<ConfigValue> {
     let c = &broker.config;
     let advertised = format!("PLAINTEXT://{}:{}", c.advertised_host, c.advertised_port);
     let listeners = format!("PLAINTEXT://{}", c.listen);
-    let fixed: Vec<(&str, String, ConfigType, &'static str)> = vec![
+    let fixed: Vec<(&str, Option<String>, ConfigType, &'static str)> = vec![
         (
             "node.id",
-            c.node_id.to_string(),
+            Some(c.node_id.to_string()),
             ConfigType::Int,
             "this broker's id",
         ),
         (
             "broker.id",
-            c.node_id.to_string(),
+            Some(c.node_id.to_string()),
             ConfigType::Int,
             "this broker's id",
         ),
         (
             "broker.rack",
-            c.rack.clone().unwrap_or_default(),
+            c.rack.clone(),
             ConfigType::String,
             "the availability zone",
         ),
         (
             "listeners",
-            listeners,
+            Some(listeners),
             ConfigType::List,
             "addresses the broker listens on",
         ),
         (
             "advertised.listeners",
-            advertised,
+            Some(advertised),
             ConfigType::List,
             "addresses clients are told to use",
         ),
         (
             "log.dirs",
-            c.data_dir.display().to_string(),
+            Some(c.data_dir.display().to_string()),
             ConfigType::String,
             "where logs are stored",
         ),
         (
             "num.partitions",
-            c.num_partitions.to_string(),
+            Some(c.num_partitions.to_string()),
             ConfigType::Int,
             "default partitions of new topics",
         ),
         (
             "default.replication.factor",
-            c.default_replication_factor.to_string(),
+            Some(c.default_replication_factor.to_string()),
             ConfigType::Int,
             "default replication factor",
         ),
         (
             "auto.create.topics.enable",
-            c.auto_create_topics.to_string(),
+            Some(c.auto_create_topics.to_string()),
             ConfigType::Boolean,
             "create topics on first use",
         ),
         (
             "socket.request.max.bytes",
-            c.max_request_size.to_string(),
+            Some(c.max_request_size.to_string()),
             ConfigType::Int,
             "largest request accepted",
         ),
     ];
     let mut out: Vec<ConfigValue> = fixed
         .into_iter()
-        .map(|(name, value, config_type, doc)| ConfigValue {
-            name: name.to_string(),
-            value: Some(value.clone()),
-            source: config_source::STATIC_BROKER_CONFIG,
-            config_type,
-            doc,
-            read_only: true,
-            synonyms: vec![(name.to_string(), value, config_source::STATIC_BROKER_CONFIG)],
+        .map(|(name, value, config_type, doc)| {
+            // Unset (no rack): Kafka reports a null default.
+            let source = if value.is_some() {
+                config_source::STATIC_BROKER_CONFIG
+            } else {
+                config_source::DEFAULT_CONFIG
+            };
+            ConfigValue {
+                name: name.to_string(),
+                value: value.clone(),
+                source,
+                config_type,
+                doc,
+                read_only: true,
+                synonyms: vec![(name.to_string(), value, source)],
+            }
         })
         .collect();
     for def in TOPIC_CONFIGS {
@@ -161,18 +170,28 @@ pub fn broker_configs(broker: &Broker) -> Vec<ConfigValue> {
         if out.iter().any(|c| c.name == name) {
             continue;
         }
-        let (value, source) = match md.broker_configs.get(name) {
-            Some(v) => (v.clone(), config_source::DYNAMIC_DEFAULT_BROKER_CONFIG),
-            None => (def.default.to_string(), config_source::DEFAULT_CONFIG),
-        };
+        let mut synonyms = Vec::with_capacity(2);
+        if let Some(v) = md.broker_configs.get(name) {
+            synonyms.push((
+                name.to_string(),
+                Some(v.clone()),
+                config_source::DYNAMIC_DEFAULT_BROKER_CONFIG,
+            ));
+        }
+        synonyms.push((
+            name.to_string(),
+            Some(def.default.to_string()),
+            config_source::DEFAULT_CONFIG,
+        ));
+        let (_, value, source) = synonyms[0].clone();
         out.push(ConfigValue {
             name: name.to_string(),
-            value: Some(value.clone()),
+            value,
             source,
             config_type: def.config_type,
             doc: def.doc,
             read_only: false,
-            synonyms: vec![(name.to_string(), value, source)],
+            synonyms,
         });
     }
     out
@@ -214,14 +233,22 @@ pub fn validate(resource_type: i8, configs: &BTreeMap<String, String>) -> Result
     Ok(())
 }
 
-/// Whether a config holds a list (APPEND and SUBTRACT apply to lists only).
-pub fn is_list(resource_type: i8, name: &str) -> bool {
-    let def = if resource_type == RESOURCE_TOPIC {
+fn definition(resource_type: i8, name: &str) -> Option<&'static TopicConfigDef> {
+    if resource_type == RESOURCE_TOPIC {
         topic_config(name)
     } else {
         topic_config_for_broker_name(name)
-    };
-    def.is_some_and(|d| d.config_type == ConfigType::List)
+    }
+}
+
+/// Whether a config holds a list (APPEND and SUBTRACT apply to lists only).
+pub fn is_list(resource_type: i8, name: &str) -> bool {
+    definition(resource_type, name).is_some_and(|d| d.config_type == ConfigType::List)
+}
+
+/// The built-in default of a config, which APPEND and SUBTRACT start from when it is unset.
+pub fn default_value(resource_type: i8, name: &str) -> Option<&'static str> {
+    definition(resource_type, name).map(|d| d.default)
 }
 
 /// Replaces the dynamic configs of a topic or of the cluster-wide broker defaults.

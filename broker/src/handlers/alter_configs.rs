@@ -1,12 +1,13 @@
 //! AlterConfigs (key 33): replaces the whole set of dynamic configs of a topic or of the
 //! cluster-wide broker defaults.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use runnel_protocol::kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use runnel_protocol::kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
+use runnel_protocol::kafka_protocol::ResponseError;
 
 use crate::configs;
 use crate::Broker;
@@ -30,6 +31,13 @@ pub async fn handle(
             .collect();
         let outcome = async {
             let (topic, _) = configs::current(broker, resource.resource_type, &name)?;
+            let mut seen = HashSet::new();
+            if !resource.configs.iter().all(|c| seen.insert(&c.name)) {
+                return Err((
+                    ResponseError::InvalidRequest.code(),
+                    "Error due to duplicate config keys".to_string(),
+                ));
+            }
             configs::validate(resource.resource_type, &wanted)?;
             if request.validate_only {
                 return Ok(());

@@ -1,8 +1,10 @@
 //! CreatePartitions (key 37): grows a topic to `count` partitions (never shrinks), with
 //! explicit assignments or placed round-robin over the registered brokers.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
+use runnel_protocol::kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use runnel_protocol::kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use runnel_protocol::kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse,
@@ -15,55 +17,150 @@ use runnel_replication::MetadataRecord;
 use crate::error::replication_error_code;
 use crate::Broker;
 
+type Failure = (i16, String);
+
+fn invalid_assignment(message: String) -> Failure {
+    (ResponseError::InvalidReplicaAssignment.code(), message)
+}
+
+/// The replicas of the new partitions, checked against the topic and the live brokers.
+fn new_assignments(
+    t: &CreatePartitionsTopic,
+    current: i32,
+    replication_factor: usize,
+    brokers: &[i32],
+) -> Result<Vec<Vec<i32>>, Failure> {
+    let added = (t.count - current) as usize;
+    let explicit = t.assignments.as_ref().filter(|a| !a.is_empty());
+    let Some(explicit) = explicit else {
+        if replication_factor > brokers.len() {
+            return Err((
+                ResponseError::InvalidReplicationFactor.code(),
+                format!(
+                    "Unable to replicate the partition {replication_factor} time(s): only {} broker(s) are registered.",
+                    brokers.len()
+                ),
+            ));
+        }
+        // Continue the round-robin where the existing partitions left off, so leaders spread.
+        return Ok((0..added)
+            .map(|p| {
+                (0..replication_factor)
+                    .map(|r| brokers[(current as usize + p + r) % brokers.len()])
+                    .collect()
+            })
+            .collect());
+    };
+    if explicit.len() != added {
+        return Err(invalid_assignment(format!(
+            "Attempted to add {added} additional partition(s), but only {} assignment(s) were specified.",
+            explicit.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(added);
+    for a in explicit {
+        let replicas: Vec<i32> = a.broker_ids.iter().map(|b| b.0).collect();
+        if replicas.len() != replication_factor {
+            return Err(invalid_assignment(format!(
+                "The manual partition assignment includes a partition with {} replica(s), but this is not consistent with previous partitions, which have {replication_factor} replica(s).",
+                replicas.len()
+            )));
+        }
+        let mut seen = HashSet::new();
+        for b in &replicas {
+            if !seen.insert(*b) {
+                return Err(invalid_assignment(format!(
+                    "The manual partition assignment includes the broker {b} more than once."
+                )));
+            }
+            if !brokers.contains(b) {
+                return Err(invalid_assignment(format!(
+                    "The manual partition assignment includes broker {b}, but no such broker is registered."
+                )));
+            }
+        }
+        out.push(replicas);
+    }
+    Ok(out)
+}
+
+async fn create_partitions(
+    broker: &Arc<Broker>,
+    t: &CreatePartitionsTopic,
+    validate_only: bool,
+) -> Result<(), Failure> {
+    let name = t.name.0.to_string();
+    let (topic, brokers) = {
+        let md = broker.replication.metadata();
+        let topic = md.topics.get(&name).cloned().ok_or_else(|| {
+            (
+                ResponseError::UnknownTopicOrPartition.code(),
+                format!("The topic '{name}' does not exist."),
+            )
+        })?;
+        (topic, md.brokers.keys().copied().collect::<Vec<i32>>())
+    };
+    let current = topic.partitions.len() as i32;
+    if t.count == current {
+        return Err((
+            ResponseError::InvalidPartitions.code(),
+            format!("Topic already has {current} partition(s)."),
+        ));
+    }
+    if t.count < current {
+        return Err((
+            ResponseError::InvalidPartitions.code(),
+            format!(
+                "Topic currently has {current} partitions, which is higher than the requested {}.",
+                t.count
+            ),
+        ));
+    }
+    let replication_factor = topic.partitions.first().map_or(1, Vec::len);
+    let assignments = new_assignments(t, current, replication_factor, &brokers)?;
+    if validate_only {
+        return Ok(());
+    }
+    let record = MetadataRecord {
+        record: Some(Record::CreatePartitions(proto::CreatePartitions {
+            topic_id: topic.id.as_bytes().to_vec(),
+            partitions: assignments
+                .into_iter()
+                .map(|replicas| proto::PartitionAssignment { replicas })
+                .collect(),
+        })),
+    };
+    broker
+        .replication
+        .propose_metadata(record)
+        .await
+        .map_err(|e| (replication_error_code(&e), e.to_string()))
+}
+
 pub async fn handle(
     broker: &Arc<Broker>,
     request: CreatePartitionsRequest,
     _version: i16,
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
-    for t in request.topics {
-        let name = t.name.0.to_string();
-        let outcome: Result<(), (i16, String)> = async {
-            let (topic, brokers) = {
-                let md = broker.replication.metadata();
-                let topic = md.topics.get(&name).cloned().ok_or((ResponseError::UnknownTopicOrPartition.code(), format!("The topic '{name}' does not exist.")))?;
-                (topic, md.brokers.keys().copied().collect::<Vec<i32>>())
-            };
-            let current = topic.partitions.len() as i32;
-            if t.count <= current {
-                return Err((
-                    ResponseError::InvalidPartitions.code(),
-                    format!("Topic currently has {current} partitions, which is higher than the requested {}.", t.count),
-                ));
-            }
-            let added = (t.count - current) as usize;
-            let rf = topic.partitions.first().map_or(1, Vec::len);
-            let assignments: Vec<Vec<i32>> = match t.assignments.as_ref().filter(|a| !a.is_empty()) {
-                Some(a) => {
-                    if a.len() != added {
-                        return Err((ResponseError::InvalidReplicaAssignment.code(), format!("Increasing the number of partitions by {added} but {} assignments provided.", a.len())));
-                    }
-                    let a: Vec<Vec<i32>> = a.iter().map(|x| x.broker_ids.iter().map(|b| b.0).collect()).collect();
-                    if a.iter().any(|r| r.is_empty() || r.iter().any(|b| !brokers.contains(b))) {
-                        return Err((ResponseError::InvalidReplicaAssignment.code(), "Replica assignment names an unknown broker.".into()));
-                    }
-                    a
-                }
-                None => (0..added).map(|p| (0..rf).map(|r| brokers[(current as usize + p + r) % brokers.len().max(1)]).collect()).collect(),
-            };
-            if request.validate_only {
-                return Ok(());
-            }
-            let record = MetadataRecord {
-                record: Some(Record::CreatePartitions(proto::CreatePartitions {
-                    topic_id: topic.id.as_bytes().to_vec(),
-                    partitions: assignments.into_iter().map(|replicas| proto::PartitionAssignment { replicas }).collect(),
-                })),
-            };
-            broker.replication.propose_metadata(record).await.map_err(|e| (replication_error_code(&e), e.to_string()))
-        }
-        .await;
-        let mut r = CreatePartitionsTopicResult::default().with_name(t.name);
+    // As in Kafka, a topic named twice is not changed at all.
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<_> = request
+        .topics
+        .iter()
+        .filter(|t| !seen.insert(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    for t in &request.topics {
+        let outcome = if !duplicates.contains(&t.name) {
+            create_partitions(broker, t, request.validate_only).await
+        } else {
+            Err((
+                ResponseError::InvalidRequest.code(),
+                "Duplicate topic name.".to_string(),
+            ))
+        };
+        let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
         if let Err((code, message)) = outcome {
             r = r
                 .with_error_code(code)

@@ -1,6 +1,7 @@
 //! DeleteTopics (key 20): by name, or by topic id (v6+); one `DeleteTopic` record through
 //! the metadata Raft group, answered once this broker removed its replicas.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use runnel_protocol::kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
@@ -35,7 +36,36 @@ pub async fn handle(
             .collect()
     };
     let mut responses = Vec::with_capacity(wanted.len());
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<(Option<String>, Uuid)> = wanted
+        .iter()
+        .filter(|w| !seen.insert(*w))
+        .cloned()
+        .collect();
     for (name, id) in wanted {
+        let invalid = match (&name, id.is_nil()) {
+            (None, true) => Some("Neither topic name nor id were specified."),
+            (Some(_), false) => Some("You may not specify both topic name and topic id."),
+            _ if duplicates.contains(&(name.clone(), id)) => Some(if name.is_some() {
+                "Duplicate topic name."
+            } else {
+                "Duplicate topic id."
+            }),
+            _ => None,
+        };
+        if let Some(message) = invalid {
+            let mut r = DeletableTopicResult::default()
+                .with_name(name.map(|n| TopicName(StrBytes::from_string(n))))
+                .with_error_code(ResponseError::InvalidRequest.code());
+            if version >= 5 {
+                r = r.with_error_message(Some(StrBytes::from_static_str(message)));
+            }
+            if version >= 6 {
+                r = r.with_topic_id(id);
+            }
+            responses.push(r);
+            continue;
+        }
         let found = {
             let md = broker.replication.metadata();
             match &name {

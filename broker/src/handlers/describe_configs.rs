@@ -32,17 +32,17 @@ fn entry(
                 .map(|(n, v, s)| {
                     DescribeConfigsSynonym::default()
                         .with_name(StrBytes::from_string(n))
-                        .with_value(Some(StrBytes::from_string(v)))
+                        .with_value(v.map(StrBytes::from_string))
                         .with_source(s)
                 })
                 .collect(),
         );
     }
     if version >= 3 {
-        r = r.with_config_type(c.config_type as i8);
-        if docs {
-            r = r.with_documentation(Some(StrBytes::from_static_str(c.doc)));
-        }
+        // Null unless asked for, as Kafka sends it (the field's default is an empty string).
+        r = r
+            .with_config_type(c.config_type as i8)
+            .with_documentation(docs.then(|| StrBytes::from_static_str(c.doc)));
     }
     r
 }
@@ -78,8 +78,10 @@ pub fn handle(
         };
         match all {
             Ok(all) => {
+                // Null or empty both mean every config, as in Kafka's ConfigHelper.
                 let keys: Option<Vec<String>> = resource
                     .configuration_keys
+                    .filter(|k| !k.is_empty())
                     .map(|k| k.iter().map(|s| s.to_string()).collect());
                 let configs = all
                     .into_iter()

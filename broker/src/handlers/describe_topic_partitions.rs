@@ -15,6 +15,8 @@ use runnel_protocol::kafka_protocol::ResponseError;
 use super::metadata::AUTHORIZED_OPERATIONS_OMITTED;
 use crate::Broker;
 
+const MAX_PARTITIONS_PER_RESPONSE: usize = 2000;
+
 pub fn handle(
     broker: &Arc<Broker>,
     request: DescribeTopicPartitionsRequest,
@@ -39,15 +41,26 @@ pub fn handle(
         ),
         None => (String::new(), 0),
     };
+    // Kafka caps the limit at its `max.request.partition.size.limit` (2000).
     let mut budget = if request.response_partition_limit > 0 {
-        request.response_partition_limit as usize
+        (request.response_partition_limit as usize).min(MAX_PARTITIONS_PER_RESPONSE)
     } else {
-        2000
+        MAX_PARTITIONS_PER_RESPONSE
     };
     let mut topics = Vec::new();
     let mut next_cursor = None;
     for name in names.into_iter().filter(|n| *n >= start_topic) {
         let topic_name = TopicName(StrBytes::from_string(name.clone()));
+        if budget == 0 {
+            // The previous topics filled the page: the next one starts the next page, as in
+            // Kafka (the cursor names it even if it does not exist).
+            next_cursor = Some(
+                Cursor::default()
+                    .with_topic_name(topic_name)
+                    .with_partition_index(0),
+            );
+            break;
+        }
         let Some(t) = md.topics.get(&name) else {
             topics.push(
                 DescribeTopicPartitionsResponseTopic::default()

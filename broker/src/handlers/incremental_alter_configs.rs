@@ -1,5 +1,6 @@
 //! IncrementalAlterConfigs (key 44): SET, DELETE, APPEND and SUBTRACT on individual configs.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use runnel_protocol::kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
@@ -17,6 +18,21 @@ const DELETE: i8 = 1;
 const APPEND: i8 = 2;
 const SUBTRACT: i8 = 3;
 
+/// The items of a list config: its dynamic value, or else its default, as Kafka starts
+/// APPEND and SUBTRACT from the default when the config is not set.
+fn list_items(resource_type: i8, current: &BTreeMap<String, String>, key: &str) -> Vec<String> {
+    current
+        .get(key)
+        .map(String::as_str)
+        .or_else(|| configs::default_value(resource_type, key))
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 pub async fn handle(
     broker: &Arc<Broker>,
     request: IncrementalAlterConfigsRequest,
@@ -27,6 +43,13 @@ pub async fn handle(
         let name = resource.resource_name.to_string();
         let outcome = async {
             let (topic, mut current) = configs::current(broker, resource.resource_type, &name)?;
+            let mut seen = HashSet::new();
+            if !resource.configs.iter().all(|c| seen.insert(&c.name)) {
+                return Err((
+                    ResponseError::InvalidRequest.code(),
+                    "Error due to duplicate config keys".to_string(),
+                ));
+            }
             for c in &resource.configs {
                 let key = c.name.to_string();
                 let value = c.value.as_ref().map(|v| v.to_string());
@@ -45,11 +68,8 @@ pub async fn handle(
                         current.remove(&key);
                     }
                     (APPEND, Some(v)) => {
-                        let mut items: Vec<String> = current
-                            .get(&key)
-                            .map(|s| s.split(',').map(str::to_string).collect())
-                            .unwrap_or_default();
-                        for item in v.split(',') {
+                        let mut items = list_items(resource.resource_type, &current, &key);
+                        for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
                             if !items.iter().any(|i| i == item) {
                                 items.push(item.to_string());
                             }
@@ -57,16 +77,9 @@ pub async fn handle(
                         current.insert(key, items.join(","));
                     }
                     (SUBTRACT, Some(v)) => {
-                        let remove: Vec<&str> = v.split(',').collect();
-                        let items: Vec<String> = current
-                            .get(&key)
-                            .map(|s| {
-                                s.split(',')
-                                    .filter(|i| !remove.contains(i))
-                                    .map(str::to_string)
-                                    .collect()
-                            })
-                            .unwrap_or_default();
+                        let remove: Vec<&str> = v.split(',').map(str::trim).collect();
+                        let mut items = list_items(resource.resource_type, &current, &key);
+                        items.retain(|i| !remove.contains(&i.as_str()));
                         current.insert(key, items.join(","));
                     }
                     (op, _) => {

@@ -36,6 +36,13 @@ impl Client {
 }
 
 pub async fn start() -> (Arc<Broker>, Client, tempfile::TempDir) {
+    start_with(|_| {}).await
+}
+
+/// A broker whose config `configure` adjusts before it opens.
+pub async fn start_with(
+    configure: impl FnOnce(&mut BrokerConfig),
+) -> (Arc<Broker>, Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -43,6 +50,7 @@ pub async fn start() -> (Arc<Broker>, Client, tempfile::TempDir) {
     let addr = listener.local_addr().expect("addr");
     let mut config = BrokerConfig::new(1, dir.path().to_path_buf(), addr);
     config.fsync = false;
+    configure(&mut config);
     let broker = Arc::new(Broker::open(config).expect("open"));
     broker.register().await.expect("register");
     let (_stop, stopped) = tokio::sync::watch::channel(false);
