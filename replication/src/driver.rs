@@ -333,6 +333,12 @@ impl Driver {
                 false,
                 &self.logger,
             )?;
+            // A single voter leads as soon as it campaigns: say so now, so requests that follow
+            // CreateTopics's answer find a leader instead of NOT_LEADER_OR_FOLLOWER.
+            if group.node.raft.state == StateRole::Leader {
+                let term = i32::try_from(group.node.raft.term).unwrap_or(i32::MAX);
+                replica.set_leader(self.config.node_id, term);
+            }
             self.partitions.insert(key.clone(), group);
             self.shared
                 .replicas
