@@ -29,8 +29,9 @@ pub struct BrokerConfig {
     pub fsync: bool,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
-    /// `group.initial.rebalance.delay.ms` and other group settings arrive with consumer groups.
     pub max_connections: usize,
+    /// `offsets.topic.*`, `offsets.retention.*`, `group.*`: the group coordinator.
+    pub group: crate::group::GroupConfig,
 }
 
 impl BrokerConfig {
@@ -49,6 +50,7 @@ impl BrokerConfig {
             fsync: true,
             retention_check_interval_ms: 300_000,
             max_connections: 10_000,
+            group: crate::group::GroupConfig::default(),
         }
     }
 }

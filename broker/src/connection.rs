@@ -78,7 +78,7 @@ async fn dispatch(
             if tx.send(answer).await.is_err() {
                 return false;
             }
-            let reply = handlers::start(broker, request);
+            let reply = handlers::start(broker, request, peer);
             tokio::spawn(async move {
                 let _ = done.send(reply.await);
             });

@@ -10,6 +10,7 @@ pub mod configs;
 mod connection;
 pub mod error;
 mod fetch_session;
+pub mod group;
 pub mod handlers;
 pub mod probe;
 
@@ -41,6 +42,8 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub replication: Replication,
     pub cluster_id: String,
+    /// The group coordinator for the `__consumer_offsets` partitions this broker leads.
+    pub groups: group::GroupCoordinator,
     fetch_sessions: fetch_session::FetchSessionCache,
 }
 
@@ -116,6 +119,7 @@ impl Broker {
             std::time::Duration::from_millis(config.retention_check_interval_ms.max(10));
         let replication = Replication::start(rc)?;
         Ok(Broker {
+            groups: group::GroupCoordinator::new(config.group.clone()),
             config,
             replication,
             cluster_id,
@@ -167,6 +171,7 @@ impl Broker {
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        tokio::spawn(group::run_timer(self.clone(), shutdown.clone()));
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         loop {
             tokio::select! {

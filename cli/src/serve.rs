@@ -41,6 +41,76 @@ pub(crate) struct ServeArgs {
     /// How often retention runs, in ms (`log.retention.check.interval.ms`).
     #[arg(long, env = "RUNNEL_RETENTION_CHECK_INTERVAL_MS")]
     retention_check_interval_ms: Option<u64>,
+    /// How long a new group waits for more members before its first rebalance, in ms
+    /// (`group.initial.rebalance.delay.ms`, default 3000).
+    #[arg(long, env = "RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    group_initial_rebalance_delay_ms: Option<i32>,
+    /// Partitions of `__consumer_offsets` (`offsets.topic.num.partitions`, default 50).
+    #[arg(long, env = "RUNNEL_OFFSETS_TOPIC_NUM_PARTITIONS")]
+    offsets_topic_num_partitions: Option<i32>,
+}
+
+/// Reads `name` from the properties as a number, if set.
+fn number<T: std::str::FromStr>(
+    props: &HashMap<String, String>,
+    name: &str,
+) -> anyhow::Result<Option<T>> {
+    props
+        .get(name)
+        .map(|v| {
+            v.trim()
+                .parse::<T>()
+                .map_err(|_| anyhow::anyhow!("{name} must be a number, not {v:?}"))
+        })
+        .transpose()
+}
+
+/// The group coordinator's settings, under Kafka's names.
+fn group_config(
+    args: &ServeArgs,
+    props: &HashMap<String, String>,
+) -> anyhow::Result<runnel_broker::group::GroupConfig> {
+    let mut c = runnel_broker::group::GroupConfig::default();
+    if let Some(v) = args
+        .offsets_topic_num_partitions
+        .or(number(props, "offsets.topic.num.partitions")?)
+    {
+        if v < 1 {
+            bail!("offsets.topic.num.partitions must be at least 1");
+        }
+        c.offsets_topic_num_partitions = v;
+    }
+    if let Some(v) = number(props, "offsets.topic.replication.factor")? {
+        c.offsets_topic_replication_factor = v;
+    }
+    if let Some(v) = number(props, "offsets.topic.segment.bytes")? {
+        c.offsets_topic_segment_bytes = v;
+    }
+    if let Some(v) = number(props, "offsets.retention.minutes")? {
+        c.offsets_retention_minutes = v;
+    }
+    if let Some(v) = number(props, "offsets.retention.check.interval.ms")? {
+        c.offsets_retention_check_interval_ms = v;
+    }
+    if let Some(v) = number(props, "offset.metadata.max.bytes")? {
+        c.offset_metadata_max_bytes = v;
+    }
+    if let Some(v) = number(props, "group.min.session.timeout.ms")? {
+        c.groups.min_session_timeout_ms = v;
+    }
+    if let Some(v) = number(props, "group.max.session.timeout.ms")? {
+        c.groups.max_session_timeout_ms = v;
+    }
+    if let Some(v) = number(props, "group.max.size")? {
+        c.groups.max_size = v;
+    }
+    if let Some(v) = args
+        .group_initial_rebalance_delay_ms
+        .or(number(props, "group.initial.rebalance.delay.ms")?)
+    {
+        c.groups.initial_rebalance_delay_ms = v.max(0);
+    }
+    Ok(c)
 }
 
 fn read_properties(path: &PathBuf) -> anyhow::Result<HashMap<String, String>> {
@@ -163,6 +233,7 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<(BrokerConfig, Option<Socket
     {
         config.retention_check_interval_ms = v;
     }
+    config.group = group_config(args, &props)?;
     let metrics = args
         .metrics_listen
         .clone()

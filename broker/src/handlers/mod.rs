@@ -5,18 +5,29 @@ pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod describe_topic_partitions;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod incremental_alter_configs;
 pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod sync_group;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,7 +63,26 @@ pub const SUPPORTED: &[ApiVersionRange] = &[
     range(ApiKey::IncrementalAlterConfigs, 0, 1),
     range(ApiKey::CreatePartitions, 0, 3),
     range(ApiKey::DescribeTopicPartitions, 0, 0),
+    range(ApiKey::FindCoordinator, 0, 6),
+    range(ApiKey::OffsetCommit, 2, 9),
+    range(ApiKey::OffsetFetch, 1, 9),
+    range(ApiKey::JoinGroup, 0, 9),
+    range(ApiKey::Heartbeat, 0, 4),
+    range(ApiKey::LeaveGroup, 0, 5),
+    range(ApiKey::SyncGroup, 0, 5),
+    range(ApiKey::DescribeGroups, 0, 6),
+    range(ApiKey::ListGroups, 0, 5),
+    range(ApiKey::DeleteGroups, 0, 2),
+    range(ApiKey::OffsetDelete, 0, 0),
 ];
+
+/// Who sent a request: JoinGroup records it per member (DescribeGroups shows it).
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub client_id: String,
+    /// Kafka's form: `/` and the peer's IP address.
+    pub client_host: String,
+}
 
 pub fn supported(api_key: ApiKey) -> Option<&'static ApiVersionRange> {
     SUPPORTED.iter().find(|r| r.api_key == api_key)
@@ -86,6 +116,17 @@ fn api_name(api_key: ApiKey) -> &'static str {
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::DescribeTopicPartitions => "DescribeTopicPartitions",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::OffsetDelete => "OffsetDelete",
         _ => "Other",
     }
 }
@@ -96,6 +137,7 @@ fn api_name(api_key: ApiKey) -> &'static str {
 pub fn start(
     broker: &Arc<Broker>,
     request: Request,
+    peer: std::net::SocketAddr,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
     let broker = broker.clone();
     let (api_key, version, correlation_id) = (
@@ -121,7 +163,7 @@ pub fn start(
             )
         });
     }
-    Box::pin(async move { handle(&broker, request).await })
+    Box::pin(async move { handle(&broker, request, peer).await })
 }
 
 fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKind) -> Reply {
@@ -134,7 +176,7 @@ fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKin
     }
 }
 
-pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
+pub async fn handle(broker: &Arc<Broker>, request: Request, peer: std::net::SocketAddr) -> Reply {
     let api_key = request.api_key;
     let version = request.api_version();
     let correlation_id = request.correlation_id();
@@ -151,6 +193,10 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
         );
         return Reply::Close;
     }
+    let client = ClientInfo {
+        client_id: request.client_id().to_string(),
+        client_host: format!("/{}", peer.ip()),
+    };
     let body = match request.body {
         RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(r, version)),
         RequestKind::Metadata(r) => {
@@ -199,6 +245,37 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
         RequestKind::DescribeTopicPartitions(r) => ResponseKind::DescribeTopicPartitions(
             describe_topic_partitions::handle(broker, r, version),
         ),
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(offset_commit::handle(broker, r, version).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(offset_fetch::handle(broker, r, version))
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(find_coordinator::handle(broker, r, version).await)
+        }
+        RequestKind::JoinGroup(r) => {
+            ResponseKind::JoinGroup(join_group::handle(broker, r, version, &client).await)
+        }
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(heartbeat::handle(broker, r, version)),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(leave_group::handle(broker, r, version))
+        }
+        RequestKind::SyncGroup(r) => {
+            ResponseKind::SyncGroup(sync_group::handle(broker, r, version).await)
+        }
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(describe_groups::handle(broker, r, version))
+        }
+        RequestKind::ListGroups(r) => {
+            ResponseKind::ListGroups(list_groups::handle(broker, r, version))
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(delete_groups::handle(broker, r, version).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(offset_delete::handle(broker, r, version).await)
+        }
         _ => return Reply::Close,
     };
     probe::request_done(api_name(api_key), version, started.elapsed());

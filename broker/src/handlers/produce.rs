@@ -197,6 +197,17 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
                 partitions.push(Outcome::Done(failed(index, code, None, version)));
                 continue;
             };
+            if topic.name == crate::group::OFFSETS_TOPIC {
+                // Only the group coordinator writes there (Kafka: "Cannot append to internal
+                // topic").
+                partitions.push(Outcome::Done(failed(
+                    index,
+                    ResponseError::InvalidTopicException.code(),
+                    Some(format!("Cannot append to internal topic {}", topic.name)),
+                    version,
+                )));
+                continue;
+            }
             if !matches!(acks, -1..=1) {
                 partitions.push(Outcome::Done(failed(
                     index,

@@ -1,0 +1,646 @@
+//! The group coordinator. Coordinators are the leaders of `__consumer_offsets` partitions, the
+//! partition of a group chosen by Kafka's hash of its id; group metadata and committed offsets
+//! are records of that partition in Kafka's own schemas ([`records`]). A coordinator that
+//! gains a partition rebuilds its groups by replaying it and answers
+//! `COORDINATOR_LOAD_IN_PROGRESS` until done.
+//!
+//! Each group's state machine ([`classic`]) is pure; this module owns the locking, the writes
+//! to `__consumer_offsets`, the loads and the timer.
+
+pub mod classic;
+pub mod records;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_protocol::kafka_protocol::ResponseError;
+use runnel_replication::ReplicationError;
+use runnel_storage::batch::{self, BatchHeader, BatchOptions, NewRecord};
+
+use crate::Broker;
+use classic::{ClassicGroup, CommittedOffset, GroupSettings, GroupState, Store};
+use records::{GroupMetadataValue, OffsetCommitValue, RecordKey};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Kafka's group coordinator settings, under Kafka's names.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// `offsets.topic.num.partitions`.
+    pub offsets_topic_num_partitions: i32,
+    /// `offsets.topic.replication.factor` (capped at the number of brokers).
+    pub offsets_topic_replication_factor: i16,
+    /// `offsets.topic.segment.bytes`.
+    pub offsets_topic_segment_bytes: i64,
+    /// `offsets.retention.minutes`.
+    pub offsets_retention_minutes: i64,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval_ms: u64,
+    /// `offset.metadata.max.bytes`.
+    pub offset_metadata_max_bytes: usize,
+    /// `group.min.session.timeout.ms`, `group.max.session.timeout.ms`,
+    /// `group.initial.rebalance.delay.ms`, `group.max.size`.
+    pub groups: GroupSettings,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            offsets_topic_num_partitions: 50,
+            offsets_topic_replication_factor: 3,
+            offsets_topic_segment_bytes: 104_857_600,
+            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_check_interval_ms: 600_000,
+            offset_metadata_max_bytes: 4096,
+            groups: GroupSettings::default(),
+        }
+    }
+}
+
+/// Java's `String.hashCode`, over UTF-16 code units.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// The `__consumer_offsets` partition of a group: `Utils.abs(groupId.hashCode) % partitions`.
+pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
+    let h = java_hash(group_id);
+    let abs = if h == i32::MIN { 0 } else { h.abs() };
+    abs % partitions.max(1)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The groups of one `__consumer_offsets` partition this broker leads.
+#[derive(Debug)]
+pub struct PartitionGroups {
+    /// The leader epoch the groups were loaded in.
+    pub epoch: i32,
+    pub loaded: bool,
+    pub groups: HashMap<String, ClassicGroup>,
+}
+
+#[derive(Debug, Default)]
+pub struct GroupCoordinator {
+    config: GroupConfig,
+    partitions: Mutex<HashMap<i32, PartitionGroups>>,
+}
+
+fn code(e: ResponseError) -> i16 {
+    e.code()
+}
+
+/// What a failed `__consumer_offsets` append tells the client (Kafka's mapping in
+/// `GroupMetadataManager`).
+fn append_error_code(e: &ReplicationError, for_commit: bool) -> i16 {
+    match e {
+        ReplicationError::NotLeaderOrFollower | ReplicationError::ShuttingDown => {
+            code(ResponseError::NotCoordinator)
+        }
+        ReplicationError::UnknownTopicOrPartition => code(ResponseError::CoordinatorNotAvailable),
+        ReplicationError::Storage(runnel_storage::StorageError::BatchTooLarge { .. })
+            if for_commit =>
+        {
+            code(ResponseError::InvalidCommitOffsetSize)
+        }
+        ReplicationError::Storage(_) | ReplicationError::Io(_) => {
+            code(ResponseError::NotCoordinator)
+        }
+        _ => code(ResponseError::UnknownServerError),
+    }
+}
+
+impl GroupCoordinator {
+    pub fn new(config: GroupConfig) -> GroupCoordinator {
+        GroupCoordinator {
+            config,
+            partitions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, PartitionGroups>> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The number of partitions `__consumer_offsets` has (its config until it exists).
+    pub fn offsets_partitions(&self, broker: &Broker) -> i32 {
+        broker
+            .replication
+            .metadata()
+            .topics
+            .get(OFFSETS_TOPIC)
+            .map_or(self.config.offsets_topic_num_partitions, |t| {
+                t.partitions.len() as i32
+            })
+    }
+
+    pub fn partition_of(&self, broker: &Broker, group_id: &str) -> i32 {
+        partition_for(group_id, self.offsets_partitions(broker))
+    }
+
+    /// Runs `f` on the groups of `group_id`'s partition if this broker coordinates it and has
+    /// loaded it; else the error the client must see.
+    pub fn with_groups<R>(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        f: impl FnOnce(&mut HashMap<String, ClassicGroup>, i32) -> R,
+    ) -> Result<R, i16> {
+        let p = self.partition_of(broker, group_id);
+        self.with_partition(broker, p, |groups| f(groups, p))
+    }
+
+    fn with_partition<R>(
+        &self,
+        broker: &Arc<Broker>,
+        p: i32,
+        f: impl FnOnce(&mut HashMap<String, ClassicGroup>) -> R,
+    ) -> Result<R, i16> {
+        let replica = broker
+            .replication
+            .replica(OFFSETS_TOPIC, p)
+            .ok_or(code(ResponseError::NotCoordinator))?;
+        if replica.leader_id() != broker.config.node_id {
+            return Err(code(ResponseError::NotCoordinator));
+        }
+        let epoch = replica.leader_epoch();
+        let mut partitions = self.lock();
+        match partitions.get_mut(&p) {
+            Some(pg) if pg.epoch == epoch && pg.loaded => Ok(f(&mut pg.groups)),
+            Some(pg) if pg.epoch == epoch => Err(code(ResponseError::CoordinatorLoadInProgress)),
+            _ => {
+                start_load(broker, &mut partitions, p, epoch);
+                Err(code(ResponseError::CoordinatorLoadInProgress))
+            }
+        }
+    }
+
+    /// Every loaded group's (partition, id, state, protocol type), for ListGroups. The error is
+    /// set when some partition this broker leads is still loading.
+    pub fn list(&self, broker: &Arc<Broker>) -> (i16, Vec<(String, GroupState, String)>) {
+        let mut error = 0;
+        let mut out = Vec::new();
+        let n = self.offsets_partitions(broker);
+        let led: Vec<i32> = (0..n)
+            .filter(|p| {
+                broker
+                    .replication
+                    .replica(OFFSETS_TOPIC, *p)
+                    .is_some_and(|r| r.leader_id() == broker.config.node_id)
+            })
+            .collect();
+        for p in led {
+            match self.with_partition(broker, p, |groups| {
+                groups
+                    .values()
+                    .map(|g| {
+                        (
+                            g.group_id.clone(),
+                            g.state,
+                            g.protocol_type.clone().unwrap_or_default(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            }) {
+                Ok(mut v) => out.append(&mut v),
+                Err(e) => error = e,
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        (error, out)
+    }
+}
+
+/// Marks partition `p` loading in `epoch` and replays it on a blocking thread.
+fn start_load(
+    broker: &Arc<Broker>,
+    partitions: &mut HashMap<i32, PartitionGroups>,
+    p: i32,
+    epoch: i32,
+) {
+    if let Some(mut old) = partitions.remove(&p) {
+        for g in old.groups.values_mut() {
+            g.close(code(ResponseError::NotCoordinator));
+        }
+    }
+    partitions.insert(
+        p,
+        PartitionGroups {
+            epoch,
+            loaded: false,
+            groups: HashMap::new(),
+        },
+    );
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let loaded = load_groups(&broker, p);
+        let mut partitions = broker.groups.lock();
+        let Some(pg) = partitions.get_mut(&p).filter(|pg| pg.epoch == epoch) else {
+            return;
+        };
+        match loaded {
+            Ok(groups) => {
+                tracing::info!(
+                    partition = p,
+                    epoch,
+                    groups = groups.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "loaded group coordinator state"
+                );
+                pg.groups = groups;
+                pg.loaded = true;
+            }
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "loading groups failed; will retry");
+                partitions.remove(&p);
+            }
+        }
+    });
+}
+
+/// Replays one `__consumer_offsets` partition into groups.
+fn load_groups(
+    broker: &Arc<Broker>,
+    p: i32,
+) -> Result<HashMap<String, ClassicGroup>, ReplicationError> {
+    let replica = broker
+        .replication
+        .replica(OFFSETS_TOPIC, p)
+        .ok_or(ReplicationError::UnknownTopicOrPartition)?;
+    // Everything in a leader's log is committed once its own term's first entry is: wait
+    // for that, so no record written in an earlier term is missed.
+    let waited = std::time::Instant::now();
+    while replica.high_watermark() < replica.log().log_end_offset() {
+        if waited.elapsed() > Duration::from_secs(30) {
+            return Err(ReplicationError::NotLeaderOrFollower);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
+    let mut metadata: HashMap<String, Option<GroupMetadataValue>> = HashMap::new();
+    let log = replica.log();
+    let end = log.next_entry_index();
+    let mut index = log.first_entry_index();
+    while index < end {
+        let entries = log.entries(index, end, 4 * 1024 * 1024)?;
+        let Some(last) = entries.last() else { break };
+        index = last.index + 1;
+        for e in &entries {
+            for_each_record(&e.data, |record_offset, key, value| {
+                let Ok(key) = RecordKey::decode(key) else {
+                    tracing::warn!(partition = p, record_offset, "undecodable record key");
+                    return;
+                };
+                match key {
+                    RecordKey::OffsetCommit {
+                        group,
+                        topic,
+                        partition,
+                    } => {
+                        let slot = offsets.entry(group).or_default();
+                        match value.map(OffsetCommitValue::decode) {
+                            None => {
+                                slot.remove(&(topic, partition));
+                            }
+                            Some(Ok(value)) => {
+                                slot.insert(
+                                    (topic, partition),
+                                    CommittedOffset {
+                                        value,
+                                        record_offset,
+                                    },
+                                );
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(partition = p, record_offset, error = %e, "skipping offset record")
+                            }
+                        }
+                    }
+                    RecordKey::GroupMetadata { group } => {
+                        match value.map(GroupMetadataValue::decode) {
+                            None => {
+                                metadata.insert(group, None);
+                            }
+                            Some(Ok(v)) => {
+                                metadata.insert(group, Some(v));
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(partition = p, record_offset, error = %e, "skipping group record")
+                            }
+                        }
+                    }
+                    RecordKey::Other(_) => {}
+                }
+            });
+        }
+    }
+    drop(log);
+    let now = now_ms();
+    let settings = broker.groups.config.groups.clone();
+    let mut groups = HashMap::new();
+    for (id, value) in metadata {
+        if let Some(v) = value {
+            groups.insert(
+                id.clone(),
+                ClassicGroup::from_record(id, &v, settings.clone(), now),
+            );
+        }
+    }
+    for (id, committed) in offsets {
+        if committed.is_empty() {
+            continue;
+        }
+        groups
+            .entry(id.clone())
+            .or_insert_with(|| ClassicGroup::new(id, settings.clone(), now))
+            .offsets = committed;
+    }
+    Ok(groups)
+}
+
+/// Calls `f(offset, key, value)` for each record of a stored batch (control batches skipped).
+fn for_each_record(data: &[u8], mut f: impl FnMut(u64, &[u8], Option<&[u8]>)) {
+    let Ok(h) = BatchHeader::parse(data) else {
+        return;
+    };
+    if h.is_control() || h.records_count == 0 {
+        return;
+    }
+    let Ok(body) = batch::records_body(data, &h, 64 * 1024 * 1024) else {
+        return;
+    };
+    let Ok(records) = batch::parse_records(&body, h.records_count) else {
+        return;
+    };
+    for r in records {
+        if let Some(key) = r.key {
+            let offset = (h.base_offset + i64::from(r.offset_delta)).max(0) as u64;
+            f(offset, key, r.value);
+        }
+    }
+}
+
+/// Appends records to a `__consumer_offsets` partition and waits for them to commit. Returns
+/// the offset of the first record.
+pub async fn append(
+    broker: &Broker,
+    p: i32,
+    records: Vec<(Bytes, Option<Bytes>)>,
+    for_commit: bool,
+) -> Result<u64, i16> {
+    let now = now_ms();
+    let records: Vec<NewRecord> = records
+        .into_iter()
+        .map(|(key, value)| NewRecord {
+            timestamp: now,
+            key: Some(key),
+            value,
+            headers: Vec::new(),
+        })
+        .collect();
+    let data = batch::build_batch(&records, &BatchOptions::default())
+        .map_err(|_| code(ResponseError::UnknownServerError))?;
+    match broker
+        .replication
+        .produce(OFFSETS_TOPIC, p, vec![data], -1)
+        .await
+    {
+        Ok(Some(ack)) => Ok(ack.base_offset),
+        Ok(None) => Err(code(ResponseError::UnknownServerError)),
+        Err(e) => Err(append_error_code(&e, for_commit)),
+    }
+}
+
+/// Writes the group metadata records `stores` asks for, one after another, feeding each
+/// outcome back to the group.
+pub fn run_stores(broker: &Arc<Broker>, group_id: String, stores: Vec<Store>) {
+    if stores.is_empty() {
+        return;
+    }
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        let mut queue = stores;
+        while let Some(store) = queue.pop() {
+            let built = broker.groups.with_groups(&broker, &group_id, |groups, p| {
+                groups.get(&group_id).map(|g| (p, g.to_record().encode()))
+            });
+            let Ok(Some((p, value))) = built else { return };
+            let key = RecordKey::GroupMetadata {
+                group: group_id.clone(),
+            }
+            .encode();
+            let error = match append(&broker, p, vec![(key, Some(value))], false).await {
+                Ok(_) => 0,
+                Err(e) => e,
+            };
+            if error != 0 {
+                tracing::warn!(group = group_id, error, "storing group metadata failed");
+            }
+            let more = broker.groups.with_groups(&broker, &group_id, |groups, _| {
+                groups
+                    .get_mut(&group_id)
+                    .map(|g| g.stored(store, error, now_ms()))
+                    .unwrap_or_default()
+            });
+            queue.extend(more.unwrap_or_default());
+        }
+    });
+}
+
+/// Removes a group that holds nothing (created by a request that then failed).
+pub fn forget_if_unused(groups: &mut HashMap<String, ClassicGroup>, group_id: &str) {
+    let unused = groups.get(group_id).is_some_and(|g| {
+        g.state == GroupState::Empty && g.is_empty() && g.offsets.is_empty() && g.generation_id == 0
+    });
+    if unused {
+        groups.remove(group_id);
+    }
+}
+
+/// The topics a `consumer` protocol member subscribes to (`ConsumerProtocolSubscription`).
+pub fn subscribed_topics(metadata: &[u8]) -> Vec<String> {
+    use runnel_protocol::kafka_protocol::messages::ConsumerProtocolSubscription;
+    use runnel_protocol::kafka_protocol::protocol::Decodable;
+    let mut buf = Bytes::copy_from_slice(metadata);
+    if buf.len() < 2 {
+        return Vec::new();
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    let _ = bytes::Buf::get_i16(&mut buf);
+    let version = version.clamp(0, 3);
+    match ConsumerProtocolSubscription::decode(&mut buf, version) {
+        Ok(s) => s.topics.iter().map(|t| t.to_string()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The timer: session, rebalance and sync timeouts, loads of partitions this broker comes to
+/// lead, unloads of those it lost, and offset expiry.
+pub async fn run_timer(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(50));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let check_every = broker.groups.config.offsets_retention_check_interval_ms as i64;
+    let mut next_expiry = now_ms() + check_every;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = interval.tick() => {}
+        }
+        let now = now_ms();
+        track_leadership(&broker);
+        let mut work: Vec<(String, Vec<Store>)> = Vec::new();
+        {
+            let mut partitions = broker.groups.lock();
+            for pg in partitions.values_mut().filter(|pg| pg.loaded) {
+                for g in pg.groups.values_mut() {
+                    let stores = g.tick(now);
+                    if !stores.is_empty() {
+                        work.push((g.group_id.clone(), stores));
+                    }
+                }
+            }
+        }
+        for (group_id, stores) in work {
+            run_stores(&broker, group_id, stores);
+        }
+        if now >= next_expiry {
+            next_expiry = now + check_every;
+            expire_offsets(&broker, now).await;
+        }
+    }
+}
+
+/// Starts loading partitions this broker now leads; drops those it no longer leads.
+fn track_leadership(broker: &Arc<Broker>) {
+    let n = broker.groups.offsets_partitions(broker);
+    let mut partitions = broker.groups.lock();
+    for p in 0..n {
+        let Some(replica) = broker.replication.replica(OFFSETS_TOPIC, p) else {
+            continue;
+        };
+        let leads = replica.leader_id() == broker.config.node_id;
+        let epoch = replica.leader_epoch();
+        match partitions.get(&p) {
+            Some(pg) if leads && pg.epoch == epoch => {}
+            _ if leads => start_load(broker, &mut partitions, p, epoch),
+            Some(_) => {
+                if let Some(mut old) = partitions.remove(&p) {
+                    for g in old.groups.values_mut() {
+                        g.close(code(ResponseError::NotCoordinator));
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// `offsets.retention.minutes`: offsets of groups empty that long (and of simple groups,
+/// commit by commit) are removed with tombstones; a group left with nothing is deleted.
+async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
+    let retention = broker.groups.config.offsets_retention_minutes * 60_000;
+    // (partition, group, expired offsets, whether the group goes too)
+    type Expiry = (i32, String, Vec<(String, i32)>, bool);
+    let mut work: Vec<Expiry> = Vec::new();
+    {
+        let partitions = broker.groups.lock();
+        for (p, pg) in partitions.iter().filter(|(_, pg)| pg.loaded) {
+            for g in pg.groups.values() {
+                if g.state != GroupState::Empty {
+                    continue;
+                }
+                let expired: Vec<(String, i32)> = g
+                    .offsets
+                    .iter()
+                    .filter(|(_, c)| {
+                        if c.value.expire_timestamp >= 0 {
+                            return now >= c.value.expire_timestamp;
+                        }
+                        let since = if g.protocol_type.is_some() {
+                            g.current_state_timestamp
+                        } else {
+                            c.value.commit_timestamp
+                        };
+                        now >= since.saturating_add(retention)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let delete_group = expired.len() == g.offsets.len() && g.is_empty();
+                if !expired.is_empty() {
+                    work.push((*p, g.group_id.clone(), expired, delete_group));
+                }
+            }
+        }
+    }
+    for (p, group_id, expired, delete_group) in work {
+        let mut records: Vec<(Bytes, Option<Bytes>)> = expired
+            .iter()
+            .map(|(topic, partition)| {
+                (
+                    RecordKey::OffsetCommit {
+                        group: group_id.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    }
+                    .encode(),
+                    None,
+                )
+            })
+            .collect();
+        if delete_group {
+            records.push((
+                RecordKey::GroupMetadata {
+                    group: group_id.clone(),
+                }
+                .encode(),
+                None,
+            ));
+        }
+        if append(broker, p, records, false).await.is_err() {
+            continue;
+        }
+        tracing::info!(group = group_id, offsets = expired.len(), "expired offsets");
+        let _ = broker.groups.with_partition(broker, p, |groups| {
+            if let Some(g) = groups.get_mut(&group_id) {
+                for k in &expired {
+                    g.offsets.remove(k);
+                }
+                if delete_group && g.offsets.is_empty() && g.is_empty() {
+                    g.close(code(ResponseError::CoordinatorNotAvailable));
+                    groups.remove(&group_id);
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_for_matches_kafkas_hash() {
+        // "hello".hashCode() == 99162322 in Java.
+        assert_eq!(java_hash("hello"), 99_162_322);
+        assert_eq!(partition_for("hello", 50), 99_162_322 % 50);
+        // Negative hashes use Math.abs, not a mask: "polygenelubricants".hashCode() is
+        // Integer.MIN_VALUE, which Kafka's Utils.abs maps to 0.
+        assert_eq!(java_hash("polygenelubricants"), i32::MIN);
+        assert_eq!(partition_for("polygenelubricants", 50), 0);
+        let h = java_hash("my-group");
+        assert_eq!(partition_for("my-group", 50), h.abs() % 50);
+    }
+}

@@ -1,0 +1,498 @@
+//! The records of `__consumer_offsets`, in Kafka's own schemas (`OffsetCommitKey`,
+//! `OffsetCommitValue`, `GroupMetadataKey`, `GroupMetadataValue` in Kafka's group-coordinator
+//! message specs), so tools that read the topic raw (Burrow, `kafka-console-consumer
+//! --formatter ...OffsetsMessageFormatter`) decode what Runnel writes.
+//!
+//! Every key and value starts with an int16 version. Key version 0 or 1 is an offset commit,
+//! 2 a group's metadata; later versions are KIP-848 records this coordinator skips. Values are
+//! written in the versions Kafka 4 writes (offset commit v3, group metadata v3) and read in
+//! every version Kafka defines, the flexible v4 included.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// A record key of `__consumer_offsets`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RecordKey {
+    OffsetCommit {
+        group: String,
+        topic: String,
+        partition: i32,
+    },
+    GroupMetadata {
+        group: String,
+    },
+    /// A record type this coordinator does not keep (KIP-848 and share-group records).
+    Other(i16),
+}
+
+/// `OffsetCommitValue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetCommitValue {
+    pub offset: i64,
+    /// -1 when the client did not send one.
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp: i64,
+    /// Only in version 1 (explicit retention from OffsetCommit v2-v4); -1 otherwise.
+    pub expire_timestamp: i64,
+}
+
+/// `GroupMetadataValue.MemberMetadata`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberMetadata {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout: i32,
+    pub session_timeout: i32,
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
+/// `GroupMetadataValue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetadataValue {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub current_state_timestamp: i64,
+    pub members: Vec<MemberMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed __consumer_offsets record: {0}")]
+pub struct RecordError(pub String);
+
+fn err<T>(what: impl Into<String>) -> Result<T, RecordError> {
+    Err(RecordError(what.into()))
+}
+
+// ---- writing ----
+
+fn put_string(buf: &mut BytesMut, s: &str) {
+    let len = s.len().min(i16::MAX as usize);
+    buf.put_i16(len as i16);
+    buf.put_slice(&s.as_bytes()[..len]);
+}
+
+fn put_nullable_string(buf: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => put_string(buf, s),
+        None => buf.put_i16(-1),
+    }
+}
+
+fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
+    buf.put_i32(b.len() as i32);
+    buf.put_slice(b);
+}
+
+impl RecordKey {
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        match self {
+            RecordKey::OffsetCommit {
+                group,
+                topic,
+                partition,
+            } => {
+                buf.put_i16(1);
+                put_string(&mut buf, group);
+                put_string(&mut buf, topic);
+                buf.put_i32(*partition);
+            }
+            RecordKey::GroupMetadata { group } => {
+                buf.put_i16(2);
+                put_string(&mut buf, group);
+            }
+            RecordKey::Other(v) => buf.put_i16(*v),
+        }
+        buf.freeze()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<RecordKey, RecordError> {
+        let mut r = Reader::new(data);
+        let version = r.i16()?;
+        match version {
+            0 | 1 => Ok(RecordKey::OffsetCommit {
+                group: r.string(false)?,
+                topic: r.string(false)?,
+                partition: r.i32()?,
+            }),
+            2 => Ok(RecordKey::GroupMetadata {
+                group: r.string(false)?,
+            }),
+            v if v >= 0 => Ok(RecordKey::Other(v)),
+            v => err(format!("negative key version {v}")),
+        }
+    }
+
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            RecordKey::OffsetCommit { group, .. } | RecordKey::GroupMetadata { group } => {
+                Some(group)
+            }
+            RecordKey::Other(_) => None,
+        }
+    }
+}
+
+impl OffsetCommitValue {
+    /// Version 3, or version 1 when an explicit expire timestamp must be kept (as Kafka).
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        if self.expire_timestamp >= 0 {
+            buf.put_i16(1);
+            buf.put_i64(self.offset);
+            put_string(&mut buf, &self.metadata);
+            buf.put_i64(self.commit_timestamp);
+            buf.put_i64(self.expire_timestamp);
+        } else {
+            buf.put_i16(3);
+            buf.put_i64(self.offset);
+            buf.put_i32(self.leader_epoch);
+            put_string(&mut buf, &self.metadata);
+            buf.put_i64(self.commit_timestamp);
+        }
+        buf.freeze()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<OffsetCommitValue, RecordError> {
+        let mut r = Reader::new(data);
+        let version = r.i16()?;
+        if !(0..=4).contains(&version) {
+            return err(format!("offset commit value version {version}"));
+        }
+        let flexible = version >= 4;
+        let offset = r.i64()?;
+        let leader_epoch = if version >= 3 { r.i32()? } else { -1 };
+        let metadata = r.string(flexible)?;
+        let commit_timestamp = r.i64()?;
+        let expire_timestamp = if version == 1 { r.i64()? } else { -1 };
+        if flexible {
+            r.skip_tagged_fields()?;
+        }
+        Ok(OffsetCommitValue {
+            offset,
+            leader_epoch,
+            metadata,
+            commit_timestamp,
+            expire_timestamp,
+        })
+    }
+}
+
+impl GroupMetadataValue {
+    /// Version 3, the version Kafka 4 writes.
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        buf.put_i16(3);
+        put_string(&mut buf, &self.protocol_type);
+        buf.put_i32(self.generation);
+        put_nullable_string(&mut buf, self.protocol.as_deref());
+        put_nullable_string(&mut buf, self.leader.as_deref());
+        buf.put_i64(self.current_state_timestamp);
+        buf.put_i32(self.members.len() as i32);
+        for m in &self.members {
+            put_string(&mut buf, &m.member_id);
+            put_nullable_string(&mut buf, m.group_instance_id.as_deref());
+            put_string(&mut buf, &m.client_id);
+            put_string(&mut buf, &m.client_host);
+            buf.put_i32(m.rebalance_timeout);
+            buf.put_i32(m.session_timeout);
+            put_bytes(&mut buf, &m.subscription);
+            put_bytes(&mut buf, &m.assignment);
+        }
+        buf.freeze()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<GroupMetadataValue, RecordError> {
+        let mut r = Reader::new(data);
+        let version = r.i16()?;
+        if !(0..=4).contains(&version) {
+            return err(format!("group metadata value version {version}"));
+        }
+        let flexible = version >= 4;
+        let protocol_type = r.string(flexible)?;
+        let generation = r.i32()?;
+        let protocol = r.nullable_string(flexible)?;
+        let leader = r.nullable_string(flexible)?;
+        let current_state_timestamp = if version >= 2 { r.i64()? } else { -1 };
+        let count = r.array_len(flexible)?;
+        let mut members = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let member_id = r.string(flexible)?;
+            let group_instance_id = if version >= 3 {
+                r.nullable_string(flexible)?
+            } else {
+                None
+            };
+            let client_id = r.string(flexible)?;
+            let client_host = r.string(flexible)?;
+            let rebalance_timeout = if version >= 1 { r.i32()? } else { -1 };
+            let session_timeout = r.i32()?;
+            let subscription = r.bytes(flexible)?;
+            let assignment = r.bytes(flexible)?;
+            if flexible {
+                r.skip_tagged_fields()?;
+            }
+            members.push(MemberMetadata {
+                member_id,
+                group_instance_id,
+                client_id,
+                client_host,
+                rebalance_timeout: if rebalance_timeout < 0 {
+                    session_timeout
+                } else {
+                    rebalance_timeout
+                },
+                session_timeout,
+                subscription,
+                assignment,
+            });
+        }
+        if flexible {
+            r.skip_tagged_fields()?;
+        }
+        Ok(GroupMetadataValue {
+            protocol_type,
+            generation,
+            protocol,
+            leader,
+            current_state_timestamp,
+            members,
+        })
+    }
+}
+
+// ---- reading, every length bounded by the input ----
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Reader { data, pos: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        if self.data.len() - self.pos < n {
+            return err(format!(
+                "needs {n} bytes at {}, has {}",
+                self.pos,
+                self.data.len() - self.pos
+            ));
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn i16(&mut self) -> Result<i16, RecordError> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Result<i32, RecordError> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn i64(&mut self) -> Result<i64, RecordError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(i64::from_be_bytes(a))
+    }
+
+    fn varint(&mut self) -> Result<u64, RecordError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.take(1)?[0];
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        err("varint longer than 10 bytes")
+    }
+
+    /// The length of a string, bytes or array; `None` for null.
+    fn len(&mut self, flexible: bool, classic: i64) -> Result<Option<usize>, RecordError> {
+        let n = if flexible {
+            self.varint()? as i64 - 1
+        } else {
+            classic
+        };
+        if n < 0 {
+            return Ok(None);
+        }
+        Ok(Some(n as usize))
+    }
+
+    fn nullable_string(&mut self, flexible: bool) -> Result<Option<String>, RecordError> {
+        let classic = if flexible { 0 } else { i64::from(self.i16()?) };
+        match self.len(flexible, classic)? {
+            None => Ok(None),
+            Some(n) => {
+                let raw = self.take(n)?;
+                String::from_utf8(raw.to_vec())
+                    .map(Some)
+                    .or_else(|_| err("string is not UTF-8"))
+            }
+        }
+    }
+
+    fn string(&mut self, flexible: bool) -> Result<String, RecordError> {
+        self.nullable_string(flexible)?
+            .map_or_else(|| err("null where a string is required"), Ok)
+    }
+
+    fn bytes(&mut self, flexible: bool) -> Result<Bytes, RecordError> {
+        let classic = if flexible { 0 } else { i64::from(self.i32()?) };
+        match self.len(flexible, classic)? {
+            None => Ok(Bytes::new()),
+            Some(n) => Ok(Bytes::copy_from_slice(self.take(n)?)),
+        }
+    }
+
+    fn array_len(&mut self, flexible: bool) -> Result<usize, RecordError> {
+        let classic = if flexible { 0 } else { i64::from(self.i32()?) };
+        let n = self.len(flexible, classic)?.unwrap_or(0);
+        // Every element takes at least one byte: a larger count is corrupt.
+        if n > self.data.len() - self.pos {
+            return err(format!("array of {n} elements in a shorter record"));
+        }
+        Ok(n)
+    }
+
+    fn skip_tagged_fields(&mut self) -> Result<(), RecordError> {
+        let count = self.varint()?;
+        for _ in 0..count {
+            let _tag = self.varint()?;
+            let size = self.varint()? as usize;
+            self.take(size)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_commit_key_layout_is_kafkas() {
+        let key = RecordKey::OffsetCommit {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 7,
+        };
+        let bytes = key.encode();
+        assert_eq!(&bytes[..], &[0, 1, 0, 1, b'g', 0, 1, b't', 0, 0, 0, 7]);
+        assert_eq!(RecordKey::decode(&bytes), Ok(key));
+    }
+
+    #[test]
+    fn offset_commit_value_v3_round_trips_and_v1_keeps_expiry() {
+        let v = OffsetCommitValue {
+            offset: 42,
+            leader_epoch: 3,
+            metadata: "meta".into(),
+            commit_timestamp: 1000,
+            expire_timestamp: -1,
+        };
+        let bytes = v.encode();
+        assert_eq!(&bytes[..2], &[0, 3]);
+        assert_eq!(bytes.len(), 2 + 8 + 4 + 2 + 4 + 8);
+        assert_eq!(OffsetCommitValue::decode(&bytes), Ok(v.clone()));
+        let v1 = OffsetCommitValue {
+            expire_timestamp: 5000,
+            leader_epoch: -1,
+            ..v
+        };
+        let bytes = v1.encode();
+        assert_eq!(&bytes[..2], &[0, 1]);
+        assert_eq!(OffsetCommitValue::decode(&bytes), Ok(v1));
+    }
+
+    #[test]
+    fn flexible_v4_offset_value_decodes() {
+        let mut b = BytesMut::new();
+        b.put_i16(4);
+        b.put_i64(9);
+        b.put_i32(2);
+        b.put_u8(3); // compact string "ab"
+        b.put_slice(b"ab");
+        b.put_i64(77);
+        b.put_u8(1); // one tagged field
+        b.put_u8(0);
+        b.put_u8(2);
+        b.put_slice(&[1, 2]);
+        let v = OffsetCommitValue::decode(&b).expect("decode");
+        assert_eq!(
+            (v.offset, v.leader_epoch, v.metadata.as_str()),
+            (9, 2, "ab")
+        );
+        assert_eq!(v.commit_timestamp, 77);
+    }
+
+    #[test]
+    fn group_metadata_round_trips() {
+        let v = GroupMetadataValue {
+            protocol_type: "consumer".into(),
+            generation: 5,
+            protocol: Some("range".into()),
+            leader: Some("m1".into()),
+            current_state_timestamp: 123,
+            members: vec![MemberMetadata {
+                member_id: "m1".into(),
+                group_instance_id: Some("i1".into()),
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                rebalance_timeout: 300_000,
+                session_timeout: 45_000,
+                subscription: Bytes::from_static(b"sub"),
+                assignment: Bytes::from_static(b"asg"),
+            }],
+        };
+        let bytes = v.encode();
+        assert_eq!(&bytes[..2], &[0, 3]);
+        assert_eq!(GroupMetadataValue::decode(&bytes), Ok(v));
+        assert_eq!(
+            RecordKey::decode(&RecordKey::GroupMetadata { group: "g".into() }.encode()),
+            Ok(RecordKey::GroupMetadata { group: "g".into() })
+        );
+    }
+
+    #[test]
+    fn truncated_and_hostile_records_are_errors_not_panics() {
+        let v = GroupMetadataValue {
+            protocol_type: "consumer".into(),
+            generation: 1,
+            protocol: None,
+            leader: None,
+            current_state_timestamp: -1,
+            members: Vec::new(),
+        }
+        .encode();
+        for cut in 0..v.len() {
+            assert!(GroupMetadataValue::decode(&v[..cut]).is_err());
+        }
+        // A member count of two billion in a record of a few bytes.
+        let mut b = BytesMut::new();
+        b.put_i16(3);
+        put_string(&mut b, "c");
+        b.put_i32(1);
+        b.put_i16(-1);
+        b.put_i16(-1);
+        b.put_i64(0);
+        b.put_i32(i32::MAX);
+        assert!(GroupMetadataValue::decode(&b).is_err());
+        assert!(RecordKey::decode(&[0xff, 0xff]).is_err());
+    }
+}

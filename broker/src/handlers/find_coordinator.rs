@@ -1,0 +1,153 @@
+//! FindCoordinator (key 10): the broker leading the `__consumer_offsets` partition of a group
+//! (created on first use, as Kafka does), one key (v0-3) or a batch of keys (v4+).
+
+use std::sync::Arc;
+
+use runnel_protocol::kafka_protocol::messages::find_coordinator_response::Coordinator;
+use runnel_protocol::kafka_protocol::messages::{
+    BrokerId, FindCoordinatorRequest, FindCoordinatorResponse,
+};
+use runnel_protocol::kafka_protocol::protocol::StrBytes;
+use runnel_protocol::kafka_protocol::ResponseError;
+
+use super::create_topics::{create_topic, NewTopic};
+use crate::group::{partition_for, OFFSETS_TOPIC};
+use crate::Broker;
+
+const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
+
+struct Found {
+    error: i16,
+    message: Option<String>,
+    node_id: i32,
+    host: String,
+    port: i32,
+}
+
+impl Found {
+    fn error(error: i16, message: impl Into<String>) -> Found {
+        Found {
+            error,
+            message: Some(message.into()),
+            node_id: -1,
+            host: String::new(),
+            port: -1,
+        }
+    }
+}
+
+/// Creates `__consumer_offsets` if it does not exist yet: compacted, Kafka's partition count,
+/// replication factor capped at the brokers there are.
+pub async fn ensure_offsets_topic(broker: &Arc<Broker>) -> Result<(), (i16, String)> {
+    let brokers = {
+        let md = broker.replication.metadata();
+        if md.topics.contains_key(OFFSETS_TOPIC) {
+            return Ok(());
+        }
+        md.brokers.len().max(1)
+    };
+    let c = broker.groups.config();
+    let mut topic = NewTopic::defaults(broker, OFFSETS_TOPIC.to_string());
+    topic.partitions = c.offsets_topic_num_partitions;
+    topic.replication_factor = c
+        .offsets_topic_replication_factor
+        .min(brokers as i16)
+        .max(1);
+    topic
+        .configs
+        .insert("cleanup.policy".into(), "compact".into());
+    topic.configs.insert(
+        "segment.bytes".into(),
+        c.offsets_topic_segment_bytes.to_string(),
+    );
+    topic
+        .configs
+        .insert("compression.type".into(), "producer".into());
+    match create_topic(broker, topic, false).await {
+        Ok(_) => Ok(()),
+        Err((code, _)) if code == ResponseError::TopicAlreadyExists.code() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn find(broker: &Arc<Broker>, key: &str, key_type: i8) -> Found {
+    match key_type {
+        KEY_TYPE_GROUP => {}
+        KEY_TYPE_TRANSACTION => {
+            return Found::error(
+                ResponseError::CoordinatorNotAvailable.code(),
+                "Runnel has no transaction coordinator yet",
+            )
+        }
+        other => {
+            return Found::error(
+                ResponseError::InvalidRequest.code(),
+                format!("Unsupported key type {other}"),
+            )
+        }
+    }
+    if key.is_empty() {
+        return Found::error(
+            ResponseError::InvalidRequest.code(),
+            "The group id must not be empty",
+        );
+    }
+    if let Err((code, message)) = ensure_offsets_topic(broker).await {
+        tracing::warn!(code, message, "cannot create {OFFSETS_TOPIC}");
+        return Found::error(ResponseError::CoordinatorNotAvailable.code(), message);
+    }
+    let p = partition_for(key, broker.groups.offsets_partitions(broker));
+    let leader = broker
+        .replication
+        .replica(OFFSETS_TOPIC, p)
+        .map_or(-1, |r| r.leader_id());
+    let md = broker.replication.metadata();
+    match md.brokers.get(&leader) {
+        Some(b) => Found {
+            error: 0,
+            message: None,
+            node_id: b.node_id,
+            host: b.host.clone(),
+            port: b.port,
+        },
+        None => Found::error(
+            ResponseError::CoordinatorNotAvailable.code(),
+            "The coordinator is not available.",
+        ),
+    }
+}
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    if version < 4 {
+        let f = find(broker, &request.key, request.key_type).await;
+        return FindCoordinatorResponse::default()
+            .with_error_code(f.error)
+            .with_error_message(if version >= 1 {
+                f.message.map(StrBytes::from_string)
+            } else {
+                None
+            })
+            .with_node_id(BrokerId(f.node_id))
+            .with_host(StrBytes::from_string(f.host))
+            .with_port(f.port);
+    }
+    let mut coordinators = Vec::with_capacity(request.coordinator_keys.len());
+    for key in &request.coordinator_keys {
+        let f = find(broker, key, request.key_type).await;
+        coordinators.push(
+            Coordinator::default()
+                .with_key(key.clone())
+                .with_error_code(f.error)
+                .with_error_message(f.message.map(StrBytes::from_string))
+                .with_node_id(BrokerId(f.node_id))
+                .with_host(StrBytes::from_string(f.host))
+                .with_port(f.port),
+        );
+    }
+    FindCoordinatorResponse::default().with_coordinators(coordinators)
+}
