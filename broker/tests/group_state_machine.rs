@@ -1134,6 +1134,12 @@ impl Sim {
                 Phase::Unjoined
             }
             FENCED_INSTANCE_ID => self.fenced(i, "JoinGroup"),
+            // A static replacement whose metadata write failed: the client rediscovers the
+            // coordinator and joins again.
+            NOT_COORDINATOR => {
+                self.clients[i].member_id.clear();
+                Phase::Unjoined
+            }
             other => self.fail(format!("{name}: unexpected JoinGroup error {other}")),
         }
     }
@@ -1704,6 +1710,10 @@ fn static_member_rejoin_keeps_generation_and_fences_old_id() {
 
     // i2 restarts: same protocols, so no rebalance; generation 2 with a new id.
     let (mut rx3, stores) = g.join(join_request("", Some("i2"), protocols.clone(), false), 1000);
+    // Answered once the new member id is stored, not before.
+    assert_waiting(&mut rx3);
+    let stored_first = stores.clone();
+    answer_stores(&mut g, stored_first, 1000);
     let r3 = recv(&mut rx3);
     assert_eq!(r3.error, NONE);
     assert_eq!(
@@ -1719,7 +1729,6 @@ fn static_member_rejoin_keeps_generation_and_fences_old_id() {
         .iter()
         .all(|s| s.generation == 2 && !s.completes_sync));
     assert!(!stores.is_empty(), "the new member id must be persisted");
-    answer_stores(&mut g, stores, 1000);
     let b_new = r3.member_id.clone();
 
     // The old incarnation is fenced, and cannot make the new one leave.
@@ -1873,4 +1882,31 @@ fn initial_rebalance_delay_gathers_early_joiners() {
     assert_waiting(&mut rx);
     let _ = g.tick(3000);
     assert_eq!(recv(&mut rx).generation_id, 1);
+}
+
+/// A static replacement whose metadata write fails is undone, as in Kafka: the restarted
+/// client gets the write's error and the old member id stays valid.
+#[test]
+fn failed_static_replacement_is_undone() {
+    let mut g = ClassicGroup::new("undo".to_string(), settings(0), 0);
+    let protocols = range_protocols("t");
+    let (mut rx, _) = g.join(join_request("", Some("i1"), protocols.clone(), false), 0);
+    let r = recv(&mut rx);
+    let old = r.member_id.clone();
+    let (mut s, stores) = sync(&mut g, &old, Some("i1"), 1, leader_plan(&r), 10);
+    answer_stores(&mut g, stores, 10);
+    assert_eq!(recv(&mut s).error, NONE);
+
+    let (mut rx, stores) = g.join(join_request("", Some("i1"), protocols, false), 100);
+    assert_waiting(&mut rx);
+    assert_eq!(stores.len(), 1);
+    let more = g.stored(stores[0], NOT_COORDINATOR, 100);
+    assert!(more.is_empty());
+    let r = recv(&mut rx);
+    assert_eq!(r.error, NOT_COORDINATOR);
+    assert!(g.members.contains_key(&old), "the old id is a member again");
+    assert_eq!(g.members.len(), 1);
+    assert_eq!(g.leader_id.as_deref(), Some(old.as_str()));
+    assert_eq!(g.heartbeat(&old, Some("i1"), 1, 200), NONE);
+    assert_eq!(g.state, GroupState::Stable);
 }

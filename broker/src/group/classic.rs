@@ -132,6 +132,18 @@ pub struct Store {
     pub generation: i32,
     /// The leader's assignment: the group turns Stable (and SyncGroup answers) once stored.
     pub completes_sync: bool,
+    /// A static member replaced without a rebalance: its JoinGroup is answered once stored,
+    /// and the replacement undone if the write fails (as Kafka does).
+    pub replacement: Option<u64>,
+}
+
+/// A static member's replacement waiting for its metadata record.
+#[derive(Debug)]
+struct PendingReplacement {
+    old_id: String,
+    new_id: String,
+    tx: oneshot::Sender<JoinResult>,
+    result: JoinResult,
 }
 
 #[derive(Debug)]
@@ -200,6 +212,8 @@ pub struct ClassicGroup {
     pending_sync: HashSet<String>,
     sync_deadline: i64,
     join_counter: i64,
+    replacements: HashMap<u64, PendingReplacement>,
+    next_replacement: u64,
 }
 
 fn code(e: ResponseError) -> i16 {
@@ -226,6 +240,8 @@ impl ClassicGroup {
             pending_sync: HashSet::new(),
             sync_deadline: 0,
             join_counter: 0,
+            replacements: HashMap::new(),
+            next_replacement: 0,
         }
     }
 
@@ -698,7 +714,12 @@ impl ClassicGroup {
         member.client_host = req.client_host.clone();
         member.session_timeout_ms = req.session_timeout_ms;
         member.rebalance_timeout_ms = req.rebalance_timeout_ms;
-        member.heartbeat_deadline = now + i64::from(req.session_timeout_ms);
+        // A member still waiting for its first generation keeps the new-member allowance.
+        member.heartbeat_deadline = if member.is_new {
+            now + NEW_MEMBER_JOIN_TIMEOUT_MS
+        } else {
+            now + i64::from(req.session_timeout_ms)
+        };
         if let Some(instance) = &req.group_instance_id {
             self.static_members.insert(instance.clone(), new_id.clone());
         }
@@ -709,6 +730,7 @@ impl ClassicGroup {
                 stores.push(Store {
                     generation: self.generation_id,
                     completes_sync: false,
+                    replacement: Some(self.next_replacement),
                 });
                 let mut result = self.current_join_result(&new_id, false);
                 if was_leader && req.supports_skip_assignment {
@@ -719,7 +741,16 @@ impl ClassicGroup {
                     // the rejoined leader acts as a follower and keeps its assignment.
                     result.leader = old_leader.unwrap_or_default();
                 }
-                let _ = tx.send(result);
+                self.replacements.insert(
+                    self.next_replacement,
+                    PendingReplacement {
+                        old_id: old_id.to_string(),
+                        new_id,
+                        tx,
+                        result,
+                    },
+                );
+                self.next_replacement += 1;
             }
             _ => {
                 member.protocols = req.protocols;
@@ -787,6 +818,7 @@ impl ClassicGroup {
             return vec![Store {
                 generation: self.generation_id,
                 completes_sync: false,
+                replacement: None,
             }];
         }
         if self
@@ -929,6 +961,7 @@ impl ClassicGroup {
                     vec![Store {
                         generation: self.generation_id,
                         completes_sync: true,
+                        replacement: None,
                     }],
                 )
             }
@@ -953,6 +986,17 @@ impl ClassicGroup {
 
     /// The outcome of appending the metadata record asked for by a [`Store`].
     pub fn stored(&mut self, store: Store, error: i16, now: i64) -> Vec<Store> {
+        if let Some(token) = store.replacement {
+            if let Some(r) = self.replacements.remove(&token) {
+                if error == 0 {
+                    let _ = r.tx.send(r.result);
+                } else {
+                    self.undo_replacement(&r.old_id, &r.new_id);
+                    let _ = r.tx.send(JoinResult::error(error, r.new_id));
+                }
+            }
+            return Vec::new();
+        }
         if !store.completes_sync
             || store.generation != self.generation_id
             || self.state != GroupState::CompletingRebalance
@@ -982,6 +1026,25 @@ impl ClassicGroup {
             }
         }
         Vec::new()
+    }
+
+    /// Gives a static member its old id back after its replacement failed to be stored.
+    fn undo_replacement(&mut self, old_id: &str, new_id: &str) {
+        let Some(mut member) = self.members.remove(new_id) else {
+            return;
+        };
+        member.member_id = old_id.to_string();
+        if let Some(instance) = &member.group_instance_id {
+            self.static_members
+                .insert(instance.clone(), old_id.to_string());
+        }
+        if self.leader_id.as_deref() == Some(new_id) {
+            self.leader_id = Some(old_id.to_string());
+        }
+        if self.pending_sync.remove(new_id) {
+            self.pending_sync.insert(old_id.to_string());
+        }
+        self.members.insert(old_id.to_string(), member);
     }
 
     // ---- Heartbeat, LeaveGroup ----
@@ -1143,6 +1206,9 @@ impl ClassicGroup {
     /// Ends the group (deletion, offsets expired, coordinator unloaded): every waiter gets
     /// `error`.
     pub fn close(&mut self, error: i16) {
+        for (_, r) in self.replacements.drain() {
+            let _ = r.tx.send(JoinResult::error(error, r.new_id));
+        }
         for m in self.members.values_mut() {
             if let Some(w) = m.join_waiter.take() {
                 let _ = w.send(JoinResult::error(error, m.member_id.clone()));
