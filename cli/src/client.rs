@@ -27,6 +27,12 @@ const WANTED: &[(ApiKey, i16)] = &[
     (ApiKey::Produce, 9),
     (ApiKey::Fetch, 12),
     (ApiKey::ListOffsets, 7),
+    (ApiKey::FindCoordinator, 3),
+    (ApiKey::ListGroups, 4),
+    (ApiKey::DescribeGroups, 5),
+    (ApiKey::DeleteGroups, 2),
+    (ApiKey::OffsetFetch, 7),
+    (ApiKey::OffsetCommit, 8),
 ];
 
 struct Connection {

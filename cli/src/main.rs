@@ -2,6 +2,7 @@
 
 mod client;
 mod consume;
+mod group;
 mod produce;
 mod serve;
 mod topic;
@@ -63,6 +64,13 @@ enum Command {
         #[command(flatten)]
         args: produce::ProduceArgs,
     },
+    /// List, describe, delete consumer groups and reset their offsets.
+    Group {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: group::GroupArgs,
+    },
     /// Print a topic's records.
     Consume {
         #[command(flatten)]
@@ -88,6 +96,9 @@ fn main() -> std::process::ExitCode {
         }
         Command::Produce { client, args } => {
             block_on(produce::run(args, &client.bootstrap_server, client.output))
+        }
+        Command::Group { client, args } => {
+            block_on(group::run(args, &client.bootstrap_server, client.output))
         }
         Command::Consume { client, args } => {
             block_on(consume::run(args, &client.bootstrap_server, client.output))

@@ -216,3 +216,123 @@ fn topics_produce_and_consume_from_the_command_line() {
         "[]"
     );
 }
+
+#[test]
+fn group_offsets_are_reset_described_with_lag_and_deleted() {
+    let server = serve();
+    let ok = |o: &Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    ok(&runnel(
+        &server,
+        &["topic", "create", "lagging", "--partitions", "2"],
+        None,
+    ));
+    let input: String = (0..40).map(|i| format!("k{}\tv{i}\n", i % 5)).collect();
+    ok(&runnel(&server, &["produce", "lagging"], Some(&input)));
+
+    // Dry run by default: nothing is committed.
+    let dry = runnel(
+        &server,
+        &[
+            "group",
+            "reset-offsets",
+            "cli-group",
+            "--topic",
+            "lagging",
+            "--to-latest",
+        ],
+        None,
+    );
+    ok(&dry);
+    assert!(String::from_utf8_lossy(&dry.stderr).contains("dry run"));
+    let missing = runnel(&server, &["group", "describe", "cli-group"], None);
+    assert!(
+        !missing.status.success(),
+        "a group with nothing committed does not exist yet"
+    );
+
+    ok(&runnel(
+        &server,
+        &[
+            "group",
+            "reset-offsets",
+            "cli-group",
+            "--topic",
+            "lagging:0",
+            "--to-offset",
+            "3",
+            "--execute",
+        ],
+        None,
+    ));
+    ok(&runnel(
+        &server,
+        &[
+            "group",
+            "reset-offsets",
+            "cli-group",
+            "--topic",
+            "lagging:1",
+            "--to-earliest",
+            "--execute",
+        ],
+        None,
+    ));
+    let described = runnel(
+        &server,
+        &["group", "describe", "cli-group", "--output", "json"],
+        None,
+    );
+    ok(&described);
+    let text = stdout(&described);
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].contains("\"partition\":0,\"current_offset\":3"),
+        "{text}"
+    );
+    assert!(
+        rows[1].contains("\"partition\":1,\"current_offset\":0"),
+        "{text}"
+    );
+    // Lag is what is left to read: log end minus the committed offset.
+    for row in &rows {
+        let field = |name: &str| -> i64 {
+            let start = row.find(&format!("\"{name}\":")).expect(name) + name.len() + 3;
+            row[start..]
+                .split([',', '}'])
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("number")
+        };
+        assert_eq!(
+            field("lag"),
+            field("log_end_offset") - field("current_offset")
+        );
+    }
+    let shifted = runnel(
+        &server,
+        &[
+            "group",
+            "reset-offsets",
+            "cli-group",
+            "--all-topics",
+            "--shift-by",
+            "-10",
+        ],
+        None,
+    );
+    ok(&shifted);
+    assert!(
+        stdout(&shifted).contains("cli-group\tlagging\t0\t0"),
+        "shift-by clamps to the log start: {}",
+        stdout(&shifted)
+    );
+
+    let listed = stdout(&runnel(&server, &["group", "list"], None));
+    assert!(listed.contains("cli-group\tEmpty"), "{listed}");
+    ok(&runnel(&server, &["group", "delete", "cli-group"], None));
+    let listed = stdout(&runnel(&server, &["group", "list"], None));
+    assert!(!listed.contains("cli-group"), "{listed}");
+}
