@@ -23,6 +23,8 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+mod groups;
+
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark a Runnel broker with librdkafka")]
 struct Args {
@@ -50,6 +52,10 @@ struct Args {
     /// none, gzip, snappy, lz4, zstd.
     #[arg(long, default_value = "none")]
     compression: String,
+    /// Measure consumer groups instead: time for a 10-member group to stabilise after a
+    /// member joins or leaves, and offset commits per second.
+    #[arg(long)]
+    groups: bool,
     /// Bytes for the raw disk and loopback measurements.
     #[arg(long, default_value_t = 1024 * 1024 * 1024)]
     raw_bytes: usize,
@@ -75,6 +81,25 @@ impl ProducerContext for Ctx {
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// fsyncs per second of the disk holding `dir` (4 KiB write + fsync, for one second): the
+/// bound on synchronous commits that each wait for their own fsync.
+fn fsyncs_per_s(dir: &Path) -> anyhow::Result<f64> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0u8; 4096];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(1) {
+        f.write_all(&block)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    Ok(n as f64 / secs)
 }
 
 /// Sequential write speed of the disk holding `dir`: 1 MiB writes, one fsync at the end.
@@ -217,6 +242,19 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let pid = own.as_ref().map(|b| b.child.id());
+    if args.groups {
+        println!(
+            "# runnel-bench --groups{}",
+            if args.no_fsync {
+                ", broker --no-fsync"
+            } else {
+                ""
+            }
+        );
+        let disk_fsyncs = fsyncs_per_s(&data_dir)?;
+        println!("machine: {disk_fsyncs:.0} fsyncs/s (4 KiB write + fsync) on the data disk");
+        return groups::run(&bootstrap);
+    }
     println!("# runnel-bench: {} messages of {} bytes, acks={}, partitions={}, linger.ms={}, compression={}{}",
         args.messages, args.size, args.acks, args.partitions, args.linger_ms, args.compression,
         if args.no_fsync { ", broker --no-fsync" } else { "" });
