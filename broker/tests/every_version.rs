@@ -271,6 +271,18 @@ fn request(api_key: ApiKey, version: i16, id: uuid::Uuid) -> Option<RequestKind>
                         ]),
                 ]),
         ),
+        ApiKey::ConsumerGroupHeartbeat => RequestKind::ConsumerGroupHeartbeat(
+            ConsumerGroupHeartbeatRequest::default()
+                .with_group_id(group(&format!("cg-v{version}")))
+                .with_member_id(StrBytes::from_string(format!("member-v{version}")))
+                .with_member_epoch(0)
+                .with_rebalance_timeout_ms(10_000)
+                .with_subscribed_topic_names(Some(vec![name("matrix")]))
+                .with_topic_partitions(Some(Vec::new())),
+        ),
+        ApiKey::ConsumerGroupDescribe => RequestKind::ConsumerGroupDescribe(
+            ConsumerGroupDescribeRequest::default().with_group_ids(vec![group("cg-v1")]),
+        ),
         other => panic!("{other:?} is advertised but this test has no request for it: add one"),
     })
 }
@@ -367,6 +379,8 @@ fn errors(response: &ResponseKind) -> Vec<i16> {
                     .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
             )
             .collect(),
+        ResponseKind::ConsumerGroupHeartbeat(r) => vec![r.error_code],
+        ResponseKind::ConsumerGroupDescribe(r) => r.groups.iter().map(|g| g.error_code).collect(),
         other => panic!("no error extractor for {other:?}"),
     }
 }

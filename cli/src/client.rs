@@ -28,7 +28,7 @@ const WANTED: &[(ApiKey, i16)] = &[
     (ApiKey::Fetch, 12),
     (ApiKey::ListOffsets, 7),
     (ApiKey::FindCoordinator, 3),
-    (ApiKey::ListGroups, 4),
+    (ApiKey::ListGroups, 5),
     (ApiKey::DescribeGroups, 5),
     (ApiKey::DeleteGroups, 2),
     (ApiKey::OffsetFetch, 7),

@@ -284,14 +284,16 @@ pub(crate) async fn run(args: GroupArgs, bootstrap: &str, output: Output) -> any
             for g in &r.groups {
                 match output {
                     Output::Json => println!(
-                        "{{\"group\":{},\"state\":{},\"protocol_type\":{}}}",
+                        "{{\"group\":{},\"state\":{},\"protocol_type\":{},\"type\":{}}}",
                         json_string(&g.group_id.0),
                         json_string(&g.group_state),
-                        json_string(&g.protocol_type)
+                        json_string(&g.protocol_type),
+                        json_string(&g.group_type)
                     ),
-                    Output::Text => {
-                        println!("{}\t{}\t{}", g.group_id.0, g.group_state, g.protocol_type)
-                    }
+                    Output::Text => println!(
+                        "{}\t{}\t{}\t{}",
+                        g.group_id.0, g.group_state, g.protocol_type, g.group_type
+                    ),
                 }
             }
         }

@@ -45,6 +45,10 @@ pub(crate) struct ServeArgs {
     /// (`group.initial.rebalance.delay.ms`, default 3000).
     #[arg(long, env = "RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<i32>,
+    /// How often KIP-848 consumers heartbeat, in ms (`group.consumer.heartbeat.interval.ms`,
+    /// default 5000).
+    #[arg(long, env = "RUNNEL_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS")]
+    group_consumer_heartbeat_interval_ms: Option<i32>,
     /// Partitions of `__consumer_offsets` (`offsets.topic.num.partitions`, default 50).
     #[arg(long, env = "RUNNEL_OFFSETS_TOPIC_NUM_PARTITIONS")]
     offsets_topic_num_partitions: Option<i32>,
@@ -103,6 +107,21 @@ fn group_config(
     }
     if let Some(v) = number(props, "group.max.size")? {
         c.groups.max_size = v;
+    }
+    if let Some(v) = number(props, "group.consumer.session.timeout.ms")? {
+        c.consumer.session_timeout_ms = v;
+    }
+    if let Some(v) = args
+        .group_consumer_heartbeat_interval_ms
+        .or(number(props, "group.consumer.heartbeat.interval.ms")?)
+    {
+        if v < 1 {
+            bail!("group.consumer.heartbeat.interval.ms must be at least 1");
+        }
+        c.consumer.heartbeat_interval_ms = v;
+    }
+    if let Some(v) = number(props, "group.consumer.max.size")? {
+        c.consumer.max_size = v;
     }
     if let Some(v) = args
         .group_initial_rebalance_delay_ms

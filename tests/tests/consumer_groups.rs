@@ -586,3 +586,124 @@ fn a_killed_kafka_python_member_is_replaced_after_its_session_timeout() {
     let dups = count.values().filter(|n| **n > 1).count();
     assert!(dups <= 4, "{dups} records consumed twice");
 }
+
+/// A KIP-848 (`group.protocol=consumer`) member: the broker assigns, rebalances are
+/// incremental.
+fn kip848_consumer(bootstrap: &str, group: &str, client_id: &str) -> BaseConsumer<Counting> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("client.id", client_id)
+        .set("group.protocol", "consumer")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(Counting::default())
+        .expect("consumer")
+}
+
+#[test]
+fn group_protocol_consumer_members_rebalance_incrementally() {
+    let broker = Broker::start(&[
+        "--no-fsync",
+        "--group-consumer-heartbeat-interval-ms",
+        "200",
+    ])
+    .expect("broker");
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "kip848", 6);
+    produce(&bootstrap, "kip848", 6, "k", 600);
+    let owned = |c: &BaseConsumer<Counting>| -> BTreeSet<i32> {
+        c.assignment()
+            .map(|t| t.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default()
+    };
+    let mut seen: Vec<(i32, i64)> = Vec::new();
+    let poll_all = |consumers: &[&BaseConsumer<Counting>], seen: &mut Vec<(i32, i64)>| {
+        for c in consumers {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(10)) {
+                seen.push((m.partition(), m.offset()));
+                c.commit_message(&m, CommitMode::Sync)
+                    .expect("commit with the member epoch");
+            }
+        }
+    };
+    let a = kip848_consumer(&bootstrap, "g-848", "a");
+    a.subscribe(&["kip848"]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned(&a).len() != 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the first member never got all 6 partitions"
+        );
+        poll_all(&[&a], &mut seen);
+    }
+    let b = kip848_consumer(&bootstrap, "g-848", "b");
+    b.subscribe(&["kip848"]).expect("subscribe");
+    // While the second member joins, the first keeps partitions throughout (incremental
+    // revocation), and no partition is ever owned by both.
+    let mut a_min = 6;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        poll_all(&[&a, &b], &mut seen);
+        let (oa, ob) = (owned(&a), owned(&b));
+        a_min = a_min.min(oa.len());
+        assert!(oa.is_disjoint(&ob), "a {oa:?} and b {ob:?} overlap");
+        if oa.len() == 3 && ob.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 3/3 split: a {oa:?}, b {ob:?}"
+        );
+    }
+    assert_eq!(
+        a_min, 3,
+        "the first member never gave up everything at once"
+    );
+    let listed = Command::new(runnel_tests::runnel_bin().expect("runnel binary"))
+        .args([
+            "group",
+            "list",
+            "--output",
+            "json",
+            "--bootstrap-server",
+            &bootstrap,
+        ])
+        .output()
+        .expect("runnel group list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(
+            r#"{"group":"g-848","state":"Stable","protocol_type":"consumer","type":"consumer"}"#
+        ),
+        "the group is a KIP-848 consumer group: {listed}"
+    );
+    assert_eq!(
+        a.context().revokes.load(Ordering::SeqCst),
+        1,
+        "one incremental revocation"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.iter().collect::<BTreeSet<_>>().len() < 600 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 600 consumed",
+            seen.len()
+        );
+        poll_all(&[&a, &b], &mut seen);
+    }
+    let distinct: BTreeSet<(i32, i64)> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), seen.len(), "no record consumed twice");
+    // b leaves: a takes everything back.
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned(&a).len() != 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the remaining member did not take over"
+        );
+        poll_all(&[&a], &mut seen);
+    }
+    let offsets = committed(&bootstrap, "g-848", "kip848", 6);
+    assert_eq!(offsets, vec![100; 6], "every record's commit landed");
+}

@@ -205,6 +205,10 @@ pub struct ClassicGroup {
     pub pending_members: HashMap<String, i64>,
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
     pub current_state_timestamp: i64,
+    /// Set when the group uses the KIP-848 consumer protocol: its members are there, and
+    /// the classic part holds only the committed offsets. A group is of one type at a time;
+    /// an empty group changes type when a member of the other protocol joins, as in Kafka.
+    pub consumer: Option<super::consumer::ConsumerGroup>,
     settings: GroupSettings,
     join_deadline: i64,
     /// The initial rebalance delay in force: (time still allowed, members joined meanwhile).
@@ -240,6 +244,7 @@ impl ClassicGroup {
             pending_sync: HashSet::new(),
             sync_deadline: 0,
             join_counter: 0,
+            consumer: None,
             replacements: HashMap::new(),
             next_replacement: 0,
         }
@@ -337,7 +342,9 @@ impl ClassicGroup {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.pending_members.is_empty()
+        self.members.is_empty()
+            && self.pending_members.is_empty()
+            && self.consumer.as_ref().is_none_or(|c| c.is_empty())
     }
 
     fn set_state(&mut self, state: GroupState, now: i64) {
@@ -491,6 +498,18 @@ impl ClassicGroup {
             );
             return (rx, stores);
         }
+        if self.consumer.as_ref().is_some_and(|c| !c.is_empty()) {
+            // A consumer-protocol group with members: classic members cannot join it.
+            answer(
+                tx,
+                JoinResult::error(
+                    code(ResponseError::InconsistentGroupProtocol),
+                    req.member_id,
+                ),
+            );
+            return (rx, stores);
+        }
+        self.consumer = None;
         let unknown = req.member_id.is_empty();
         if !unknown {
             if let Some(instance) = &req.group_instance_id {
@@ -1121,6 +1140,9 @@ impl ClassicGroup {
         if self.state == GroupState::Dead {
             return Err(code(ResponseError::CoordinatorNotAvailable));
         }
+        if let Some(c) = &self.consumer {
+            return c.validate_offset_commit(member_id, generation_id);
+        }
         if generation_id < 0 && self.state == GroupState::Empty {
             return Ok(());
         }
@@ -1144,6 +1166,9 @@ impl ClassicGroup {
     /// Expires sessions, pending members and phase deadlines. Returns the writes to make.
     pub fn tick(&mut self, now: i64) -> Vec<Store> {
         let mut stores = Vec::new();
+        if let Some(c) = &mut self.consumer {
+            c.tick(now);
+        }
         let expired_pending: Vec<String> = self
             .pending_members
             .iter()

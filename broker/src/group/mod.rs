@@ -8,6 +8,7 @@
 //! to `__consumer_offsets`, the loads and the timer.
 
 pub mod classic;
+pub mod consumer;
 pub mod records;
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +44,9 @@ pub struct GroupConfig {
     /// `group.min.session.timeout.ms`, `group.max.session.timeout.ms`,
     /// `group.initial.rebalance.delay.ms`, `group.max.size`.
     pub groups: GroupSettings,
+    /// `group.consumer.session.timeout.ms`, `group.consumer.heartbeat.interval.ms`,
+    /// `group.consumer.max.size` (KIP-848 groups).
+    pub consumer: consumer::ConsumerSettings,
 }
 
 impl Default for GroupConfig {
@@ -55,6 +59,7 @@ impl Default for GroupConfig {
             offsets_retention_check_interval_ms: 600_000,
             offset_metadata_max_bytes: 4096,
             groups: GroupSettings::default(),
+            consumer: consumer::ConsumerSettings::default(),
         }
     }
 }
@@ -77,6 +82,16 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// One line of ListGroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedGroup {
+    pub group_id: String,
+    pub state: &'static str,
+    pub protocol_type: String,
+    /// `classic` or `consumer` (KIP-848).
+    pub group_type: &'static str,
 }
 
 /// The groups of one `__consumer_offsets` partition this broker leads.
@@ -187,9 +202,9 @@ impl GroupCoordinator {
         }
     }
 
-    /// Every loaded group's (partition, id, state, protocol type), for ListGroups. The error is
-    /// set when some partition this broker leads is still loading.
-    pub fn list(&self, broker: &Arc<Broker>) -> (i16, Vec<(String, GroupState, String)>) {
+    /// Every loaded group's (id, state, protocol type, group type), for ListGroups. The error
+    /// is set when some partition this broker leads is still loading.
+    pub fn list(&self, broker: &Arc<Broker>) -> (i16, Vec<ListedGroup>) {
         let mut error = 0;
         let mut out = Vec::new();
         let n = self.offsets_partitions(broker);
@@ -205,12 +220,19 @@ impl GroupCoordinator {
             match self.with_partition(broker, p, |groups| {
                 groups
                     .values()
-                    .map(|g| {
-                        (
-                            g.group_id.clone(),
-                            g.state,
-                            g.protocol_type.clone().unwrap_or_default(),
-                        )
+                    .map(|g| match &g.consumer {
+                        Some(c) => ListedGroup {
+                            group_id: g.group_id.clone(),
+                            state: c.state(),
+                            protocol_type: "consumer".to_string(),
+                            group_type: "consumer",
+                        },
+                        None => ListedGroup {
+                            group_id: g.group_id.clone(),
+                            state: g.state.name(),
+                            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                            group_type: "classic",
+                        },
                     })
                     .collect::<Vec<_>>()
             }) {
@@ -218,7 +240,7 @@ impl GroupCoordinator {
                 Err(e) => error = e,
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         (error, out)
     }
 }

@@ -43,7 +43,11 @@ pub fn handle(
         .iter()
         .map(|group_id| {
             let described = broker.groups.with_groups(broker, &group_id.0, |groups, _| {
-                let g = groups.get(group_id.0.as_str())?;
+                // A consumer-protocol group is not a classic group (Kafka: not found here;
+                // ConsumerGroupDescribe describes it).
+                let g = groups
+                    .get(group_id.0.as_str())
+                    .filter(|g| g.consumer.is_none())?;
                 let stable = g.state == GroupState::Stable;
                 let protocol = if stable {
                     g.protocol_name.clone().unwrap_or_default()

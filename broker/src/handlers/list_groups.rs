@@ -9,9 +9,6 @@ use runnel_protocol::kafka_protocol::protocol::StrBytes;
 
 use crate::Broker;
 
-/// Every group here is a classic group until the KIP-848 protocol arrives.
-const GROUP_TYPE: &str = "classic";
-
 pub fn handle(
     broker: &Arc<Broker>,
     request: ListGroupsRequest,
@@ -30,21 +27,21 @@ pub fn handle(
         .collect();
     let listed = groups
         .into_iter()
-        .filter(|(_, state, _)| {
-            version < 4 || states.is_empty() || states.contains(&state.name().to_ascii_lowercase())
+        .filter(|g| {
+            version < 4 || states.is_empty() || states.contains(&g.state.to_ascii_lowercase())
         })
-        .filter(|_| version < 5 || types.is_empty() || types.iter().any(|t| t == GROUP_TYPE))
-        .map(|(id, state, protocol_type)| {
+        .filter(|g| version < 5 || types.is_empty() || types.iter().any(|t| t == g.group_type))
+        .map(|g| {
             ListedGroup::default()
-                .with_group_id(GroupId(StrBytes::from_string(id)))
-                .with_protocol_type(StrBytes::from_string(protocol_type))
+                .with_group_id(GroupId(StrBytes::from_string(g.group_id)))
+                .with_protocol_type(StrBytes::from_string(g.protocol_type))
                 .with_group_state(if version >= 4 {
-                    StrBytes::from_static_str(state.name())
+                    StrBytes::from_static_str(g.state)
                 } else {
                     StrBytes::default()
                 })
                 .with_group_type(if version >= 5 {
-                    StrBytes::from_static_str(GROUP_TYPE)
+                    StrBytes::from_static_str(g.group_type)
                 } else {
                     StrBytes::default()
                 })

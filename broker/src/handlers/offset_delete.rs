@@ -38,21 +38,22 @@ pub async fn handle(
         let g = groups
             .get(&group_id)
             .ok_or(ResponseError::GroupIdNotFound.code())?;
-        let subscribed: HashSet<String> =
-            if g.protocol_type.as_deref() == Some("consumer") && !g.members.is_empty() {
-                let protocol = g.protocol_name.clone().unwrap_or_default();
-                g.members
-                    .values()
-                    .flat_map(|m| {
-                        m.protocols
-                            .iter()
-                            .filter(|(n, _)| *n == protocol)
-                            .flat_map(|(_, meta)| subscribed_topics(meta))
-                    })
-                    .collect()
-            } else {
-                HashSet::new()
-            };
+        let subscribed: HashSet<String> = if let Some(c) = &g.consumer {
+            c.subscribed_topics().into_iter().collect()
+        } else if g.protocol_type.as_deref() == Some("consumer") && !g.members.is_empty() {
+            let protocol = g.protocol_name.clone().unwrap_or_default();
+            g.members
+                .values()
+                .flat_map(|m| {
+                    m.protocols
+                        .iter()
+                        .filter(|(n, _)| *n == protocol)
+                        .flat_map(|(_, meta)| subscribed_topics(meta))
+                })
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let mut codes = BTreeMap::new();
         let mut delete = Vec::new();
         for key in &wanted {

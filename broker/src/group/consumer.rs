@@ -1,0 +1,1012 @@
+//! The KIP-848 consumer group protocol: members heartbeat with ConsumerGroupHeartbeat, the
+//! coordinator computes the target assignment with a server-side assignor (`uniform`, the
+//! default, or `range`) and reconciles each member towards it incrementally: a member first
+//! gives up partitions it must lose, and receives a partition only once its previous owner has
+//! released it, so no partition is ever owned by two members.
+//!
+//! Like [`super::classic`] it does no I/O and reads no clock. Its state is kept in memory: a
+//! coordinator that restarts answers `UNKNOWN_MEMBER_ID`, and members rejoin with epoch 0 (the
+//! committed offsets, which are in `__consumer_offsets`, are kept).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use runnel_protocol::kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+/// Partitions by topic id.
+pub type Assignment = BTreeMap<Uuid, BTreeSet<i32>>;
+
+/// What the coordinator knows of a topic a member may subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub id: Uuid,
+    pub partitions: i32,
+}
+
+/// Topics by name, as the cluster metadata has them now.
+pub type Topics = BTreeMap<String, TopicInfo>;
+
+pub const ASSIGNORS: &[&str] = &["uniform", "range"];
+
+/// `group.consumer.*` settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub session_timeout_ms: i32,
+    pub heartbeat_interval_ms: i32,
+    pub max_size: usize,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            session_timeout_ms: 45_000,
+            heartbeat_interval_ms: 5_000,
+            max_size: i32::MAX as usize,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeartbeatRequest {
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub rebalance_timeout_ms: i32,
+    pub subscribed_topic_names: Option<Vec<String>>,
+    pub subscribed_topic_regex: Option<String>,
+    pub server_assignor: Option<String>,
+    pub owned: Option<Assignment>,
+    pub client_id: String,
+    pub client_host: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatResponse {
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: i32,
+    /// Sent when it changed since the member last heard it.
+    pub assignment: Option<Assignment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub member_epoch: i32,
+    pub previous_member_epoch: i32,
+    pub rebalance_timeout_ms: i32,
+    pub subscribed_topic_names: Vec<String>,
+    pub subscribed_topic_regex: Option<String>,
+    pub server_assignor: Option<String>,
+    /// What the member may own now (its current assignment).
+    pub assigned: Assignment,
+    /// Partitions it was told to give up and has not yet confirmed giving up.
+    pub revoking: Assignment,
+    /// The assignment last sent to it.
+    sent: Option<Assignment>,
+    session_deadline: i64,
+    revocation_deadline: Option<i64>,
+    /// A static member that left temporarily (epoch -2): its assignment waits for it.
+    pub left_temporarily: bool,
+}
+
+impl ConsumerMember {
+    fn subscribes(&self, topic: &str) -> bool {
+        self.subscribed_topic_names.iter().any(|t| t == topic)
+            || self
+                .subscribed_topic_regex
+                .as_ref()
+                .is_some_and(|r| regex_matches(r, topic))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerGroup {
+    pub group_epoch: i32,
+    pub assignment_epoch: i32,
+    pub members: BTreeMap<String, ConsumerMember>,
+    pub static_members: HashMap<String, String>,
+    /// The target assignment of each member, as of `assignment_epoch`.
+    pub target: BTreeMap<String, Assignment>,
+    /// The subscribed topics' metadata the target was computed from.
+    metadata: BTreeMap<String, TopicInfo>,
+    pub assignor: String,
+    settings: ConsumerSettings,
+}
+
+fn code(e: ResponseError) -> i16 {
+    e.code()
+}
+
+type Failure = (i16, String);
+
+fn fail<T>(e: ResponseError, message: impl Into<String>) -> Result<T, Failure> {
+    Err((e.code(), message.into()))
+}
+
+fn union(a: &Assignment, b: &Assignment) -> Assignment {
+    let mut out = a.clone();
+    for (t, ps) in b {
+        out.entry(*t).or_default().extend(ps);
+    }
+    out.retain(|_, ps| !ps.is_empty());
+    out
+}
+
+fn minus(a: &Assignment, b: &Assignment) -> Assignment {
+    let mut out = Assignment::new();
+    for (t, ps) in a {
+        let rest: BTreeSet<i32> = match b.get(t) {
+            Some(other) => ps.difference(other).copied().collect(),
+            None => ps.clone(),
+        };
+        if !rest.is_empty() {
+            out.insert(*t, rest);
+        }
+    }
+    out
+}
+
+fn intersects(a: &Assignment, b: &Assignment) -> bool {
+    a.iter()
+        .any(|(t, ps)| b.get(t).is_some_and(|o| !ps.is_disjoint(o)))
+}
+
+/// A small regular-expression matcher for subscriptions (RE2 subset clients send in practice:
+/// literals, `.`, `*`, `+`, `?`, `^`, `$`, character classes `[...]`, and `|` alternatives),
+/// anchored at both ends as Kafka matches topic names.
+pub fn regex_matches(pattern: &str, text: &str) -> bool {
+    let pattern = pattern.strip_prefix('^').unwrap_or(pattern);
+    let pattern = pattern.strip_suffix('$').unwrap_or(pattern);
+    pattern
+        .split('|')
+        .any(|alt| match_here(&tokens(alt), text.as_bytes()))
+}
+
+#[derive(Debug, Clone)]
+enum Atom {
+    Any,
+    Byte(u8),
+    Class(Vec<(u8, u8)>, bool),
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    atom: Atom,
+    min: usize,
+    max: usize,
+}
+
+fn tokens(p: &str) -> Vec<Token> {
+    let b = p.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let atom = match b[i] {
+            b'.' => {
+                i += 1;
+                Atom::Any
+            }
+            b'\\' if i + 1 < b.len() => {
+                i += 2;
+                Atom::Byte(b[i - 1])
+            }
+            b'[' => {
+                let mut j = i + 1;
+                let negate = b.get(j) == Some(&b'^');
+                if negate {
+                    j += 1;
+                }
+                let mut ranges = Vec::new();
+                while j < b.len() && b[j] != b']' {
+                    if j + 2 < b.len() && b[j + 1] == b'-' && b[j + 2] != b']' {
+                        ranges.push((b[j], b[j + 2]));
+                        j += 3;
+                    } else {
+                        ranges.push((b[j], b[j]));
+                        j += 1;
+                    }
+                }
+                i = (j + 1).min(b.len());
+                Atom::Class(ranges, negate)
+            }
+            c => {
+                i += 1;
+                Atom::Byte(c)
+            }
+        };
+        let (min, max) = match b.get(i) {
+            Some(b'*') => (0, usize::MAX),
+            Some(b'+') => (1, usize::MAX),
+            Some(b'?') => (0, 1),
+            _ => (1, 1),
+        };
+        if (min, max) != (1, 1) {
+            i += 1;
+        }
+        out.push(Token { atom, min, max });
+    }
+    out
+}
+
+fn atom_matches(a: &Atom, c: u8) -> bool {
+    match a {
+        Atom::Any => true,
+        Atom::Byte(b) => *b == c,
+        Atom::Class(ranges, negate) => {
+            ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)) != *negate
+        }
+    }
+}
+
+fn match_here(tokens: &[Token], text: &[u8]) -> bool {
+    let Some((t, rest)) = tokens.split_first() else {
+        return text.is_empty();
+    };
+    let mut n = 0;
+    while n < t.min {
+        if n >= text.len() || !atom_matches(&t.atom, text[n]) {
+            return false;
+        }
+        n += 1;
+    }
+    loop {
+        if match_here(rest, &text[n..]) {
+            return true;
+        }
+        if n >= t.max || n >= text.len() || !atom_matches(&t.atom, text[n]) {
+            return false;
+        }
+        n += 1;
+    }
+}
+
+impl ConsumerGroup {
+    pub fn new(settings: ConsumerSettings) -> ConsumerGroup {
+        ConsumerGroup {
+            assignor: ASSIGNORS[0].to_string(),
+            settings,
+            ..ConsumerGroup::default()
+        }
+    }
+
+    /// Kafka's consumer group states.
+    pub fn state(&self) -> &'static str {
+        if self.members.is_empty() {
+            "Empty"
+        } else if self.assignment_epoch < self.group_epoch {
+            "Assigning"
+        } else if self
+            .members
+            .values()
+            .any(|m| m.member_epoch != self.assignment_epoch || !m.revoking.is_empty())
+        {
+            "Reconciling"
+        } else {
+            "Stable"
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn subscribed_topics(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for m in self.members.values() {
+            out.extend(m.subscribed_topic_names.iter().cloned());
+        }
+        out
+    }
+
+    /// The metadata of every topic some member subscribes to.
+    fn subscribed_metadata(&self, topics: &Topics) -> BTreeMap<String, TopicInfo> {
+        topics
+            .iter()
+            .filter(|(name, _)| self.members.values().any(|m| m.subscribes(name)))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect()
+    }
+
+    fn bump(&mut self) {
+        self.group_epoch += 1;
+    }
+
+    /// Handles one ConsumerGroupHeartbeat.
+    pub fn heartbeat(
+        &mut self,
+        req: HeartbeatRequest,
+        topics: &Topics,
+        version: i16,
+        now: i64,
+    ) -> Result<HeartbeatResponse, Failure> {
+        let s = self.settings.clone();
+        if req.member_epoch == -1 || req.member_epoch == -2 {
+            return self.leave(&req, now);
+        }
+        if req.member_epoch < -2 {
+            return fail(ResponseError::InvalidRequest, "MemberEpoch is invalid");
+        }
+        if let Some(a) = &req.server_assignor {
+            if !ASSIGNORS.contains(&a.as_str()) {
+                return fail(
+                    ResponseError::UnsupportedAssignor,
+                    format!("ServerAssignor {a} is not supported; use uniform or range"),
+                );
+            }
+        }
+        let mut changed = false;
+        let member_id = if req.member_epoch == 0 {
+            let (id, joined) = self.join(&req, version, now)?;
+            changed = joined;
+            id
+        } else {
+            let Some(m) = self.members.get(&req.member_id) else {
+                return fail(
+                    ResponseError::UnknownMemberId,
+                    format!("Member {} is not a member of the group", req.member_id),
+                );
+            };
+            let owned_ok = req
+                .owned
+                .as_ref()
+                .is_none_or(|o| minus(o, &m.assigned).is_empty());
+            if req.member_epoch != m.member_epoch
+                && !(req.member_epoch == m.previous_member_epoch && owned_ok)
+            {
+                return fail(
+                    ResponseError::FencedMemberEpoch,
+                    format!(
+                        "The consumer group member has an epoch {} but the group expects {}",
+                        req.member_epoch, m.member_epoch
+                    ),
+                );
+            }
+            if let (Some(instance), Some(current)) = (
+                &req.instance_id,
+                req.instance_id
+                    .as_ref()
+                    .and_then(|i| self.static_members.get(i)),
+            ) {
+                if *current != req.member_id {
+                    return fail(
+                        ResponseError::FencedInstanceId,
+                        format!("Instance {instance} is used by another member"),
+                    );
+                }
+            }
+            req.member_id.clone()
+        };
+        // Subscription and settings changes.
+        if let Some(m) = self.members.get_mut(&member_id) {
+            m.session_deadline = now + i64::from(s.session_timeout_ms);
+            if let Some(names) = &req.subscribed_topic_names {
+                let mut names = names.clone();
+                names.sort();
+                names.dedup();
+                if names != m.subscribed_topic_names {
+                    m.subscribed_topic_names = names;
+                    changed = true;
+                }
+            }
+            if req.subscribed_topic_regex.is_some()
+                && req.subscribed_topic_regex != m.subscribed_topic_regex
+            {
+                m.subscribed_topic_regex = req.subscribed_topic_regex.clone();
+                changed = true;
+            }
+            if req.rebalance_timeout_ms > 0 {
+                m.rebalance_timeout_ms = req.rebalance_timeout_ms;
+            }
+            if req.rack_id.is_some() {
+                m.rack_id = req.rack_id.clone();
+            }
+            if req.server_assignor.is_some() && req.server_assignor != m.server_assignor {
+                m.server_assignor = req.server_assignor.clone();
+                changed = true;
+            }
+            m.client_id = req.client_id.clone();
+            m.client_host = req.client_host.clone();
+            if let Some(owned) = &req.owned {
+                // What it gave up no longer counts as owned.
+                m.revoking = m
+                    .revoking
+                    .iter()
+                    .map(|(t, ps)| {
+                        let still: BTreeSet<i32> = owned
+                            .get(t)
+                            .map(|o| ps.intersection(o).copied().collect())
+                            .unwrap_or_default();
+                        (*t, still)
+                    })
+                    .filter(|(_, ps)| !ps.is_empty())
+                    .collect();
+            }
+        }
+        // One new group epoch for whatever changed in this heartbeat.
+        if changed || self.subscribed_metadata(topics) != self.metadata {
+            self.bump();
+        }
+        if self.assignment_epoch < self.group_epoch {
+            self.compute_target(topics);
+        }
+        self.reconcile(&member_id, now);
+        let m = self
+            .members
+            .get_mut(&member_id)
+            .ok_or((code(ResponseError::UnknownMemberId), String::new()))?;
+        let assignment = if m.sent.as_ref() != Some(&m.assigned) {
+            m.sent = Some(m.assigned.clone());
+            Some(m.assigned.clone())
+        } else {
+            None
+        };
+        Ok(HeartbeatResponse {
+            member_id: m.member_id.clone(),
+            member_epoch: m.member_epoch,
+            heartbeat_interval_ms: s.heartbeat_interval_ms,
+            assignment,
+        })
+    }
+
+    /// Adds (or re-creates) the member; true when the group's membership changed.
+    fn join(
+        &mut self,
+        req: &HeartbeatRequest,
+        version: i16,
+        now: i64,
+    ) -> Result<(String, bool), Failure> {
+        if req.subscribed_topic_names.is_none() && req.subscribed_topic_regex.is_none() {
+            return fail(
+                ResponseError::InvalidRequest,
+                "SubscribedTopicNames or SubscribedTopicRegex must be set in first request",
+            );
+        }
+        if req.rebalance_timeout_ms < 0 {
+            return fail(
+                ResponseError::InvalidRequest,
+                "RebalanceTimeoutMs must be provided in first request",
+            );
+        }
+        let member_id = if req.member_id.is_empty() {
+            if version >= 1 {
+                return fail(ResponseError::InvalidRequest, "MemberId can't be empty.");
+            }
+            Uuid::new_v4().to_string()
+        } else {
+            req.member_id.clone()
+        };
+        let mut carried: Option<ConsumerMember> = None;
+        if let Some(instance) = &req.instance_id {
+            if let Some(old_id) = self.static_members.get(instance).cloned() {
+                if old_id != member_id {
+                    let left = self
+                        .members
+                        .get(&old_id)
+                        .is_some_and(|m| m.left_temporarily);
+                    if !left {
+                        return fail(
+                            ResponseError::UnreleasedInstanceId,
+                            format!("Static member {instance} is still in use by {old_id}"),
+                        );
+                    }
+                    // The static member returns: it takes its old assignment and epoch.
+                    carried = self.members.remove(&old_id);
+                    if let Some(t) = self.target.remove(&old_id) {
+                        self.target.insert(member_id.clone(), t);
+                    }
+                }
+            }
+        }
+        let is_new = !self.members.contains_key(&member_id) && carried.is_none();
+        if is_new && self.members.len() >= self.settings.max_size {
+            return fail(
+                ResponseError::GroupMaxSizeReached,
+                "The consumer group has reached its maximum size",
+            );
+        }
+        let member = match carried {
+            Some(mut m) => {
+                m.member_id = member_id.clone();
+                m.left_temporarily = false;
+                m.sent = None;
+                m
+            }
+            None => {
+                // A member rejoining with epoch 0 has dropped all its partitions.
+                ConsumerMember {
+                    member_id: member_id.clone(),
+                    instance_id: req.instance_id.clone(),
+                    rack_id: req.rack_id.clone(),
+                    client_id: req.client_id.clone(),
+                    client_host: req.client_host.clone(),
+                    member_epoch: 0,
+                    previous_member_epoch: -1,
+                    rebalance_timeout_ms: req.rebalance_timeout_ms,
+                    subscribed_topic_names: Vec::new(),
+                    subscribed_topic_regex: None,
+                    server_assignor: None,
+                    assigned: Assignment::new(),
+                    revoking: Assignment::new(),
+                    sent: None,
+                    session_deadline: now,
+                    revocation_deadline: None,
+                    left_temporarily: false,
+                }
+            }
+        };
+        if let Some(instance) = &req.instance_id {
+            self.static_members
+                .insert(instance.clone(), member_id.clone());
+        }
+        let returning_static = !self.members.contains_key(&member_id) && member.member_epoch > 0;
+        self.members.insert(member_id.clone(), member);
+        Ok((member_id, !returning_static))
+    }
+
+    fn leave(&mut self, req: &HeartbeatRequest, now: i64) -> Result<HeartbeatResponse, Failure> {
+        let member_id = if req.member_id.is_empty() {
+            req.instance_id
+                .as_ref()
+                .and_then(|i| self.static_members.get(i).cloned())
+                .unwrap_or_default()
+        } else {
+            req.member_id.clone()
+        };
+        if !self.members.contains_key(&member_id) {
+            return fail(
+                ResponseError::UnknownMemberId,
+                format!("Member {member_id} is not a member of the group"),
+            );
+        }
+        if req.member_epoch == -2 && req.instance_id.is_some() {
+            // A static member's temporary leave: its partitions stay reserved for it until
+            // its session times out.
+            if let Some(m) = self.members.get_mut(&member_id) {
+                m.left_temporarily = true;
+                m.session_deadline = now + i64::from(self.settings.session_timeout_ms);
+            }
+        } else {
+            self.remove(&member_id);
+        }
+        Ok(HeartbeatResponse {
+            member_id,
+            member_epoch: req.member_epoch,
+            heartbeat_interval_ms: 0,
+            assignment: None,
+        })
+    }
+
+    fn remove(&mut self, member_id: &str) {
+        if let Some(m) = self.members.remove(member_id) {
+            if let Some(i) = &m.instance_id {
+                if self.static_members.get(i).map(String::as_str) == Some(member_id) {
+                    self.static_members.remove(i);
+                }
+            }
+        }
+        self.target.remove(member_id);
+        self.bump();
+    }
+
+    /// Runs the group's assignor over the members' subscriptions.
+    fn compute_target(&mut self, topics: &Topics) {
+        self.metadata = self.subscribed_metadata(topics);
+        let preferred = self
+            .members
+            .values()
+            .filter_map(|m| m.server_assignor.clone())
+            .max_by_key(|a| {
+                self.members
+                    .values()
+                    .filter(|m| m.server_assignor.as_ref() == Some(a))
+                    .count()
+            });
+        self.assignor = preferred.unwrap_or_else(|| ASSIGNORS[0].to_string());
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        let mut target: BTreeMap<String, Assignment> = ids
+            .iter()
+            .map(|id| (id.clone(), Assignment::new()))
+            .collect();
+        for (name, info) in &self.metadata {
+            let subscribers: Vec<&String> = ids
+                .iter()
+                .filter(|id| self.members[*id].subscribes(name))
+                .collect();
+            if subscribers.is_empty() {
+                continue;
+            }
+            if self.assignor == "range" {
+                let n = info.partitions as usize;
+                let k = subscribers.len();
+                let mut p = 0usize;
+                for (i, id) in subscribers.iter().enumerate() {
+                    let count = n / k + usize::from(i < n % k);
+                    let set: BTreeSet<i32> = (p..p + count).map(|x| x as i32).collect();
+                    p += count;
+                    if !set.is_empty() {
+                        target
+                            .entry((*id).clone())
+                            .or_default()
+                            .insert(info.id, set);
+                    }
+                }
+            }
+        }
+        if self.assignor != "range" {
+            self.uniform(&mut target, &ids);
+        }
+        self.target = target;
+        self.assignment_epoch = self.group_epoch;
+    }
+
+    /// Balanced and sticky: every partition goes to a subscriber, counts differ by at most one
+    /// among members with the same subscriptions, and partitions stay where they were when
+    /// that keeps the balance.
+    fn uniform(&self, target: &mut BTreeMap<String, Assignment>, ids: &[String]) {
+        let mut count: BTreeMap<&String, usize> = ids.iter().map(|id| (id, 0)).collect();
+        let all: Vec<(String, Uuid, i32)> = self
+            .metadata
+            .iter()
+            .flat_map(|(n, t)| (0..t.partitions).map(move |p| (n.clone(), t.id, p)))
+            .collect();
+        let eligible = |topic: &str| -> Vec<&String> {
+            ids.iter()
+                .filter(|id| self.members[*id].subscribes(topic))
+                .collect()
+        };
+        // Quota: an even share of the partitions each member could take.
+        let total = all.len();
+        let quota = total.div_ceil(ids.len().max(1));
+        let mut unassigned = Vec::new();
+        for (topic, id, p) in &all {
+            let keeper = self
+                .target
+                .iter()
+                .find(|(_, a)| a.get(id).is_some_and(|s| s.contains(p)))
+                .map(|(m, _)| m)
+                .filter(|m| {
+                    self.members.get(*m).is_some_and(|mm| mm.subscribes(topic))
+                        && count.get(m).is_some_and(|c| *c < quota)
+                });
+            match keeper.and_then(|k| ids.iter().find(|i| *i == k)) {
+                Some(k) => {
+                    target
+                        .entry(k.clone())
+                        .or_default()
+                        .entry(*id)
+                        .or_default()
+                        .insert(*p);
+                    *count.entry(k).or_default() += 1;
+                }
+                None => unassigned.push((topic.clone(), *id, *p)),
+            }
+        }
+        for (topic, id, p) in unassigned {
+            let Some(best) = eligible(&topic)
+                .into_iter()
+                .min_by_key(|m| (count[*m], (*m).clone()))
+            else {
+                continue;
+            };
+            target
+                .entry(best.clone())
+                .or_default()
+                .entry(id)
+                .or_default()
+                .insert(p);
+            *count.entry(best).or_default() += 1;
+        }
+        // Even out: move partitions from the fullest to the emptiest eligible member.
+        loop {
+            let mut moved = false;
+            for (topic, id, p) in &all {
+                let Some(owner) = target
+                    .iter()
+                    .find(|(_, a)| a.get(id).is_some_and(|s| s.contains(p)))
+                    .map(|(m, _)| m.clone())
+                else {
+                    continue;
+                };
+                let Some(least) = eligible(topic)
+                    .into_iter()
+                    .min_by_key(|m| (count[*m], (*m).clone()))
+                else {
+                    continue;
+                };
+                let owner_ref = ids.iter().find(|i| **i == owner);
+                if let Some(owner_ref) = owner_ref {
+                    if count[owner_ref] > count[least] + 1 {
+                        if let Some(s) = target.get_mut(&owner).and_then(|a| a.get_mut(id)) {
+                            s.remove(p);
+                        }
+                        target
+                            .entry(least.clone())
+                            .or_default()
+                            .entry(*id)
+                            .or_default()
+                            .insert(*p);
+                        *count.entry(owner_ref).or_default() -= 1;
+                        *count.entry(least).or_default() += 1;
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        for a in target.values_mut() {
+            a.retain(|_, ps| !ps.is_empty());
+        }
+    }
+
+    /// Moves a member towards its target: revoke first, then take what others released.
+    fn reconcile(&mut self, member_id: &str, now: i64) {
+        let target = self.target.get(member_id).cloned().unwrap_or_default();
+        // Partitions someone else still owns or is giving up.
+        let held_by_others: Assignment = self
+            .members
+            .values()
+            .filter(|m| m.member_id != member_id)
+            .fold(Assignment::new(), |acc, m| {
+                union(&union(&acc, &m.assigned), &m.revoking)
+            });
+        let epoch = self.assignment_epoch;
+        let Some(m) = self.members.get_mut(member_id) else {
+            return;
+        };
+        if m.left_temporarily {
+            return;
+        }
+        let to_revoke = minus(&m.assigned, &target);
+        if !to_revoke.is_empty() {
+            m.assigned = minus(&m.assigned, &to_revoke);
+            m.revoking = union(&m.revoking, &to_revoke);
+            m.revocation_deadline = Some(now + i64::from(m.rebalance_timeout_ms.max(0)));
+        }
+        if !m.revoking.is_empty() {
+            // Wait until the member confirms (its owned partitions no longer include them).
+            return;
+        }
+        m.revocation_deadline = None;
+        if m.member_epoch != epoch {
+            m.previous_member_epoch = m.member_epoch;
+            m.member_epoch = epoch;
+        }
+        let free = minus(&minus(&target, &m.assigned), &held_by_others);
+        m.assigned = union(&m.assigned, &free);
+        // The protocol's promise: no partition is owned by two members at once.
+        debug_assert!(
+            !intersects(&m.assigned, &held_by_others),
+            "member {member_id} was given a partition another member still owns"
+        );
+    }
+
+    /// Expires sessions and members that did not revoke in time. Returns whether anything
+    /// changed.
+    pub fn tick(&mut self, now: i64) -> bool {
+        let expired: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| {
+                now >= m.session_deadline || m.revocation_deadline.is_some_and(|d| now >= d)
+            })
+            .map(|m| m.member_id.clone())
+            .collect();
+        for id in &expired {
+            tracing::info!(member = id, "consumer group member expired");
+            self.remove(id);
+        }
+        !expired.is_empty()
+    }
+
+    /// OffsetCommit and OffsetFetch from members: `STALE_MEMBER_EPOCH` for an old epoch.
+    pub fn validate_offset_commit(&self, member_id: &str, member_epoch: i32) -> Result<(), i16> {
+        if member_epoch < 0 && member_id.is_empty() {
+            return if self.members.is_empty() {
+                Ok(())
+            } else {
+                Err(code(ResponseError::UnknownMemberId))
+            };
+        }
+        let Some(m) = self.members.get(member_id) else {
+            return Err(code(ResponseError::UnknownMemberId));
+        };
+        if member_epoch != m.member_epoch {
+            // Consumer-protocol clients commit with OffsetCommit v9+.
+            return Err(code(ResponseError::StaleMemberEpoch));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(n: i32) -> (Topics, Uuid) {
+        let id = Uuid::from_u128(7);
+        let mut t = Topics::new();
+        t.insert("t".into(), TopicInfo { id, partitions: n });
+        (t, id)
+    }
+
+    fn join(g: &mut ConsumerGroup, id: &str, topics: &Topics, now: i64) -> HeartbeatResponse {
+        g.heartbeat(
+            HeartbeatRequest {
+                member_id: id.into(),
+                member_epoch: 0,
+                rebalance_timeout_ms: 30_000,
+                subscribed_topic_names: Some(vec!["t".into()]),
+                ..HeartbeatRequest::default()
+            },
+            topics,
+            1,
+            now,
+        )
+        .expect("join")
+    }
+
+    fn beat(
+        g: &mut ConsumerGroup,
+        id: &str,
+        epoch: i32,
+        owned: Option<Assignment>,
+        topics: &Topics,
+        now: i64,
+    ) -> HeartbeatResponse {
+        g.heartbeat(
+            HeartbeatRequest {
+                member_id: id.into(),
+                member_epoch: epoch,
+                owned,
+                ..HeartbeatRequest::default()
+            },
+            topics,
+            1,
+            now,
+        )
+        .expect("heartbeat")
+    }
+
+    fn count(a: &Assignment) -> usize {
+        a.values().map(BTreeSet::len).sum()
+    }
+
+    #[test]
+    fn a_second_member_gets_partitions_only_after_the_first_releases_them() {
+        let (topics, _) = topics(6);
+        let mut g = ConsumerGroup::new(ConsumerSettings::default());
+        let a = join(&mut g, "a", &topics, 0);
+        assert_eq!(a.member_epoch, 1);
+        let a_owned = a.assignment.clone().expect("assignment");
+        assert_eq!(count(&a_owned), 6);
+        let b = join(&mut g, "b", &topics, 10);
+        assert_eq!(b.member_epoch, 2);
+        assert_eq!(
+            count(b.assignment.as_ref().expect("assignment")),
+            0,
+            "nothing is free yet"
+        );
+        // a is told to give up three partitions and keeps its epoch until it confirms.
+        let a2 = beat(&mut g, "a", 1, None, &topics, 20);
+        let kept = a2.assignment.expect("revocation");
+        assert_eq!(count(&kept), 3);
+        assert_eq!(a2.member_epoch, 1);
+        assert_eq!(g.state(), "Reconciling");
+        // b still gets nothing while a owns them.
+        assert!(beat(&mut g, "b", 2, Some(Assignment::new()), &topics, 30)
+            .assignment
+            .is_none_or(|x| count(&x) == 0));
+        let a3 = beat(&mut g, "a", 1, Some(kept.clone()), &topics, 40);
+        assert_eq!(a3.member_epoch, 2);
+        let b3 = beat(&mut g, "b", 2, Some(Assignment::new()), &topics, 50);
+        let b_owned = b3.assignment.expect("released partitions");
+        assert_eq!(count(&b_owned), 3);
+        assert!(!intersects(&kept, &b_owned));
+        assert_eq!(g.state(), "Stable");
+    }
+
+    #[test]
+    fn stale_epochs_are_fenced_and_leaving_rebalances() {
+        let (topics, _) = topics(4);
+        let mut g = ConsumerGroup::new(ConsumerSettings::default());
+        join(&mut g, "a", &topics, 0);
+        join(&mut g, "b", &topics, 0);
+        let err = g
+            .heartbeat(
+                HeartbeatRequest {
+                    member_id: "a".into(),
+                    member_epoch: 7,
+                    ..HeartbeatRequest::default()
+                },
+                &topics,
+                1,
+                1,
+            )
+            .expect_err("fenced");
+        assert_eq!(err.0, code(ResponseError::FencedMemberEpoch));
+        let before = g.group_epoch;
+        g.heartbeat(
+            HeartbeatRequest {
+                member_id: "b".into(),
+                member_epoch: -1,
+                ..HeartbeatRequest::default()
+            },
+            &topics,
+            1,
+            2,
+        )
+        .expect("leave");
+        assert_eq!(g.group_epoch, before + 1);
+        assert!(!g.members.contains_key("b"));
+        assert_eq!(
+            g.validate_offset_commit("a", 99),
+            Err(code(ResponseError::StaleMemberEpoch))
+        );
+    }
+
+    #[test]
+    fn sessions_expire() {
+        let (topics, _) = topics(2);
+        let mut g = ConsumerGroup::new(ConsumerSettings::default());
+        join(&mut g, "a", &topics, 0);
+        assert!(!g.tick(44_999));
+        assert!(g.tick(45_000));
+        assert!(g.members.is_empty());
+        assert_eq!(g.state(), "Empty");
+    }
+
+    #[test]
+    fn range_and_uniform_spread_partitions_evenly() {
+        for assignor in ASSIGNORS {
+            let (topics, _) = topics(10);
+            let mut g = ConsumerGroup::new(ConsumerSettings::default());
+            for id in ["a", "b", "c"] {
+                g.heartbeat(
+                    HeartbeatRequest {
+                        member_id: id.into(),
+                        member_epoch: 0,
+                        rebalance_timeout_ms: 1000,
+                        subscribed_topic_names: Some(vec!["t".into()]),
+                        server_assignor: Some((*assignor).into()),
+                        ..HeartbeatRequest::default()
+                    },
+                    &topics,
+                    1,
+                    0,
+                )
+                .expect("join");
+            }
+            g.compute_target(&topics);
+            let counts: Vec<usize> = g.target.values().map(count).collect();
+            assert_eq!(counts.iter().sum::<usize>(), 10, "{assignor}");
+            assert!(
+                counts.iter().all(|c| (3..=4).contains(c)),
+                "{assignor}: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn subscription_regexes_match_whole_names() {
+        assert!(regex_matches("orders-.*", "orders-eu"));
+        assert!(!regex_matches("orders-.*", "my-orders-eu"));
+        assert!(regex_matches(
+            "^(a|b)$"
+                .trim_start_matches('^')
+                .replace(['(', ')'], "")
+                .as_str(),
+            "b"
+        ));
+        assert!(regex_matches("t[0-9]+", "t42"));
+        assert!(!regex_matches("t[0-9]+", "t"));
+        assert!(regex_matches("x?y", "y"));
+    }
+}
