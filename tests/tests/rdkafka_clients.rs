@@ -49,11 +49,8 @@ fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> ThreadedProducer<Default
     config.create().expect("producer")
 }
 
-/// A consumer for `assign`-based reads. librdkafka needs a `group.id` to assign partitions,
-/// and closing a consumer with a group waits for the group coordinator (up to the session
-/// timeout) to leave the group. Until consumer groups exist, the consumer is not closed: its
-/// threads end with the test process.
-fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> std::mem::ManuallyDrop<BaseConsumer> {
+/// A consumer for `assign`-based reads (librdkafka needs a `group.id` even to assign).
+fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseConsumer {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
@@ -62,7 +59,7 @@ fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> std::mem::ManuallyDrop<B
     for (k, v) in extra {
         config.set(*k, *v);
     }
-    std::mem::ManuallyDrop::new(config.create().expect("consumer"))
+    config.create().expect("consumer")
 }
 
 /// Reads every partition from the beginning until `expected` records arrived or `timeout`.
