@@ -707,3 +707,47 @@ fn group_protocol_consumer_members_rebalance_incrementally() {
     let offsets = committed(&bootstrap, "g-848", "kip848", 6);
     assert_eq!(offsets, vec![100; 6], "every record's commit landed");
 }
+
+#[test]
+fn a_kip848_group_survives_a_coordinator_restart_without_rebalancing() {
+    let mut broker =
+        Broker::start(&["--group-consumer-heartbeat-interval-ms", "200"]).expect("broker");
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "kip848-restart", 4);
+    let a = kip848_consumer(&bootstrap, "g-848-restart", "a");
+    a.subscribe(&["kip848-restart"]).expect("subscribe");
+    let owned = |c: &BaseConsumer<Counting>| c.assignment().map(|t| t.count()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned(&a) != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the member never got its partitions"
+        );
+        let _ = a.poll(Duration::from_millis(20));
+    }
+    // Let a few heartbeats pass so the state is written, then kill the coordinator.
+    for _ in 0..20 {
+        let _ = a.poll(Duration::from_millis(20));
+    }
+    let (assigns, revokes) = (
+        a.context().assigns.load(Ordering::SeqCst),
+        a.context().revokes.load(Ordering::SeqCst),
+    );
+    broker.restart().expect("restart after kill -9");
+    produce(&bootstrap, "kip848-restart", 4, "after", 40);
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "consumed {got} of 40 after the restart"
+        );
+        if let Some(Ok(_)) = a.poll(Duration::from_millis(20)) {
+            got += 1;
+        }
+    }
+    // The reloaded group accepted the member's epoch: no revocation, no new assignment.
+    assert_eq!(a.context().revokes.load(Ordering::SeqCst), revokes);
+    assert_eq!(a.context().assigns.load(Ordering::SeqCst), assigns);
+    assert_eq!(owned(&a), 4);
+}

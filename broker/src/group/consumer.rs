@@ -4,14 +4,21 @@
 //! gives up partitions it must lose, and receives a partition only once its previous owner has
 //! released it, so no partition is ever owned by two members.
 //!
-//! Like [`super::classic`] it does no I/O and reads no clock. Its state is kept in memory: a
-//! coordinator that restarts answers `UNKNOWN_MEMBER_ID`, and members rejoin with epoch 0 (the
-//! committed offsets, which are in `__consumer_offsets`, are kept).
+//! Like [`super::classic`] it does no I/O and reads no clock. Its state goes to
+//! `__consumer_offsets` as Kafka's KIP-848 records (group epoch, member metadata, target and
+//! current assignments): [`ConsumerGroup::take_changes`] returns what changed since the last
+//! call, and [`Replayed`] rebuilds the group when a coordinator loads the partition.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use bytes::Bytes;
 use runnel_protocol::kafka_protocol::ResponseError;
 use uuid::Uuid;
+
+use super::records::{
+    decode_epoch_value, decode_target_assignment, encode_epoch_value, encode_target_assignment,
+    ConsumerMemberMetadataValue, CurrentMemberAssignmentValue, RecordKey, TopicPartitions,
+};
 
 /// Partitions by topic id.
 pub type Assignment = BTreeMap<Uuid, BTreeSet<i32>>;
@@ -117,6 +124,161 @@ pub struct ConsumerGroup {
     metadata: BTreeMap<String, TopicInfo>,
     pub assignor: String,
     settings: ConsumerSettings,
+    /// The records last handed out for writing, by encoded key.
+    persisted: BTreeMap<Bytes, Bytes>,
+}
+
+fn to_records(a: &Assignment) -> TopicPartitions {
+    a.iter()
+        .map(|(id, ps)| (*id, ps.iter().copied().collect()))
+        .collect()
+}
+
+fn from_records(tps: &TopicPartitions) -> Assignment {
+    let mut a = Assignment::new();
+    for (id, ps) in tps {
+        a.entry(*id).or_default().extend(ps.iter().copied());
+    }
+    a.retain(|_, ps| !ps.is_empty());
+    a
+}
+
+/// A consumer group's KIP-848 records as read back from `__consumer_offsets` (tombstones
+/// applied).
+#[derive(Debug, Clone, Default)]
+pub struct Replayed {
+    pub group_epoch: Option<i32>,
+    pub assignment_epoch: Option<i32>,
+    pub members: BTreeMap<String, ConsumerMemberMetadataValue>,
+    pub targets: BTreeMap<String, TopicPartitions>,
+    pub current: BTreeMap<String, CurrentMemberAssignmentValue>,
+}
+
+impl Replayed {
+    /// Applies one record; false when the key is not a KIP-848 consumer group record or the
+    /// value does not decode.
+    pub fn apply(&mut self, key: &RecordKey, value: Option<&[u8]>) -> bool {
+        match key {
+            RecordKey::ConsumerGroupMetadata { .. } => match value {
+                None => self.group_epoch = None,
+                Some(v) => match decode_epoch_value(v) {
+                    Ok(e) => self.group_epoch = Some(e),
+                    Err(_) => return false,
+                },
+            },
+            RecordKey::TargetAssignmentMetadata { .. } => match value {
+                None => self.assignment_epoch = None,
+                Some(v) => match decode_epoch_value(v) {
+                    Ok(e) => self.assignment_epoch = Some(e),
+                    Err(_) => return false,
+                },
+            },
+            RecordKey::ConsumerMemberMetadata { member, .. } => match value {
+                None => {
+                    self.members.remove(member);
+                }
+                Some(v) => match ConsumerMemberMetadataValue::decode(v) {
+                    Ok(m) => {
+                        self.members.insert(member.clone(), m);
+                    }
+                    Err(_) => return false,
+                },
+            },
+            RecordKey::TargetAssignmentMember { member, .. } => match value {
+                None => {
+                    self.targets.remove(member);
+                }
+                Some(v) => match decode_target_assignment(v) {
+                    Ok(t) => {
+                        self.targets.insert(member.clone(), t);
+                    }
+                    Err(_) => return false,
+                },
+            },
+            RecordKey::CurrentMemberAssignment { member, .. } => match value {
+                None => {
+                    self.current.remove(member);
+                }
+                Some(v) => match CurrentMemberAssignmentValue::decode(v) {
+                    Ok(c) => {
+                        self.current.insert(member.clone(), c);
+                    }
+                    Err(_) => return false,
+                },
+            },
+            _ => return false,
+        }
+        true
+    }
+
+    /// The group these records describe, members' sessions starting now.
+    pub fn build(
+        self,
+        group_id: &str,
+        settings: ConsumerSettings,
+        topics: &Topics,
+        now: i64,
+    ) -> Option<ConsumerGroup> {
+        let group_epoch = self.group_epoch?;
+        let mut g = ConsumerGroup::new(settings);
+        g.group_epoch = group_epoch;
+        g.assignment_epoch = self.assignment_epoch.unwrap_or(0).min(group_epoch);
+        for (id, m) in self.members {
+            let current = self.current.get(&id).cloned().unwrap_or_default();
+            if let Some(i) = &m.instance_id {
+                g.static_members.insert(i.clone(), id.clone());
+            }
+            g.members.insert(
+                id.clone(),
+                ConsumerMember {
+                    member_id: id.clone(),
+                    instance_id: m.instance_id,
+                    rack_id: m.rack_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    member_epoch: current.member_epoch,
+                    previous_member_epoch: current.previous_member_epoch,
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    subscribed_topic_names: m.subscribed_topic_names,
+                    subscribed_topic_regex: m.subscribed_topic_regex,
+                    server_assignor: m.server_assignor,
+                    assigned: from_records(&current.assigned),
+                    revoking: from_records(&current.pending_revocation),
+                    sent: None,
+                    session_deadline: now + i64::from(g.settings.session_timeout_ms),
+                    revocation_deadline: None,
+                    left_temporarily: false,
+                },
+            );
+            if let Some(t) = self.targets.get(&id) {
+                g.target.insert(id, from_records(t));
+            }
+        }
+        // The assignor the members asked for (the target itself is as stored).
+        g.assignor = g
+            .members
+            .values()
+            .find_map(|m| m.server_assignor.clone())
+            .unwrap_or_else(|| ASSIGNORS[0].to_string());
+        // The target stands if it still covers every subscribed partition; otherwise the
+        // next heartbeat sees changed metadata and assigns anew.
+        let subscribed = g.subscribed_metadata(topics);
+        let targeted: usize = g
+            .target
+            .values()
+            .flat_map(|a| a.values())
+            .map(BTreeSet::len)
+            .sum();
+        let wanted: usize = subscribed
+            .values()
+            .map(|t| t.partitions.max(0) as usize)
+            .sum();
+        if targeted == wanted {
+            g.metadata = subscribed;
+        }
+        g.persisted = g.snapshot(group_id);
+        Some(g)
+    }
 }
 
 fn code(e: ResponseError) -> i16 {
@@ -273,6 +435,110 @@ impl ConsumerGroup {
             settings,
             ..ConsumerGroup::default()
         }
+    }
+
+    /// The group's KIP-848 records as of now, by encoded key.
+    fn snapshot(&self, group_id: &str) -> BTreeMap<Bytes, Bytes> {
+        let group = group_id.to_string();
+        let mut out = BTreeMap::new();
+        out.insert(
+            RecordKey::ConsumerGroupMetadata {
+                group: group.clone(),
+            }
+            .encode(),
+            encode_epoch_value(self.group_epoch),
+        );
+        out.insert(
+            RecordKey::TargetAssignmentMetadata {
+                group: group.clone(),
+            }
+            .encode(),
+            encode_epoch_value(self.assignment_epoch),
+        );
+        for m in self.members.values() {
+            let member = m.member_id.clone();
+            out.insert(
+                RecordKey::ConsumerMemberMetadata {
+                    group: group.clone(),
+                    member: member.clone(),
+                }
+                .encode(),
+                ConsumerMemberMetadataValue {
+                    instance_id: m.instance_id.clone(),
+                    rack_id: m.rack_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    subscribed_topic_names: m.subscribed_topic_names.clone(),
+                    subscribed_topic_regex: m.subscribed_topic_regex.clone(),
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    server_assignor: m.server_assignor.clone(),
+                }
+                .encode(),
+            );
+            let target = self.target.get(&m.member_id).cloned().unwrap_or_default();
+            out.insert(
+                RecordKey::TargetAssignmentMember {
+                    group: group.clone(),
+                    member: member.clone(),
+                }
+                .encode(),
+                encode_target_assignment(&to_records(&target)),
+            );
+            let state = if !m.revoking.is_empty() {
+                1
+            } else if m.assigned != target {
+                2
+            } else {
+                3
+            };
+            out.insert(
+                RecordKey::CurrentMemberAssignment {
+                    group: group.clone(),
+                    member,
+                }
+                .encode(),
+                CurrentMemberAssignmentValue {
+                    member_epoch: m.member_epoch,
+                    previous_member_epoch: m.previous_member_epoch,
+                    state,
+                    assigned: to_records(&m.assigned),
+                    pending_revocation: to_records(&m.revoking),
+                }
+                .encode(),
+            );
+        }
+        out
+    }
+
+    /// The records to append so `__consumer_offsets` matches the group: changed values, and
+    /// tombstones for members that are gone.
+    pub fn take_changes(&mut self, group_id: &str) -> Vec<(Bytes, Option<Bytes>)> {
+        let now = self.snapshot(group_id);
+        let mut out: Vec<(Bytes, Option<Bytes>)> = self
+            .persisted
+            .keys()
+            .filter(|k| !now.contains_key(*k))
+            .map(|k| (k.clone(), None))
+            .collect();
+        for (k, v) in &now {
+            if self.persisted.get(k) != Some(v) {
+                out.push((k.clone(), Some(v.clone())));
+            }
+        }
+        self.persisted = now;
+        out
+    }
+
+    /// A write of [`ConsumerGroup::take_changes`] failed: write everything next time.
+    pub fn forget_persisted(&mut self) {
+        self.persisted.clear();
+    }
+
+    /// Tombstones for every record of the group (deletion).
+    pub fn tombstones(&mut self, group_id: &str) -> Vec<(Bytes, Option<Bytes>)> {
+        let mut keys: BTreeSet<Bytes> = std::mem::take(&mut self.persisted).into_keys().collect();
+        keys.extend(self.snapshot(group_id).into_keys());
+        keys.into_iter().map(|k| (k, None)).collect()
     }
 
     /// Kafka's consumer group states.
@@ -949,6 +1215,63 @@ mod tests {
         assert_eq!(
             g.validate_offset_commit("a", 99),
             Err(code(ResponseError::StaleMemberEpoch))
+        );
+    }
+
+    #[test]
+    fn state_written_as_records_rebuilds_the_same_group() {
+        let (topics, _) = topics(6);
+        let mut g = ConsumerGroup::new(ConsumerSettings::default());
+        join(&mut g, "a", &topics, 0);
+        join(&mut g, "b", &topics, 0);
+        beat(&mut g, "a", 1, None, &topics, 1);
+        let mut log: Vec<(Bytes, Option<Bytes>)> = g.take_changes("g");
+        assert!(!log.is_empty());
+        assert!(g.take_changes("g").is_empty(), "nothing changed since");
+        g.heartbeat(
+            HeartbeatRequest {
+                member_id: "b".into(),
+                member_epoch: -1,
+                ..HeartbeatRequest::default()
+            },
+            &topics,
+            1,
+            2,
+        )
+        .expect("leave");
+        let changes = g.take_changes("g");
+        assert!(
+            changes.iter().filter(|(_, v)| v.is_none()).count() == 3,
+            "b's member, target and current assignment records are tombstoned"
+        );
+        log.extend(changes);
+        let mut replayed = Replayed::default();
+        for (k, v) in &log {
+            let key = RecordKey::decode(k).expect("key");
+            assert!(replayed.apply(&key, v.as_deref()));
+        }
+        let back = replayed
+            .build("g", ConsumerSettings::default(), &topics, 10)
+            .expect("group");
+        assert_eq!(back.group_epoch, g.group_epoch);
+        assert_eq!(back.assignment_epoch, g.assignment_epoch);
+        assert_eq!(back.target, g.target);
+        let ids: Vec<&String> = back.members.keys().collect();
+        assert_eq!(ids, vec!["a"]);
+        let (m, orig) = (&back.members["a"], &g.members["a"]);
+        assert_eq!(
+            (
+                m.member_epoch,
+                &m.assigned,
+                &m.revoking,
+                &m.subscribed_topic_names
+            ),
+            (
+                orig.member_epoch,
+                &orig.assigned,
+                &orig.revoking,
+                &orig.subscribed_topic_names
+            )
         );
     }
 

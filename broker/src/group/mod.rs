@@ -313,6 +313,10 @@ fn load_groups(
     }
     let mut offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
     let mut metadata: HashMap<String, Option<GroupMetadataValue>> = HashMap::new();
+    let mut consumers: HashMap<String, consumer::Replayed> = HashMap::new();
+    // Which protocol wrote a group's state last (a group changes type when emptied).
+    let mut last_classic: HashMap<String, u64> = HashMap::new();
+    let mut last_consumer: HashMap<String, u64> = HashMap::new();
     let log = replica.log();
     let end = log.next_entry_index();
     let mut index = log.first_entry_index();
@@ -352,6 +356,7 @@ fn load_groups(
                         }
                     }
                     RecordKey::GroupMetadata { group } => {
+                        last_classic.insert(group.clone(), record_offset);
                         match value.map(GroupMetadataValue::decode) {
                             None => {
                                 metadata.insert(group, None);
@@ -365,6 +370,19 @@ fn load_groups(
                         }
                     }
                     RecordKey::Other(_) => {}
+                    other => {
+                        let Some(group) = other.group().map(str::to_string) else {
+                            return;
+                        };
+                        last_consumer.insert(group.clone(), record_offset);
+                        if !consumers.entry(group).or_default().apply(&other, value) {
+                            tracing::warn!(
+                                partition = p,
+                                record_offset,
+                                "skipping consumer group record"
+                            );
+                        }
+                    }
                 }
             });
         }
@@ -379,6 +397,22 @@ fn load_groups(
                 id.clone(),
                 ClassicGroup::from_record(id, &v, settings.clone(), now),
             );
+        }
+    }
+    let topics = crate::handlers::consumer_group_heartbeat::topics_view(broker);
+    for (id, replayed) in consumers {
+        if last_classic.get(&id) > last_consumer.get(&id) {
+            continue;
+        }
+        let Some(c) = replayed.build(&id, broker.groups.config.consumer.clone(), &topics, now)
+        else {
+            continue;
+        };
+        let g = groups
+            .entry(id.clone())
+            .or_insert_with(|| ClassicGroup::new(id.clone(), settings.clone(), now));
+        if g.members.is_empty() {
+            g.consumer = Some(c);
         }
     }
     for (id, committed) in offsets {
@@ -414,6 +448,9 @@ fn for_each_record(data: &[u8], mut f: impl FnMut(u64, &[u8], Option<&[u8]>)) {
         }
     }
 }
+
+/// A `__consumer_offsets` record: key and value (`None`: a tombstone).
+pub type Record = (Bytes, Option<Bytes>);
 
 /// Appends records to a `__consumer_offsets` partition and waits for them to commit. Returns
 /// the offset of the first record.
@@ -524,19 +561,38 @@ pub async fn run_timer(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Re
         let now = now_ms();
         track_leadership(&broker);
         let mut work: Vec<(String, Vec<Store>)> = Vec::new();
+        let mut consumer_writes: Vec<(i32, Vec<Record>)> = Vec::new();
         {
             let mut partitions = broker.groups.lock();
-            for pg in partitions.values_mut().filter(|pg| pg.loaded) {
+            for (p, pg) in partitions.iter_mut().filter(|(_, pg)| pg.loaded) {
                 for g in pg.groups.values_mut() {
                     let stores = g.tick(now);
                     if !stores.is_empty() {
                         work.push((g.group_id.clone(), stores));
+                    }
+                    if let Some(c) = &mut g.consumer {
+                        let records = c.take_changes(&g.group_id);
+                        if !records.is_empty() {
+                            consumer_writes.push((*p, records));
+                        }
                     }
                 }
             }
         }
         for (group_id, stores) in work {
             run_stores(&broker, group_id, stores);
+        }
+        for (p, records) in consumer_writes {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                if let Err(code) = append(&broker, p, records, false).await {
+                    tracing::warn!(
+                        partition = p,
+                        code,
+                        "storing expired consumer group members failed"
+                    );
+                }
+            });
         }
         if now >= next_expiry {
             next_expiry = now + check_every;

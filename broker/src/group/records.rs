@@ -21,7 +21,31 @@ pub enum RecordKey {
     GroupMetadata {
         group: String,
     },
-    /// A record type this coordinator does not keep (KIP-848 and share-group records).
+    /// KIP-848 `ConsumerGroupMetadataKey` (type 3): the group epoch.
+    ConsumerGroupMetadata {
+        group: String,
+    },
+    /// `ConsumerGroupMemberMetadataKey` (type 5): a member's subscription and client.
+    ConsumerMemberMetadata {
+        group: String,
+        member: String,
+    },
+    /// `ConsumerGroupTargetAssignmentMetadataKey` (type 6): the assignment epoch.
+    TargetAssignmentMetadata {
+        group: String,
+    },
+    /// `ConsumerGroupTargetAssignmentMemberKey` (type 7): a member's target assignment.
+    TargetAssignmentMember {
+        group: String,
+        member: String,
+    },
+    /// `ConsumerGroupCurrentMemberAssignmentKey` (type 8): a member's epoch and assignment.
+    CurrentMemberAssignment {
+        group: String,
+        member: String,
+    },
+    /// A record type this coordinator does not keep (partition metadata, regexes, share and
+    /// streams groups).
     Other(i16),
 }
 
@@ -107,6 +131,29 @@ impl RecordKey {
                 buf.put_i16(2);
                 put_string(&mut buf, group);
             }
+            RecordKey::ConsumerGroupMetadata { group } => {
+                buf.put_i16(3);
+                put_string(&mut buf, group);
+            }
+            RecordKey::ConsumerMemberMetadata { group, member } => {
+                buf.put_i16(5);
+                put_string(&mut buf, group);
+                put_string(&mut buf, member);
+            }
+            RecordKey::TargetAssignmentMetadata { group } => {
+                buf.put_i16(6);
+                put_string(&mut buf, group);
+            }
+            RecordKey::TargetAssignmentMember { group, member } => {
+                buf.put_i16(7);
+                put_string(&mut buf, group);
+                put_string(&mut buf, member);
+            }
+            RecordKey::CurrentMemberAssignment { group, member } => {
+                buf.put_i16(8);
+                put_string(&mut buf, group);
+                put_string(&mut buf, member);
+            }
             RecordKey::Other(v) => buf.put_i16(*v),
         }
         buf.freeze()
@@ -124,6 +171,24 @@ impl RecordKey {
             2 => Ok(RecordKey::GroupMetadata {
                 group: r.string(false)?,
             }),
+            3 => Ok(RecordKey::ConsumerGroupMetadata {
+                group: r.string(false)?,
+            }),
+            5 => Ok(RecordKey::ConsumerMemberMetadata {
+                group: r.string(false)?,
+                member: r.string(false)?,
+            }),
+            6 => Ok(RecordKey::TargetAssignmentMetadata {
+                group: r.string(false)?,
+            }),
+            7 => Ok(RecordKey::TargetAssignmentMember {
+                group: r.string(false)?,
+                member: r.string(false)?,
+            }),
+            8 => Ok(RecordKey::CurrentMemberAssignment {
+                group: r.string(false)?,
+                member: r.string(false)?,
+            }),
             v if v >= 0 => Ok(RecordKey::Other(v)),
             v => err(format!("negative key version {v}")),
         }
@@ -131,9 +196,13 @@ impl RecordKey {
 
     pub fn group(&self) -> Option<&str> {
         match self {
-            RecordKey::OffsetCommit { group, .. } | RecordKey::GroupMetadata { group } => {
-                Some(group)
-            }
+            RecordKey::OffsetCommit { group, .. }
+            | RecordKey::GroupMetadata { group }
+            | RecordKey::ConsumerGroupMetadata { group }
+            | RecordKey::ConsumerMemberMetadata { group, .. }
+            | RecordKey::TargetAssignmentMetadata { group }
+            | RecordKey::TargetAssignmentMember { group, .. }
+            | RecordKey::CurrentMemberAssignment { group, .. } => Some(group),
             RecordKey::Other(_) => None,
         }
     }
@@ -267,6 +336,180 @@ impl GroupMetadataValue {
     }
 }
 
+// ---- KIP-848 values: version 0, flexible (compact strings and arrays, tagged fields) ----
+
+/// Partitions by topic id, as the KIP-848 records carry them.
+pub type TopicPartitions = Vec<(uuid::Uuid, Vec<i32>)>;
+
+/// `ConsumerGroupMemberMetadataValue`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConsumerMemberMetadataValue {
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub subscribed_topic_names: Vec<String>,
+    pub subscribed_topic_regex: Option<String>,
+    pub rebalance_timeout_ms: i32,
+    pub server_assignor: Option<String>,
+}
+
+/// `ConsumerGroupCurrentMemberAssignmentValue`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CurrentMemberAssignmentValue {
+    pub member_epoch: i32,
+    pub previous_member_epoch: i32,
+    /// Kafka's `MemberState`: 1 unrevoked partitions, 2 unreleased partitions, 3 stable.
+    pub state: i8,
+    pub assigned: TopicPartitions,
+    pub pending_revocation: TopicPartitions,
+}
+
+fn put_uvarint(buf: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+fn put_compact_string(buf: &mut BytesMut, s: Option<&str>) {
+    match s {
+        None => put_uvarint(buf, 0),
+        Some(s) => {
+            put_uvarint(buf, s.len() as u64 + 1);
+            buf.put_slice(s.as_bytes());
+        }
+    }
+}
+
+fn put_topic_partitions(buf: &mut BytesMut, tps: &TopicPartitions) {
+    put_uvarint(buf, tps.len() as u64 + 1);
+    for (id, partitions) in tps {
+        buf.put_slice(id.as_bytes());
+        put_uvarint(buf, partitions.len() as u64 + 1);
+        for p in partitions {
+            buf.put_i32(*p);
+        }
+        put_uvarint(buf, 0);
+    }
+}
+
+/// A value that is only an int32 epoch: `ConsumerGroupMetadataValue` (the group epoch) and
+/// `ConsumerGroupTargetAssignmentMetadataValue` (the assignment epoch).
+pub fn encode_epoch_value(epoch: i32) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i16(0);
+    buf.put_i32(epoch);
+    put_uvarint(&mut buf, 0);
+    buf.freeze()
+}
+
+pub fn decode_epoch_value(data: &[u8]) -> Result<i32, RecordError> {
+    let mut r = Reader::new(data);
+    let _version = r.i16()?;
+    let epoch = r.i32()?;
+    r.skip_tagged_fields()?;
+    Ok(epoch)
+}
+
+/// `ConsumerGroupTargetAssignmentMemberValue`.
+pub fn encode_target_assignment(tps: &TopicPartitions) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i16(0);
+    put_topic_partitions(&mut buf, tps);
+    put_uvarint(&mut buf, 0);
+    buf.freeze()
+}
+
+pub fn decode_target_assignment(data: &[u8]) -> Result<TopicPartitions, RecordError> {
+    let mut r = Reader::new(data);
+    let _version = r.i16()?;
+    let tps = r.topic_partitions()?;
+    r.skip_tagged_fields()?;
+    Ok(tps)
+}
+
+impl ConsumerMemberMetadataValue {
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        buf.put_i16(0);
+        put_compact_string(&mut buf, self.instance_id.as_deref());
+        put_compact_string(&mut buf, self.rack_id.as_deref());
+        put_compact_string(&mut buf, Some(&self.client_id));
+        put_compact_string(&mut buf, Some(&self.client_host));
+        put_uvarint(&mut buf, self.subscribed_topic_names.len() as u64 + 1);
+        for t in &self.subscribed_topic_names {
+            put_compact_string(&mut buf, Some(t));
+        }
+        put_compact_string(&mut buf, self.subscribed_topic_regex.as_deref());
+        buf.put_i32(self.rebalance_timeout_ms);
+        put_compact_string(&mut buf, self.server_assignor.as_deref());
+        put_uvarint(&mut buf, 0);
+        buf.freeze()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<ConsumerMemberMetadataValue, RecordError> {
+        let mut r = Reader::new(data);
+        let _version = r.i16()?;
+        let instance_id = r.nullable_string(true)?;
+        let rack_id = r.nullable_string(true)?;
+        let client_id = r.string(true)?;
+        let client_host = r.string(true)?;
+        let n = r.array_len(true)?;
+        let mut subscribed_topic_names = Vec::with_capacity(n);
+        for _ in 0..n {
+            subscribed_topic_names.push(r.string(true)?);
+        }
+        let subscribed_topic_regex = r.nullable_string(true)?;
+        let rebalance_timeout_ms = r.i32()?;
+        let server_assignor = r.nullable_string(true)?;
+        r.skip_tagged_fields()?;
+        Ok(ConsumerMemberMetadataValue {
+            instance_id,
+            rack_id,
+            client_id,
+            client_host,
+            subscribed_topic_names,
+            subscribed_topic_regex,
+            rebalance_timeout_ms,
+            server_assignor,
+        })
+    }
+}
+
+impl CurrentMemberAssignmentValue {
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        buf.put_i16(0);
+        buf.put_i32(self.member_epoch);
+        buf.put_i32(self.previous_member_epoch);
+        buf.put_i8(self.state);
+        put_topic_partitions(&mut buf, &self.assigned);
+        put_topic_partitions(&mut buf, &self.pending_revocation);
+        put_uvarint(&mut buf, 0);
+        buf.freeze()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<CurrentMemberAssignmentValue, RecordError> {
+        let mut r = Reader::new(data);
+        let _version = r.i16()?;
+        let member_epoch = r.i32()?;
+        let previous_member_epoch = r.i32()?;
+        let state = r.take(1)?[0] as i8;
+        let assigned = r.topic_partitions()?;
+        let pending_revocation = r.topic_partitions()?;
+        r.skip_tagged_fields()?;
+        Ok(CurrentMemberAssignmentValue {
+            member_epoch,
+            previous_member_epoch,
+            state,
+            assigned,
+            pending_revocation,
+        })
+    }
+}
+
 // ---- reading, every length bounded by the input ----
 
 struct Reader<'a> {
@@ -370,6 +613,22 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    fn topic_partitions(&mut self) -> Result<TopicPartitions, RecordError> {
+        let n = self.array_len(true)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = uuid::Uuid::from_slice(self.take(16)?).or_else(|_| err("bad uuid"))?;
+            let count = self.array_len(true)?;
+            let mut partitions = Vec::with_capacity(count);
+            for _ in 0..count {
+                partitions.push(self.i32()?);
+            }
+            self.skip_tagged_fields()?;
+            out.push((id, partitions));
+        }
+        Ok(out)
+    }
+
     fn skip_tagged_fields(&mut self) -> Result<(), RecordError> {
         let count = self.varint()?;
         for _ in 0..count {
@@ -467,6 +726,49 @@ mod tests {
             RecordKey::decode(&RecordKey::GroupMetadata { group: "g".into() }.encode()),
             Ok(RecordKey::GroupMetadata { group: "g".into() })
         );
+    }
+
+    #[test]
+    fn kip848_records_round_trip() {
+        let member = ConsumerMemberMetadataValue {
+            instance_id: Some("i".into()),
+            rack_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            subscribed_topic_names: vec!["a".into(), "b".into()],
+            subscribed_topic_regex: None,
+            rebalance_timeout_ms: 300_000,
+            server_assignor: Some("uniform".into()),
+        };
+        assert_eq!(
+            ConsumerMemberMetadataValue::decode(&member.encode()),
+            Ok(member)
+        );
+        let id = uuid::Uuid::from_u128(9);
+        let current = CurrentMemberAssignmentValue {
+            member_epoch: 4,
+            previous_member_epoch: 3,
+            state: 3,
+            assigned: vec![(id, vec![0, 2])],
+            pending_revocation: vec![],
+        };
+        assert_eq!(
+            CurrentMemberAssignmentValue::decode(&current.encode()),
+            Ok(current)
+        );
+        let target = vec![(id, vec![1]), (uuid::Uuid::from_u128(10), vec![0, 1, 2])];
+        assert_eq!(
+            decode_target_assignment(&encode_target_assignment(&target)),
+            Ok(target)
+        );
+        assert_eq!(decode_epoch_value(&encode_epoch_value(17)), Ok(17));
+        let key = RecordKey::CurrentMemberAssignment {
+            group: "g".into(),
+            member: "m".into(),
+        };
+        let bytes = key.encode();
+        assert_eq!(&bytes[..2], &[0, 8], "the key version is the record type");
+        assert_eq!(RecordKey::decode(&bytes), Ok(key));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use runnel_protocol::kafka_protocol::ResponseError;
 use super::ClientInfo;
 use crate::group::classic::ClassicGroup;
 use crate::group::consumer::{self, ConsumerGroup, HeartbeatRequest, TopicInfo, Topics};
-use crate::group::{forget_if_unused, now_ms};
+use crate::group::{append, forget_if_unused, now_ms};
 use crate::Broker;
 
 fn failed(code: i16, message: String) -> ConsumerGroupHeartbeatResponse {
@@ -45,7 +45,7 @@ pub fn topics_view(broker: &Broker) -> Topics {
         .collect()
 }
 
-pub fn handle(
+pub async fn handle(
     broker: &Arc<Broker>,
     request: ConsumerGroupHeartbeatRequest,
     version: i16,
@@ -91,7 +91,7 @@ pub fn handle(
     let topics = topics_view(broker);
     let config = broker.groups.config();
     let (classic, consumer_settings) = (config.groups.clone(), config.consumer.clone());
-    let outcome = broker.groups.with_groups(broker, &group_id, |groups, _| {
+    let outcome = broker.groups.with_groups(broker, &group_id, |groups, p| {
         let now = now_ms();
         let g = groups
             .entry(group_id.clone())
@@ -106,17 +106,30 @@ pub fn handle(
             g.consumer = Some(ConsumerGroup::new(consumer_settings));
         }
         let result = match &mut g.consumer {
-            Some(c) => c.heartbeat(req, &topics, version, now),
+            Some(c) => c
+                .heartbeat(req, &topics, version, now)
+                .map(|r| (r, c.take_changes(&group_id))),
             None => Err((ResponseError::UnknownServerError.code(), String::new())),
         };
         forget_if_unused(groups, &group_id);
-        result
+        result.map(|(r, records)| (r, records, p))
     });
-    let r = match outcome {
+    let (r, records, p) = match outcome {
         Ok(Ok(r)) => r,
         Ok(Err((code, message))) => return failed(code, message),
         Err(code) => return failed(code, String::new()),
     };
+    // The member hears of its new epoch and assignment once they are in the log.
+    if !records.is_empty() {
+        if let Err(code) = append(broker, p, records, false).await {
+            let _ = broker.groups.with_groups(broker, &group_id, |groups, _| {
+                if let Some(c) = groups.get_mut(&group_id).and_then(|g| g.consumer.as_mut()) {
+                    c.forget_persisted();
+                }
+            });
+            return failed(code, "could not store the group's state".into());
+        }
+    }
     ConsumerGroupHeartbeatResponse::default()
         .with_member_id(Some(StrBytes::from_string(r.member_id)))
         .with_member_epoch(r.member_epoch)

@@ -46,6 +46,9 @@ async fn delete(broker: &Arc<Broker>, group_id: &str) -> i16 {
             .encode(),
             None,
         ));
+        if let Some(c) = &mut g.consumer {
+            records.extend(c.tombstones(group_id));
+        }
         g.close(ResponseError::CoordinatorNotAvailable.code());
         groups.remove(group_id);
         Ok((p, records))

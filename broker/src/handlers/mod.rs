@@ -283,7 +283,7 @@ pub async fn handle(broker: &Arc<Broker>, request: Request, peer: std::net::Sock
             ResponseKind::OffsetDelete(offset_delete::handle(broker, r, version).await)
         }
         RequestKind::ConsumerGroupHeartbeat(r) => ResponseKind::ConsumerGroupHeartbeat(
-            consumer_group_heartbeat::handle(broker, r, version, &client),
+            consumer_group_heartbeat::handle(broker, r, version, &client).await,
         ),
         RequestKind::ConsumerGroupDescribe(r) => {
             ResponseKind::ConsumerGroupDescribe(consumer_group_describe::handle(broker, r, version))
