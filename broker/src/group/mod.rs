@@ -11,7 +11,7 @@ pub mod classic;
 pub mod consumer;
 pub mod records;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -630,40 +630,67 @@ fn track_leadership(broker: &Arc<Broker>) {
 /// commit by commit) are removed with tombstones; a group left with nothing is deleted.
 async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
     let retention = broker.groups.config.offsets_retention_minutes * 60_000;
-    // (partition, group, expired offsets, whether the group goes too)
-    type Expiry = (i32, String, Vec<(String, i32)>, bool);
+    // (partition, group, expired offsets, whether the group goes too, its KIP-848 records)
+    type Expiry = (i32, String, Vec<(String, i32)>, bool, Vec<Record>);
     let mut work: Vec<Expiry> = Vec::new();
     {
-        let partitions = broker.groups.lock();
-        for (p, pg) in partitions.iter().filter(|(_, pg)| pg.loaded) {
-            for g in pg.groups.values() {
-                if g.state != GroupState::Empty {
-                    continue;
-                }
+        let mut partitions = broker.groups.lock();
+        for (p, pg) in partitions.iter_mut().filter(|(_, pg)| pg.loaded) {
+            for g in pg.groups.values_mut() {
+                // KIP-496: a live consumer group keeps the offsets of the topics it subscribes
+                // to; those of other topics expire a retention period after their commit.
+                let subscribed: Option<HashSet<String>> = match &g.consumer {
+                    Some(c) if !c.is_empty() => Some(c.subscribed_topics().into_iter().collect()),
+                    Some(_) => None,
+                    None if g.state == GroupState::Empty => None,
+                    None if g.protocol_type.as_deref() == Some("consumer") => {
+                        let protocol = g.protocol_name.clone().unwrap_or_default();
+                        Some(
+                            g.members
+                                .values()
+                                .flat_map(|m| {
+                                    m.protocols
+                                        .iter()
+                                        .filter(|(n, _)| *n == protocol)
+                                        .flat_map(|(_, meta)| subscribed_topics(meta))
+                                })
+                                .collect(),
+                        )
+                    }
+                    // Other protocols (Connect, Streams' own): nothing expires while live.
+                    None => continue,
+                };
                 let expired: Vec<(String, i32)> = g
                     .offsets
                     .iter()
-                    .filter(|(_, c)| {
+                    .filter(|((topic, _), c)| {
                         if c.value.expire_timestamp >= 0 {
                             return now >= c.value.expire_timestamp;
                         }
-                        let since = if g.protocol_type.is_some() {
-                            g.current_state_timestamp
-                        } else {
-                            c.value.commit_timestamp
+                        let since = match &subscribed {
+                            Some(topics) if topics.contains(topic) => return false,
+                            Some(_) => c.value.commit_timestamp,
+                            None if g.protocol_type.is_some() => g.current_state_timestamp,
+                            None => c.value.commit_timestamp,
                         };
                         now >= since.saturating_add(retention)
                     })
                     .map(|(k, _)| k.clone())
                     .collect();
-                let delete_group = expired.len() == g.offsets.len() && g.is_empty();
+                let delete_group =
+                    subscribed.is_none() && expired.len() == g.offsets.len() && g.is_empty();
                 if !expired.is_empty() {
-                    work.push((*p, g.group_id.clone(), expired, delete_group));
+                    let group_id = g.group_id.clone();
+                    let consumer_records = match (&mut g.consumer, delete_group) {
+                        (Some(c), true) => c.tombstones(&group_id),
+                        _ => Vec::new(),
+                    };
+                    work.push((*p, group_id, expired, delete_group, consumer_records));
                 }
             }
         }
     }
-    for (p, group_id, expired, delete_group) in work {
+    for (p, group_id, expired, delete_group, consumer_records) in work {
         let mut records: Vec<(Bytes, Option<Bytes>)> = expired
             .iter()
             .map(|(topic, partition)| {
@@ -686,6 +713,7 @@ async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
                 .encode(),
                 None,
             ));
+            records.extend(consumer_records);
         }
         if append(broker, p, records, false).await.is_err() {
             continue;

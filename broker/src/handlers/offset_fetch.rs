@@ -138,7 +138,34 @@ pub fn handle(
                     .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                     .collect()
             });
-            let (error, found) = fetch_group(broker, &g.group_id.0, topics);
+            // v9+: a consumer-protocol member names itself; a stale epoch is refused.
+            let member_check = if version >= 9 && g.member_epoch >= 0 {
+                broker
+                    .groups
+                    .with_groups(broker, &g.group_id.0, |groups, _| {
+                        match groups
+                            .get(g.group_id.0.as_str())
+                            .and_then(|x| x.consumer.as_ref())
+                        {
+                            Some(c) => c
+                                .validate_offset_commit(
+                                    &g.member_id.clone().unwrap_or_default(),
+                                    g.member_epoch,
+                                )
+                                .err()
+                                .unwrap_or(0),
+                            None => 0,
+                        }
+                    })
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            let (error, found) = if member_check != 0 {
+                (member_check, Vec::new())
+            } else {
+                fetch_group(broker, &g.group_id.0, topics)
+            };
             OffsetFetchResponseGroup::default()
                 .with_group_id(GroupId(g.group_id.0.clone()))
                 .with_error_code(error)
