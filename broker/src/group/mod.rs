@@ -452,6 +452,38 @@ fn for_each_record(data: &[u8], mut f: impl FnMut(u64, &[u8], Option<&[u8]>)) {
 /// A `__consumer_offsets` record: key and value (`None`: a tombstone).
 pub type Record = (Bytes, Option<Bytes>);
 
+/// Tombstones for a group's committed offsets of `partitions`.
+pub fn offset_tombstones<'a>(
+    group_id: &str,
+    partitions: impl IntoIterator<Item = &'a (String, i32)>,
+) -> Vec<Record> {
+    partitions
+        .into_iter()
+        .map(|(topic, partition)| {
+            (
+                RecordKey::OffsetCommit {
+                    group: group_id.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                }
+                .encode(),
+                None,
+            )
+        })
+        .collect()
+}
+
+/// The tombstone of a group's metadata record.
+pub fn group_tombstone(group_id: &str) -> Record {
+    (
+        RecordKey::GroupMetadata {
+            group: group_id.to_string(),
+        }
+        .encode(),
+        None,
+    )
+}
+
 /// Appends records to a `__consumer_offsets` partition and waits for them to commit. Returns
 /// the offset of the first record.
 pub async fn append(
@@ -691,28 +723,9 @@ async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
         }
     }
     for (p, group_id, expired, delete_group, consumer_records) in work {
-        let mut records: Vec<(Bytes, Option<Bytes>)> = expired
-            .iter()
-            .map(|(topic, partition)| {
-                (
-                    RecordKey::OffsetCommit {
-                        group: group_id.clone(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                    }
-                    .encode(),
-                    None,
-                )
-            })
-            .collect();
+        let mut records = offset_tombstones(&group_id, &expired);
         if delete_group {
-            records.push((
-                RecordKey::GroupMetadata {
-                    group: group_id.clone(),
-                }
-                .encode(),
-                None,
-            ));
+            records.push(group_tombstone(&group_id));
             records.extend(consumer_records);
         }
         if append(broker, p, records, false).await.is_err() {

@@ -3,14 +3,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use runnel_protocol::kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use runnel_protocol::kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 use runnel_protocol::kafka_protocol::ResponseError;
 
-use crate::group::append;
 use crate::group::classic::GroupState;
-use crate::group::records::RecordKey;
+use crate::group::{append, group_tombstone, offset_tombstones};
 use crate::Broker;
 
 async fn delete(broker: &Arc<Broker>, group_id: &str) -> i16 {
@@ -24,28 +22,8 @@ async fn delete(broker: &Arc<Broker>, group_id: &str) -> i16 {
         if !matches!(g.state, GroupState::Empty | GroupState::Dead) || !g.is_empty() {
             return Err(ResponseError::NonEmptyGroup.code());
         }
-        let mut records: Vec<(Bytes, Option<Bytes>)> = g
-            .offsets
-            .keys()
-            .map(|(topic, partition)| {
-                (
-                    RecordKey::OffsetCommit {
-                        group: group_id.to_string(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                    }
-                    .encode(),
-                    None,
-                )
-            })
-            .collect();
-        records.push((
-            RecordKey::GroupMetadata {
-                group: group_id.to_string(),
-            }
-            .encode(),
-            None,
-        ));
+        let mut records = offset_tombstones(group_id, g.offsets.keys());
+        records.push(group_tombstone(group_id));
         if let Some(c) = &mut g.consumer {
             records.extend(c.tombstones(group_id));
         }

@@ -4,15 +4,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use runnel_protocol::kafka_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
 use runnel_protocol::kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 use runnel_protocol::kafka_protocol::ResponseError;
 
-use crate::group::records::RecordKey;
-use crate::group::{append, subscribed_topics};
+use crate::group::{append, offset_tombstones, subscribed_topics};
 use crate::Broker;
 
 pub async fn handle(
@@ -73,20 +71,7 @@ pub async fn handle(
         Ok(Err(code)) | Err(code) => return OffsetDeleteResponse::default().with_error_code(code),
     };
     if !delete.is_empty() {
-        let records: Vec<(Bytes, Option<Bytes>)> = delete
-            .iter()
-            .map(|(topic, partition)| {
-                (
-                    RecordKey::OffsetCommit {
-                        group: group_id.clone(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                    }
-                    .encode(),
-                    None,
-                )
-            })
-            .collect();
+        let records = offset_tombstones(&group_id, &delete);
         match append(broker, p, records, false).await {
             Ok(_) => {
                 let _ = broker.groups.with_groups(broker, &group_id, |groups, _| {
