@@ -131,3 +131,8 @@ fn kcat_produces_keyed_messages_and_consumes_them_from_offset_zero() {
     let text = String::from_utf8_lossy(&meta.stdout);
     assert!(text.contains("partition 0, leader 1"), "{text}");
 }
+
+#[test]
+fn kafka_python_groups_commits_and_group_admin() {
+    run_python("groups.py");
+}
