@@ -751,3 +751,94 @@ fn a_kip848_group_survives_a_coordinator_restart_without_rebalancing() {
     assert_eq!(a.context().assigns.load(Ordering::SeqCst), assigns);
     assert_eq!(owned(&a), 4);
 }
+
+/// Kafka lets classic and consumer-protocol members share a group: a stable classic group is
+/// upgraded when a `group.protocol=consumer` member arrives, the server assignor then splits
+/// partitions between both kinds, and no partition is owned by two members at once.
+#[test]
+fn classic_and_consumer_protocol_members_share_one_group() {
+    let broker = Broker::start(&[
+        "--no-fsync",
+        "--group-initial-rebalance-delay-ms",
+        "0",
+        "--group-consumer-heartbeat-interval-ms",
+        "200",
+    ])
+    .expect("broker");
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "mixed-proto", 4);
+    produce(&bootstrap, "mixed-proto", 4, "m", 400);
+    let owned = |c: &BaseConsumer<Counting>| -> BTreeSet<i32> {
+        c.assignment()
+            .map(|t| t.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default()
+    };
+    let mut seen: BTreeSet<(i32, i64)> = BTreeSet::new();
+    let poll = |c: &BaseConsumer<Counting>, seen: &mut BTreeSet<(i32, i64)>| {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(10)) {
+            seen.insert((m.partition(), m.offset()));
+            let _ = c.commit_message(&m, CommitMode::Sync);
+        }
+    };
+    let classic = group_consumer(&bootstrap, "g-mixed-proto", "classic", &[]);
+    classic.subscribe(&["mixed-proto"]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned(&classic).len() != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the classic member never got 4 partitions"
+        );
+        poll(&classic, &mut seen);
+    }
+    let modern = kip848_consumer(&bootstrap, "g-mixed-proto", "modern");
+    modern.subscribe(&["mixed-proto"]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        poll(&classic, &mut seen);
+        poll(&modern, &mut seen);
+        let (a, b) = (owned(&classic), owned(&modern));
+        assert!(
+            a.is_disjoint(&b),
+            "classic {a:?} and consumer {b:?} overlap"
+        );
+        if a.len() == 2 && b.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 2/2 split: classic {a:?}, consumer {b:?}"
+        );
+    }
+    let listed = Command::new(runnel_tests::runnel_bin().expect("runnel binary"))
+        .args([
+            "group",
+            "list",
+            "--output",
+            "json",
+            "--bootstrap-server",
+            &bootstrap,
+        ])
+        .output()
+        .expect("runnel group list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(r#""group":"g-mixed-proto""#) && listed.contains(r#""type":"consumer""#),
+        "the upgraded group is a consumer group: {listed}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 400 {
+        assert!(Instant::now() < deadline, "consumed {} of 400", seen.len());
+        poll(&classic, &mut seen);
+        poll(&modern, &mut seen);
+    }
+    // The classic member leaves: the consumer-protocol member takes everything.
+    drop(classic);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned(&modern).len() != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the remaining member did not take over"
+        );
+        poll(&modern, &mut seen);
+    }
+}

@@ -100,6 +100,91 @@ pub struct ConsumerMember {
     revocation_deadline: Option<i64>,
     /// A static member that left temporarily (epoch -2): its assignment waits for it.
     pub left_temporarily: bool,
+    /// Set for a member that speaks the classic protocol (JoinGroup, SyncGroup, Heartbeat)
+    /// inside this consumer group, as Kafka lets classic and consumer members mix.
+    pub classic: Option<ClassicMember>,
+}
+
+/// What a classic-protocol member of a consumer group said in its JoinGroup.
+#[derive(Debug, Clone)]
+pub struct ClassicMember {
+    pub session_timeout_ms: i32,
+    pub protocols: Vec<(String, Bytes)>,
+    /// The protocol named in its JoinGroup answer (its first).
+    pub protocol_name: String,
+    /// SyncGroup must follow JoinGroup within the rebalance timeout.
+    sync_deadline: Option<i64>,
+}
+
+impl ConsumerMember {
+    /// A classic member brought into a consumer group by an online upgrade.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_classic(
+        member_id: String,
+        instance_id: Option<String>,
+        client: (String, String),
+        timeouts: (i32, i32),
+        protocols: Vec<(String, Bytes)>,
+        protocol_name: String,
+        topics: Vec<String>,
+        assigned: Assignment,
+        epoch: i32,
+        now: i64,
+    ) -> ConsumerMember {
+        let (session_timeout_ms, rebalance_timeout_ms) = timeouts;
+        ConsumerMember {
+            member_id,
+            instance_id,
+            rack_id: None,
+            client_id: client.0,
+            client_host: client.1,
+            member_epoch: epoch,
+            previous_member_epoch: epoch - 1,
+            rebalance_timeout_ms,
+            subscribed_topic_names: topics,
+            subscribed_topic_regex: None,
+            server_assignor: None,
+            assigned,
+            revoking: Assignment::new(),
+            sent: None,
+            session_deadline: now + i64::from(session_timeout_ms),
+            revocation_deadline: None,
+            left_temporarily: false,
+            classic: Some(ClassicMember {
+                session_timeout_ms,
+                protocols,
+                protocol_name,
+                sync_deadline: None,
+            }),
+        }
+    }
+}
+
+/// A classic member's JoinGroup, as the consumer group sees it.
+#[derive(Debug, Clone)]
+pub struct ClassicJoin {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocols: Vec<(String, Bytes)>,
+    pub require_known_member_id: bool,
+    /// From the member's `ConsumerProtocolSubscription`.
+    pub topics: Vec<String>,
+    pub owned: Assignment,
+}
+
+/// The answer to a classic member's JoinGroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassicJoined {
+    MemberIdRequired(String),
+    Joined {
+        member_id: String,
+        generation: i32,
+        protocol_name: String,
+    },
 }
 
 impl ConsumerMember {
@@ -248,6 +333,17 @@ impl Replayed {
                     session_deadline: now + i64::from(g.settings.session_timeout_ms),
                     revocation_deadline: None,
                     left_temporarily: false,
+                    classic: m
+                        .classic
+                        .map(|(session_timeout_ms, protocols)| ClassicMember {
+                            session_timeout_ms,
+                            protocol_name: protocols
+                                .first()
+                                .map(|(n, _)| n.clone())
+                                .unwrap_or_default(),
+                            protocols,
+                            sync_deadline: None,
+                        }),
                 },
             );
             if let Some(t) = self.targets.get(&id) {
@@ -472,6 +568,10 @@ impl ConsumerGroup {
                     subscribed_topic_regex: m.subscribed_topic_regex.clone(),
                     rebalance_timeout_ms: m.rebalance_timeout_ms,
                     server_assignor: m.server_assignor.clone(),
+                    classic: m
+                        .classic
+                        .as_ref()
+                        .map(|c| (c.session_timeout_ms, c.protocols.clone())),
                 }
                 .encode(),
             );
@@ -650,7 +750,12 @@ impl ConsumerGroup {
         };
         // Subscription and settings changes.
         if let Some(m) = self.members.get_mut(&member_id) {
-            m.session_deadline = now + i64::from(s.session_timeout_ms);
+            m.session_deadline = now
+                + i64::from(
+                    m.classic
+                        .as_ref()
+                        .map_or(s.session_timeout_ms, |c| c.session_timeout_ms),
+                );
             if let Some(names) = &req.subscribed_topic_names {
                 let mut names = names.clone();
                 names.sort();
@@ -701,7 +806,7 @@ impl ConsumerGroup {
         if self.assignment_epoch < self.group_epoch {
             self.compute_target(topics);
         }
-        self.reconcile(&member_id, now);
+        self.reconcile(&member_id, None, now);
         let m = self
             .members
             .get_mut(&member_id)
@@ -803,6 +908,7 @@ impl ConsumerGroup {
                     session_deadline: now,
                     revocation_deadline: None,
                     left_temporarily: false,
+                    classic: None,
                 }
             }
         };
@@ -1013,7 +1119,9 @@ impl ConsumerGroup {
     }
 
     /// Moves a member towards its target: revoke first, then take what others released.
-    fn reconcile(&mut self, member_id: &str, now: i64) {
+    /// `owned`: what the member reports owning (classic members, from their JoinGroup
+    /// subscription); `None` counts everything it was given as still owned.
+    fn reconcile(&mut self, member_id: &str, owned: Option<&Assignment>, now: i64) {
         let target = self.target.get(member_id).cloned().unwrap_or_default();
         // Partitions someone else still owns or is giving up.
         let held_by_others: Assignment = self
@@ -1031,10 +1139,19 @@ impl ConsumerGroup {
             return;
         }
         let to_revoke = minus(&m.assigned, &target);
+        if let Some(owned) = owned {
+            m.revoking = minus(&m.revoking, &minus(&m.revoking, owned));
+        }
         if !to_revoke.is_empty() {
+            let still_owned = match owned {
+                Some(o) => minus(&to_revoke, &minus(&to_revoke, o)),
+                None => to_revoke.clone(),
+            };
             m.assigned = minus(&m.assigned, &to_revoke);
-            m.revoking = union(&m.revoking, &to_revoke);
-            m.revocation_deadline = Some(now + i64::from(m.rebalance_timeout_ms.max(0)));
+            m.revoking = union(&m.revoking, &still_owned);
+            if !m.revoking.is_empty() {
+                m.revocation_deadline = Some(now + i64::from(m.rebalance_timeout_ms.max(0)));
+            }
         }
         if !m.revoking.is_empty() {
             // Wait until the member confirms (its owned partitions no longer include them).
@@ -1072,6 +1189,221 @@ impl ConsumerGroup {
         !expired.is_empty()
     }
 
+    /// Whether `member_id` is a classic-protocol member of this group.
+    pub fn has_classic_member(&self, member_id: &str) -> bool {
+        self.members
+            .get(member_id)
+            .is_some_and(|m| m.classic.is_some())
+    }
+
+    fn validate_classic(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<&ConsumerMember, i16> {
+        if let Some(i) = instance_id {
+            if self.static_members.get(i).is_some_and(|m| m != member_id) {
+                return Err(code(ResponseError::FencedInstanceId));
+            }
+        }
+        let m = self
+            .members
+            .get(member_id)
+            .filter(|m| m.classic.is_some())
+            .ok_or(code(ResponseError::UnknownMemberId))?;
+        if generation != m.member_epoch {
+            return Err(code(ResponseError::IllegalGeneration));
+        }
+        Ok(m)
+    }
+
+    /// JoinGroup from a classic member: it joins as a member of this consumer group, the
+    /// server-side assignor decides, and its generation is its member epoch.
+    pub fn classic_join(
+        &mut self,
+        req: ClassicJoin,
+        topics: &Topics,
+        now: i64,
+    ) -> Result<ClassicJoined, Failure> {
+        let Some(protocol_name) = req.protocols.first().map(|(n, _)| n.clone()) else {
+            return fail(ResponseError::InconsistentGroupProtocol, "no protocol");
+        };
+        let member_id = if req.member_id.is_empty() {
+            let id = format!("{}-{}", req.client_id, Uuid::new_v4());
+            if req.require_known_member_id && req.instance_id.is_none() {
+                return Ok(ClassicJoined::MemberIdRequired(id));
+            }
+            id
+        } else {
+            // Known, or handed out with MEMBER_ID_REQUIRED: Kafka creates it either way.
+            req.member_id.clone()
+        };
+        // A static member's new incarnation takes the old one's place.
+        if let Some(instance) = &req.instance_id {
+            if let Some(old) = self.static_members.get(instance).cloned() {
+                if old != member_id {
+                    if let Some(mut m) = self.members.remove(&old) {
+                        m.member_id = member_id.clone();
+                        self.members.insert(member_id.clone(), m);
+                    }
+                    if let Some(t) = self.target.remove(&old) {
+                        self.target.insert(member_id.clone(), t);
+                    }
+                }
+            }
+            self.static_members
+                .insert(instance.clone(), member_id.clone());
+        }
+        let is_new = !self.members.contains_key(&member_id);
+        if is_new && self.members.len() >= self.settings.max_size {
+            return fail(
+                ResponseError::GroupMaxSizeReached,
+                "The consumer group has reached its maximum size",
+            );
+        }
+        let mut topics_sorted = req.topics.clone();
+        topics_sorted.sort();
+        topics_sorted.dedup();
+        let m = self
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| ConsumerMember {
+                member_id: member_id.clone(),
+                instance_id: req.instance_id.clone(),
+                rack_id: None,
+                client_id: req.client_id.clone(),
+                client_host: req.client_host.clone(),
+                member_epoch: 0,
+                previous_member_epoch: -1,
+                rebalance_timeout_ms: req.rebalance_timeout_ms,
+                subscribed_topic_names: Vec::new(),
+                subscribed_topic_regex: None,
+                server_assignor: None,
+                assigned: Assignment::new(),
+                revoking: Assignment::new(),
+                sent: None,
+                session_deadline: now,
+                revocation_deadline: None,
+                left_temporarily: false,
+                classic: None,
+            });
+        let changed = is_new || m.subscribed_topic_names != topics_sorted;
+        m.subscribed_topic_names = topics_sorted;
+        m.rebalance_timeout_ms = req.rebalance_timeout_ms;
+        m.client_id = req.client_id;
+        m.client_host = req.client_host;
+        m.left_temporarily = false;
+        m.session_deadline = now + i64::from(req.session_timeout_ms);
+        m.classic = Some(ClassicMember {
+            session_timeout_ms: req.session_timeout_ms,
+            protocols: req.protocols,
+            protocol_name: protocol_name.clone(),
+            sync_deadline: Some(now + i64::from(req.rebalance_timeout_ms.max(0))),
+        });
+        if changed || self.subscribed_metadata(topics) != self.metadata {
+            self.bump();
+        }
+        if self.assignment_epoch < self.group_epoch {
+            self.compute_target(topics);
+        }
+        self.reconcile(&member_id, Some(&req.owned), now);
+        let generation = self.members.get(&member_id).map_or(0, |m| m.member_epoch);
+        Ok(ClassicJoined::Joined {
+            member_id,
+            generation,
+            protocol_name,
+        })
+    }
+
+    /// SyncGroup from a classic member: its current assignment.
+    pub fn classic_sync(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now: i64,
+    ) -> Result<(String, Assignment), i16> {
+        self.validate_classic(member_id, instance_id, generation)?;
+        let m = self
+            .members
+            .get_mut(member_id)
+            .ok_or(code(ResponseError::UnknownMemberId))?;
+        let classic = m
+            .classic
+            .as_mut()
+            .ok_or(code(ResponseError::UnknownMemberId))?;
+        classic.sync_deadline = None;
+        m.session_deadline = now + i64::from(classic.session_timeout_ms);
+        Ok((classic.protocol_name.clone(), m.assigned.clone()))
+    }
+
+    /// Heartbeat from a classic member: `REBALANCE_IN_PROGRESS` while its assignment still has
+    /// to change, so it rejoins.
+    pub fn classic_heartbeat(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now: i64,
+    ) -> i16 {
+        if let Err(e) = self.validate_classic(member_id, instance_id, generation) {
+            return e;
+        }
+        let target = self.target.get(member_id).cloned().unwrap_or_default();
+        let epoch = self.assignment_epoch;
+        let Some(m) = self.members.get_mut(member_id) else {
+            return code(ResponseError::UnknownMemberId);
+        };
+        if let Some(c) = &m.classic {
+            m.session_deadline = now + i64::from(c.session_timeout_ms);
+        }
+        if m.member_epoch != epoch || !m.revoking.is_empty() || m.assigned != target {
+            return code(ResponseError::RebalanceInProgress);
+        }
+        0
+    }
+
+    /// LeaveGroup for a classic member.
+    pub fn classic_leave(&mut self, member_id: &str, instance_id: Option<&str>) -> i16 {
+        let id = match instance_id {
+            Some(i) => match self.static_members.get(i) {
+                Some(current) if member_id.is_empty() || current == member_id => current.clone(),
+                Some(_) => return code(ResponseError::FencedInstanceId),
+                None => return code(ResponseError::UnknownMemberId),
+            },
+            None => member_id.to_string(),
+        };
+        if !self.has_classic_member(&id) {
+            return code(ResponseError::UnknownMemberId);
+        }
+        self.remove(&id);
+        0
+    }
+
+    /// A classic group whose members all speak `consumer` becomes a consumer group when a
+    /// consumer-protocol member arrives (Kafka's online upgrade): members keep their
+    /// generation as epoch and their assignment.
+    pub fn upgrade_from(
+        members: Vec<(ConsumerMember, Assignment)>,
+        generation: i32,
+        settings: ConsumerSettings,
+        topics: &Topics,
+    ) -> ConsumerGroup {
+        let mut g = ConsumerGroup::new(settings);
+        g.group_epoch = generation;
+        g.assignment_epoch = generation;
+        for (m, assigned) in members {
+            if let Some(i) = &m.instance_id {
+                g.static_members.insert(i.clone(), m.member_id.clone());
+            }
+            g.target.insert(m.member_id.clone(), assigned);
+            g.members.insert(m.member_id.clone(), m);
+        }
+        g.metadata = g.subscribed_metadata(topics);
+        g
+    }
+
     /// OffsetCommit and OffsetFetch from members: `STALE_MEMBER_EPOCH` for an old epoch.
     pub fn validate_offset_commit(&self, member_id: &str, member_epoch: i32) -> Result<(), i16> {
         if member_epoch < 0 && member_id.is_empty() {
@@ -1085,8 +1417,13 @@ impl ConsumerGroup {
             return Err(code(ResponseError::UnknownMemberId));
         };
         if member_epoch != m.member_epoch {
-            // Consumer-protocol clients commit with OffsetCommit v9+.
-            return Err(code(ResponseError::StaleMemberEpoch));
+            // Consumer-protocol clients commit with OffsetCommit v9+; classic members expect
+            // their generation to be checked.
+            return Err(if m.classic.is_some() {
+                code(ResponseError::IllegalGeneration)
+            } else {
+                code(ResponseError::StaleMemberEpoch)
+            });
         }
         Ok(())
     }

@@ -561,21 +561,101 @@ pub fn forget_if_unused(groups: &mut HashMap<String, ClassicGroup>, group_id: &s
     }
 }
 
-/// The topics a `consumer` protocol member subscribes to (`ConsumerProtocolSubscription`).
-pub fn subscribed_topics(metadata: &[u8]) -> Vec<String> {
+/// Partitions by topic name, as the classic `consumer` protocol carries them.
+pub type NamedPartitions = Vec<(String, Vec<i32>)>;
+
+/// A `consumer` protocol member's `ConsumerProtocolSubscription`: (version, topics, owned
+/// partitions).
+pub fn decode_subscription(metadata: &[u8]) -> (i16, Vec<String>, NamedPartitions) {
     use runnel_protocol::kafka_protocol::messages::ConsumerProtocolSubscription;
     use runnel_protocol::kafka_protocol::protocol::Decodable;
-    let mut buf = Bytes::copy_from_slice(metadata);
-    if buf.len() < 2 {
+    if metadata.len() < 2 {
+        return (0, Vec::new(), Vec::new());
+    }
+    let version = i16::from_be_bytes([metadata[0], metadata[1]]).clamp(0, 3);
+    let mut buf = Bytes::copy_from_slice(&metadata[2..]);
+    match ConsumerProtocolSubscription::decode(&mut buf, version) {
+        Ok(s) => (
+            version,
+            s.topics.iter().map(|t| t.to_string()).collect(),
+            s.owned_partitions
+                .iter()
+                .map(|t| (t.topic.0.to_string(), t.partitions.clone()))
+                .collect(),
+        ),
+        Err(_) => (version, Vec::new(), Vec::new()),
+    }
+}
+
+/// The topics a `consumer` protocol member subscribes to (`ConsumerProtocolSubscription`).
+pub fn subscribed_topics(metadata: &[u8]) -> Vec<String> {
+    decode_subscription(metadata).1
+}
+
+/// The partitions of a `ConsumerProtocolAssignment`, by topic name.
+pub fn decode_assignment(assignment: &[u8]) -> NamedPartitions {
+    use runnel_protocol::kafka_protocol::messages::ConsumerProtocolAssignment;
+    use runnel_protocol::kafka_protocol::protocol::Decodable;
+    if assignment.len() < 2 {
         return Vec::new();
     }
-    let version = i16::from_be_bytes([buf[0], buf[1]]);
-    let _ = bytes::Buf::get_i16(&mut buf);
-    let version = version.clamp(0, 3);
-    match ConsumerProtocolSubscription::decode(&mut buf, version) {
-        Ok(s) => s.topics.iter().map(|t| t.to_string()).collect(),
+    let version = i16::from_be_bytes([assignment[0], assignment[1]]).clamp(0, 3);
+    let mut buf = Bytes::copy_from_slice(&assignment[2..]);
+    match ConsumerProtocolAssignment::decode(&mut buf, version) {
+        Ok(a) => a
+            .assigned_partitions
+            .iter()
+            .map(|t| (t.topic.0.to_string(), t.partitions.clone()))
+            .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// A `ConsumerProtocolAssignment` in `version`, with its version prefix.
+pub fn encode_assignment(version: i16, partitions: &[(String, Vec<i32>)]) -> Bytes {
+    use bytes::BufMut;
+    use runnel_protocol::kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+    use runnel_protocol::kafka_protocol::messages::{ConsumerProtocolAssignment, TopicName};
+    use runnel_protocol::kafka_protocol::protocol::{Encodable, StrBytes};
+    let version = version.clamp(0, 3);
+    let a = ConsumerProtocolAssignment::default().with_assigned_partitions(
+        partitions
+            .iter()
+            .map(|(t, ps)| {
+                TopicPartition::default()
+                    .with_topic(TopicName(StrBytes::from_string(t.clone())))
+                    .with_partitions(ps.clone())
+            })
+            .collect(),
+    );
+    let mut buf = bytes::BytesMut::new();
+    buf.put_i16(version);
+    if a.encode(&mut buf, version).is_err() {
+        return Bytes::new();
+    }
+    buf.freeze()
+}
+
+/// Partitions by topic name to partitions by topic id (unknown topics dropped), and back.
+pub fn by_id(parts: &[(String, Vec<i32>)], topics: &consumer::Topics) -> consumer::Assignment {
+    let mut a = consumer::Assignment::new();
+    for (t, ps) in parts {
+        if let Some(info) = topics.get(t) {
+            a.entry(info.id).or_default().extend(ps.iter().copied());
+        }
+    }
+    a.retain(|_, ps| !ps.is_empty());
+    a
+}
+
+pub fn by_name(a: &consumer::Assignment, topics: &consumer::Topics) -> NamedPartitions {
+    topics
+        .iter()
+        .filter_map(|(name, info)| {
+            a.get(&info.id)
+                .map(|ps| (name.clone(), ps.iter().copied().collect()))
+        })
+        .collect()
 }
 
 /// The timer: session, rebalance and sync timeouts, loads of partitions this broker comes to

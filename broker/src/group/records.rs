@@ -352,6 +352,9 @@ pub struct ConsumerMemberMetadataValue {
     pub subscribed_topic_regex: Option<String>,
     pub rebalance_timeout_ms: i32,
     pub server_assignor: Option<String>,
+    /// Tagged field 0, `ClassicMemberMetadata`: a classic-protocol member's session timeout
+    /// and supported protocols (name, metadata).
+    pub classic: Option<(i32, Vec<(String, Bytes)>)>,
 }
 
 /// `ConsumerGroupCurrentMemberAssignmentValue`.
@@ -445,7 +448,25 @@ impl ConsumerMemberMetadataValue {
         put_compact_string(&mut buf, self.subscribed_topic_regex.as_deref());
         buf.put_i32(self.rebalance_timeout_ms);
         put_compact_string(&mut buf, self.server_assignor.as_deref());
-        put_uvarint(&mut buf, 0);
+        match &self.classic {
+            None => put_uvarint(&mut buf, 0),
+            Some((session_timeout_ms, protocols)) => {
+                let mut field = BytesMut::new();
+                field.put_i32(*session_timeout_ms);
+                put_uvarint(&mut field, protocols.len() as u64 + 1);
+                for (name, metadata) in protocols {
+                    put_compact_string(&mut field, Some(name));
+                    put_uvarint(&mut field, metadata.len() as u64 + 1);
+                    field.put_slice(metadata);
+                    put_uvarint(&mut field, 0);
+                }
+                put_uvarint(&mut field, 0);
+                put_uvarint(&mut buf, 1);
+                put_uvarint(&mut buf, 0);
+                put_uvarint(&mut buf, field.len() as u64);
+                buf.put_slice(&field);
+            }
+        }
         buf.freeze()
     }
 
@@ -464,7 +485,25 @@ impl ConsumerMemberMetadataValue {
         let subscribed_topic_regex = r.nullable_string(true)?;
         let rebalance_timeout_ms = r.i32()?;
         let server_assignor = r.nullable_string(true)?;
-        r.skip_tagged_fields()?;
+        let mut classic = None;
+        for _ in 0..r.varint()? {
+            let tag = r.varint()?;
+            let size = r.varint()? as usize;
+            let field = r.take(size)?;
+            if tag == 0 {
+                let mut f = Reader::new(field);
+                let session_timeout_ms = f.i32()?;
+                let n = f.array_len(true)?;
+                let mut protocols = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = f.string(true)?;
+                    let metadata = f.bytes(true)?;
+                    f.skip_tagged_fields()?;
+                    protocols.push((name, metadata));
+                }
+                classic = Some((session_timeout_ms, protocols));
+            }
+        }
         Ok(ConsumerMemberMetadataValue {
             instance_id,
             rack_id,
@@ -474,6 +513,7 @@ impl ConsumerMemberMetadataValue {
             subscribed_topic_regex,
             rebalance_timeout_ms,
             server_assignor,
+            classic,
         })
     }
 }
@@ -739,10 +779,19 @@ mod tests {
             subscribed_topic_regex: None,
             rebalance_timeout_ms: 300_000,
             server_assignor: Some("uniform".into()),
+            classic: None,
         };
         assert_eq!(
             ConsumerMemberMetadataValue::decode(&member.encode()),
-            Ok(member)
+            Ok(member.clone())
+        );
+        let classic = ConsumerMemberMetadataValue {
+            classic: Some((10_000, vec![("range".into(), Bytes::from_static(b"sub"))])),
+            ..member
+        };
+        assert_eq!(
+            ConsumerMemberMetadataValue::decode(&classic.encode()),
+            Ok(classic)
         );
         let id = uuid::Uuid::from_u128(9);
         let current = CurrentMemberAssignmentValue {

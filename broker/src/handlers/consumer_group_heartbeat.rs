@@ -13,9 +13,9 @@ use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
 
 use super::ClientInfo;
-use crate::group::classic::ClassicGroup;
+use crate::group::classic::{ClassicGroup, GroupState};
 use crate::group::consumer::{self, ConsumerGroup, HeartbeatRequest, TopicInfo, Topics};
-use crate::group::{append, forget_if_unused, now_ms};
+use crate::group::{append, by_id, decode_assignment, forget_if_unused, now_ms, subscribed_topics};
 use crate::Broker;
 
 fn failed(code: i16, message: String) -> ConsumerGroupHeartbeatResponse {
@@ -43,6 +43,50 @@ pub fn topics_view(broker: &Broker) -> Topics {
             )
         })
         .collect()
+}
+
+/// Turns a stable classic group's members into classic members of a consumer group.
+fn upgrade(
+    g: &mut ClassicGroup,
+    settings: consumer::ConsumerSettings,
+    topics: &Topics,
+    now: i64,
+) -> ConsumerGroup {
+    let protocol = g.protocol_name.clone().unwrap_or_default();
+    let generation = g.generation_id;
+    let members = std::mem::take(&mut g.members)
+        .into_values()
+        .map(|m| {
+            let metadata = m
+                .protocols
+                .iter()
+                .find(|(n, _)| *n == protocol)
+                .map(|(_, meta)| meta.clone())
+                .unwrap_or_default();
+            let assigned = by_id(&decode_assignment(&m.assignment), topics);
+            let member = consumer::ConsumerMember::from_classic(
+                m.member_id.clone(),
+                m.group_instance_id.clone(),
+                (m.client_id.clone(), m.client_host.clone()),
+                (m.session_timeout_ms, m.rebalance_timeout_ms),
+                m.protocols.clone(),
+                protocol.clone(),
+                subscribed_topics(&metadata),
+                assigned.clone(),
+                generation,
+                now,
+            );
+            (member, assigned)
+        })
+        .collect();
+    g.static_members.clear();
+    g.leader_id = None;
+    g.state = GroupState::Empty;
+    tracing::info!(
+        group = g.group_id,
+        "classic group upgraded to a consumer group"
+    );
+    ConsumerGroup::upgrade_from(members, generation, settings, topics)
 }
 
 pub async fn handle(
@@ -98,12 +142,22 @@ pub async fn handle(
             .or_insert_with(|| ClassicGroup::new(group_id.clone(), classic, now));
         if g.consumer.is_none() {
             if !g.members.is_empty() || !g.pending_members.is_empty() {
-                return Err((
-                    ResponseError::GroupIdNotFound.code(),
-                    format!("Group {group_id} is not a consumer group."),
-                ));
+                // Kafka's online upgrade: a stable classic group of `consumer` members
+                // becomes a consumer group; its members stay, speaking the classic protocol.
+                let upgradable = g.protocol_type.as_deref() == Some("consumer")
+                    && g.state == GroupState::Stable
+                    && g.pending_members.is_empty();
+                if !upgradable {
+                    return Err((
+                        ResponseError::GroupIdNotFound.code(),
+                        format!("Group {group_id} is not a consumer group."),
+                    ));
+                }
+                let c = upgrade(g, consumer_settings, &topics, now);
+                g.consumer = Some(c);
+            } else {
+                g.consumer = Some(ConsumerGroup::new(consumer_settings));
             }
-            g.consumer = Some(ConsumerGroup::new(consumer_settings));
         }
         let result = match &mut g.consumer {
             Some(c) => c

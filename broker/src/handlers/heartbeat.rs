@@ -22,6 +22,21 @@ pub fn handle(broker: &Arc<Broker>, request: HeartbeatRequest, version: i16) -> 
         .groups
         .with_groups(broker, &group_id, |groups, _| {
             match groups.get_mut(&group_id) {
+                Some(g)
+                    if g.consumer
+                        .as_ref()
+                        .is_some_and(|c| c.has_classic_member(&request.member_id)) =>
+                {
+                    match &mut g.consumer {
+                        Some(c) => c.classic_heartbeat(
+                            &request.member_id,
+                            instance.as_deref(),
+                            request.generation_id,
+                            now_ms(),
+                        ),
+                        None => ResponseError::UnknownMemberId.code(),
+                    }
+                }
                 Some(g) => g.heartbeat(
                     &request.member_id,
                     instance.as_deref(),

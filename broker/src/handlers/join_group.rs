@@ -9,8 +9,13 @@ use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
 
 use super::ClientInfo;
-use crate::group::classic::{ClassicGroup, JoinRequest, JoinResult};
-use crate::group::{forget_if_unused, now_ms, run_stores};
+use tokio::sync::oneshot;
+
+use crate::group::classic::{ClassicGroup, JoinRequest, JoinResult, Store};
+use crate::group::consumer::{ClassicJoin, ClassicJoined, ConsumerGroup, Topics};
+use crate::group::{
+    append, by_id, decode_subscription, forget_if_unused, now_ms, run_stores, Record,
+};
 use crate::Broker;
 
 fn response(r: JoinResult, version: i16) -> JoinGroupResponse {
@@ -79,22 +84,105 @@ pub async fn handle(
         supports_skip_assignment: version >= 9,
     };
     let settings = broker.groups.config().groups.clone();
-    let joined = broker.groups.with_groups(broker, &group_id, |groups, _| {
+    let topics = super::consumer_group_heartbeat::topics_view(broker);
+    let joined = broker.groups.with_groups(broker, &group_id, |groups, p| {
         let now = now_ms();
-        let out = groups
+        let g = groups
             .entry(group_id.clone())
-            .or_insert_with(|| ClassicGroup::new(group_id.clone(), settings, now))
-            .join(req, now);
+            .or_insert_with(|| ClassicGroup::new(group_id.clone(), settings, now));
+        let out = match g.consumer.as_mut().filter(|c| !c.is_empty()) {
+            // A classic member joining a consumer group with members (Kafka lets the two
+            // protocols mix): the server-side assignor decides for it too.
+            Some(c) => Joined::Now(join_consumer_group(c, &group_id, req, &topics, now), p),
+            None => {
+                let (rx, stores) = g.join(req, now);
+                Joined::Wait(rx, stores)
+            }
+        };
         forget_if_unused(groups, &group_id);
         out
     });
-    let (rx, stores) = match joined {
-        Ok(j) => j,
-        Err(code) => return response(JoinResult::error(code, member_id), version),
+    let result = match joined {
+        Ok(Joined::Wait(rx, stores)) => {
+            run_stores(broker, group_id, stores);
+            rx.await.unwrap_or_else(|_| {
+                JoinResult::error(ResponseError::NotCoordinator.code(), member_id.clone())
+            })
+        }
+        Ok(Joined::Now((result, records), p)) => {
+            if !records.is_empty() {
+                if let Err(code) = append(broker, p, records, false).await {
+                    return response(JoinResult::error(code, member_id), version);
+                }
+            }
+            result
+        }
+        Err(code) => JoinResult::error(code, member_id),
     };
-    run_stores(broker, group_id, stores);
-    let result = rx.await.unwrap_or_else(|_| {
-        JoinResult::error(ResponseError::NotCoordinator.code(), member_id.clone())
-    });
     response(result, version)
+}
+
+enum Joined {
+    Wait(oneshot::Receiver<JoinResult>, Vec<Store>),
+    Now((JoinResult, Vec<Record>), i32),
+}
+
+fn join_consumer_group(
+    c: &mut ConsumerGroup,
+    group_id: &str,
+    req: JoinRequest,
+    topics: &Topics,
+    now: i64,
+) -> (JoinResult, Vec<Record>) {
+    if req.protocol_type != "consumer" {
+        return (
+            JoinResult::error(
+                ResponseError::InconsistentGroupProtocol.code(),
+                req.member_id,
+            ),
+            Vec::new(),
+        );
+    }
+    let (_, subscribed, owned) = req
+        .protocols
+        .first()
+        .map(|(_, m)| decode_subscription(m))
+        .unwrap_or_default();
+    let member_id = req.member_id.clone();
+    let join = ClassicJoin {
+        member_id: req.member_id,
+        instance_id: req.group_instance_id,
+        client_id: req.client_id,
+        client_host: req.client_host,
+        session_timeout_ms: req.session_timeout_ms,
+        rebalance_timeout_ms: req.rebalance_timeout_ms,
+        protocols: req.protocols,
+        require_known_member_id: req.require_known_member_id,
+        topics: subscribed,
+        owned: by_id(&owned, topics),
+    };
+    match c.classic_join(join, topics, now) {
+        Ok(ClassicJoined::MemberIdRequired(id)) => (
+            JoinResult::error(ResponseError::MemberIdRequired.code(), id),
+            Vec::new(),
+        ),
+        Ok(ClassicJoined::Joined {
+            member_id,
+            generation,
+            protocol_name,
+        }) => (
+            JoinResult {
+                error: 0,
+                generation_id: generation,
+                protocol_type: Some("consumer".to_string()),
+                protocol_name: Some(protocol_name),
+                leader: String::new(),
+                skip_assignment: false,
+                member_id,
+                members: Vec::new(),
+            },
+            c.take_changes(group_id),
+        ),
+        Err((code, _)) => (JoinResult::error(code, member_id), Vec::new()),
+    }
 }

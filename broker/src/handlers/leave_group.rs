@@ -40,6 +40,17 @@ pub fn handle(
         let codes: Vec<i16> = leaving
             .iter()
             .map(|(member, instance)| {
+                if let Some(c) = g.consumer.as_mut() {
+                    // Classic members of a consumer group; what they change is stored by the
+                    // coordinator's timer.
+                    let known = c.has_classic_member(member)
+                        || instance
+                            .as_ref()
+                            .is_some_and(|i| c.static_members.contains_key(i));
+                    if known {
+                        return c.classic_leave(member, instance.as_deref());
+                    }
+                }
                 let (code, mut s) = g.leave(member, instance.as_deref(), now);
                 stores.append(&mut s);
                 code

@@ -8,7 +8,7 @@ use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
 
 use crate::group::classic::SyncResult;
-use crate::group::{now_ms, run_stores};
+use crate::group::{by_name, decode_subscription, encode_assignment, now_ms, run_stores};
 use crate::Broker;
 
 fn response(r: SyncResult) -> SyncGroupResponse {
@@ -41,8 +41,41 @@ pub async fn handle(
         .iter()
         .map(|a| (a.member_id.to_string(), a.assignment.clone()))
         .collect();
+    let topics = super::consumer_group_heartbeat::topics_view(broker);
     let synced = broker.groups.with_groups(broker, &group_id, |groups, _| {
         groups.get_mut(&group_id).map(|g| {
+            if let Some(c) = g
+                .consumer
+                .as_mut()
+                .filter(|c| c.has_classic_member(&member_id))
+            {
+                // A classic member of a consumer group: its assignment as the coordinator
+                // reconciled it.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let version = c
+                    .members
+                    .get(&member_id)
+                    .and_then(|m| m.classic.as_ref())
+                    .and_then(|cm| cm.protocols.first())
+                    .map_or(0, |(_, meta)| decode_subscription(meta).0);
+                let _ = tx.send(
+                    match c.classic_sync(
+                        &member_id,
+                        instance.as_deref(),
+                        request.generation_id,
+                        now_ms(),
+                    ) {
+                        Ok((protocol_name, assigned)) => SyncResult {
+                            error: 0,
+                            protocol_type: Some("consumer".to_string()),
+                            protocol_name: Some(protocol_name),
+                            assignment: encode_assignment(version, &by_name(&assigned, &topics)),
+                        },
+                        Err(code) => SyncResult::error(code),
+                    },
+                );
+                return (rx, Vec::new());
+            }
             g.sync(
                 &member_id,
                 instance.as_deref(),
