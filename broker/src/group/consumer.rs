@@ -647,11 +647,15 @@ impl ConsumerGroup {
             "Empty"
         } else if self.assignment_epoch < self.group_epoch {
             "Assigning"
-        } else if self
-            .members
-            .values()
-            .any(|m| m.member_epoch != self.assignment_epoch || !m.revoking.is_empty())
-        {
+        } else if self.members.values().any(|m| {
+            m.member_epoch != self.assignment_epoch
+                || !m.revoking.is_empty()
+                || self
+                    .target
+                    .get(&m.member_id)
+                    .is_some_and(|t| *t != m.assigned)
+        }) {
+            // Someone still gives up or waits for partitions.
             "Reconciling"
         } else {
             "Stable"
@@ -695,6 +699,11 @@ impl ConsumerGroup {
         if req.member_epoch == -1 || req.member_epoch == -2 {
             return self.leave(&req, now);
         }
+        let is_full_request = req.member_epoch == 0
+            || (req.rebalance_timeout_ms != -1
+                && (req.subscribed_topic_names.is_some() || req.subscribed_topic_regex.is_some())
+                && req.owned.is_some());
+        let reported = req.owned.clone();
         if req.member_epoch < -2 {
             return fail(ResponseError::InvalidRequest, "MemberEpoch is invalid");
         }
@@ -811,7 +820,11 @@ impl ConsumerGroup {
             .members
             .get_mut(&member_id)
             .ok_or((code(ResponseError::UnknownMemberId), String::new()))?;
-        let assignment = if m.sent.as_ref() != Some(&m.assigned) {
+        // Kafka sends the assignment when it changed, and on every full request (a join, or
+        // a retry after a lost answer carrying all fields), so a lost response heals.
+        // A member reporting other partitions than it was given lost an answer too.
+        let out_of_step = reported.is_some_and(|o| o != m.assigned);
+        let assignment = if is_full_request || out_of_step || m.sent.as_ref() != Some(&m.assigned) {
             m.sent = Some(m.assigned.clone());
             Some(m.assigned.clone())
         } else {
