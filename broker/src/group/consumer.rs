@@ -415,113 +415,32 @@ fn intersects(a: &Assignment, b: &Assignment) -> bool {
         .any(|(t, ps)| b.get(t).is_some_and(|o| !ps.is_disjoint(o)))
 }
 
-/// A small regular-expression matcher for subscriptions (RE2 subset clients send in practice:
-/// literals, `.`, `*`, `+`, `?`, `^`, `$`, character classes `[...]`, and `|` alternatives),
-/// anchored at both ends as Kafka matches topic names.
+/// Compiled subscription patterns (bounded; cleared when full).
+static REGEXES: std::sync::Mutex<BTreeMap<String, Option<regex::Regex>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Compiles a subscription pattern as Kafka matches it: the whole topic name (RE2 syntax, as
+/// RE2J in Kafka; linear-time matching, so a hostile pattern cannot stall the coordinator).
+pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            format!("SubscribedTopicRegex {pattern:?} is not a valid regular expression: {e}")
+        })
+}
+
+/// Whether `text` matches the subscription `pattern` (never, for an invalid one).
 pub fn regex_matches(pattern: &str, text: &str) -> bool {
-    let pattern = pattern.strip_prefix('^').unwrap_or(pattern);
-    let pattern = pattern.strip_suffix('$').unwrap_or(pattern);
-    pattern
-        .split('|')
-        .any(|alt| match_here(&tokens(alt), text.as_bytes()))
-}
-
-#[derive(Debug, Clone)]
-enum Atom {
-    Any,
-    Byte(u8),
-    Class(Vec<(u8, u8)>, bool),
-}
-
-#[derive(Debug, Clone)]
-struct Token {
-    atom: Atom,
-    min: usize,
-    max: usize,
-}
-
-fn tokens(p: &str) -> Vec<Token> {
-    let b = p.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let atom = match b[i] {
-            b'.' => {
-                i += 1;
-                Atom::Any
-            }
-            b'\\' if i + 1 < b.len() => {
-                i += 2;
-                Atom::Byte(b[i - 1])
-            }
-            b'[' => {
-                let mut j = i + 1;
-                let negate = b.get(j) == Some(&b'^');
-                if negate {
-                    j += 1;
-                }
-                let mut ranges = Vec::new();
-                while j < b.len() && b[j] != b']' {
-                    if j + 2 < b.len() && b[j + 1] == b'-' && b[j + 2] != b']' {
-                        ranges.push((b[j], b[j + 2]));
-                        j += 3;
-                    } else {
-                        ranges.push((b[j], b[j]));
-                        j += 1;
-                    }
-                }
-                i = (j + 1).min(b.len());
-                Atom::Class(ranges, negate)
-            }
-            c => {
-                i += 1;
-                Atom::Byte(c)
-            }
-        };
-        let (min, max) = match b.get(i) {
-            Some(b'*') => (0, usize::MAX),
-            Some(b'+') => (1, usize::MAX),
-            Some(b'?') => (0, 1),
-            _ => (1, 1),
-        };
-        if (min, max) != (1, 1) {
-            i += 1;
-        }
-        out.push(Token { atom, min, max });
+    let mut cache = REGEXES.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= 4096 && !cache.contains_key(pattern) {
+        cache.clear();
     }
-    out
-}
-
-fn atom_matches(a: &Atom, c: u8) -> bool {
-    match a {
-        Atom::Any => true,
-        Atom::Byte(b) => *b == c,
-        Atom::Class(ranges, negate) => {
-            ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)) != *negate
-        }
-    }
-}
-
-fn match_here(tokens: &[Token], text: &[u8]) -> bool {
-    let Some((t, rest)) = tokens.split_first() else {
-        return text.is_empty();
-    };
-    let mut n = 0;
-    while n < t.min {
-        if n >= text.len() || !atom_matches(&t.atom, text[n]) {
-            return false;
-        }
-        n += 1;
-    }
-    loop {
-        if match_here(rest, &text[n..]) {
-            return true;
-        }
-        if n >= t.max || n >= text.len() || !atom_matches(&t.atom, text[n]) {
-            return false;
-        }
-        n += 1;
-    }
+    cache
+        .entry(pattern.to_string())
+        .or_insert_with(|| compile_regex(pattern).ok())
+        .as_ref()
+        .is_some_and(|r| r.is_match(text))
 }
 
 impl ConsumerGroup {
@@ -584,12 +503,13 @@ impl ConsumerGroup {
                 .encode(),
                 encode_target_assignment(&to_records(&target)),
             );
+            // Kafka's MemberState: STABLE 0, UNREVOKED_PARTITIONS 1, UNRELEASED_PARTITIONS 2.
             let state = if !m.revoking.is_empty() {
                 1
             } else if m.assigned != target {
                 2
             } else {
-                3
+                0
             };
             out.insert(
                 RecordKey::CurrentMemberAssignment {
@@ -631,7 +551,10 @@ impl ConsumerGroup {
 
     /// A write of [`ConsumerGroup::take_changes`] failed: write everything next time.
     pub fn forget_persisted(&mut self) {
-        self.persisted.clear();
+        // Keep the keys (their tombstones are still owed) but no value counts as written.
+        for v in self.persisted.values_mut() {
+            *v = Bytes::new();
+        }
     }
 
     /// Tombstones for every record of the group (deletion).
@@ -666,11 +589,14 @@ impl ConsumerGroup {
         self.members.is_empty()
     }
 
-    pub fn subscribed_topics(&self) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for m in self.members.values() {
-            out.extend(m.subscribed_topic_names.iter().cloned());
-        }
+    /// The topics some member subscribes to, by name or by regex, among `topics`.
+    pub fn subscribed_topics_in(&self, topics: &Topics) -> std::collections::HashSet<String> {
+        let mut out: std::collections::HashSet<String> = self
+            .members
+            .values()
+            .flat_map(|m| m.subscribed_topic_names.iter().cloned())
+            .collect();
+        out.extend(self.subscribed_metadata(topics).into_keys());
         out
     }
 
@@ -707,6 +633,11 @@ impl ConsumerGroup {
         if req.member_epoch < -2 {
             return fail(ResponseError::InvalidRequest, "MemberEpoch is invalid");
         }
+        if let Some(pattern) = &req.subscribed_topic_regex {
+            if let Err(message) = compile_regex(pattern) {
+                return fail(ResponseError::InvalidRegularExpression, message);
+            }
+        }
         if let Some(a) = &req.server_assignor {
             if !ASSIGNORS.contains(&a.as_str()) {
                 return fail(
@@ -727,10 +658,11 @@ impl ConsumerGroup {
                     format!("Member {} is not a member of the group", req.member_id),
                 );
             };
+            // Kafka accepts the previous epoch only with owned partitions, all still its own.
             let owned_ok = req
                 .owned
                 .as_ref()
-                .is_none_or(|o| minus(o, &m.assigned).is_empty());
+                .is_some_and(|o| minus(o, &m.assigned).is_empty());
             if req.member_epoch != m.member_epoch
                 && !(req.member_epoch == m.previous_member_epoch && owned_ok)
             {
@@ -1371,7 +1303,13 @@ impl ConsumerGroup {
         if let Some(c) = &m.classic {
             m.session_deadline = now + i64::from(c.session_timeout_ms);
         }
-        if m.member_epoch != epoch || !m.revoking.is_empty() || m.assigned != target {
+        // Behind the group (a member left, subscriptions or topics changed) or not yet at its
+        // target: rejoin, so the assignor runs and the member reconciles.
+        if m.member_epoch < self.group_epoch
+            || m.member_epoch != epoch
+            || !m.revoking.is_empty()
+            || m.assigned != target
+        {
             return code(ResponseError::RebalanceInProgress);
         }
         0
@@ -1671,15 +1609,20 @@ mod tests {
     fn subscription_regexes_match_whole_names() {
         assert!(regex_matches("orders-.*", "orders-eu"));
         assert!(!regex_matches("orders-.*", "my-orders-eu"));
-        assert!(regex_matches(
-            "^(a|b)$"
-                .trim_start_matches('^')
-                .replace(['(', ')'], "")
-                .as_str(),
-            "b"
-        ));
+        assert!(regex_matches("t-(a|b)", "t-b"));
         assert!(regex_matches("t[0-9]+", "t42"));
         assert!(!regex_matches("t[0-9]+", "t"));
-        assert!(regex_matches("x?y", "y"));
+        assert!(
+            !regex_matches("(unclosed", "x"),
+            "an invalid pattern matches nothing"
+        );
+        assert!(compile_regex("(unclosed").is_err());
+        // Backtracking matchers take exponential time on this; RE2 semantics do not.
+        let started = std::time::Instant::now();
+        assert!(!regex_matches(
+            &format!("{}x", ".*".repeat(20)),
+            &"a".repeat(40)
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 }

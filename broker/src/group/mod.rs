@@ -121,10 +121,12 @@ fn append_error_code(e: &ReplicationError, for_commit: bool) -> i16 {
             code(ResponseError::NotCoordinator)
         }
         ReplicationError::UnknownTopicOrPartition => code(ResponseError::CoordinatorNotAvailable),
-        ReplicationError::Storage(runnel_storage::StorageError::BatchTooLarge { .. })
-            if for_commit =>
-        {
-            code(ResponseError::InvalidCommitOffsetSize)
+        ReplicationError::Storage(runnel_storage::StorageError::BatchTooLarge { .. }) => {
+            if for_commit {
+                code(ResponseError::InvalidCommitOffsetSize)
+            } else {
+                code(ResponseError::UnknownServerError)
+            }
         }
         ReplicationError::Storage(_) | ReplicationError::Io(_) => {
             code(ResponseError::NotCoordinator)
@@ -173,6 +175,10 @@ impl GroupCoordinator {
         group_id: &str,
         f: impl FnOnce(&mut HashMap<String, ClassicGroup>, i32) -> R,
     ) -> Result<R, i16> {
+        // Record keys hold the id as an int16-length string.
+        if group_id.len() > i16::MAX as usize {
+            return Err(code(ResponseError::InvalidGroupId));
+        }
         let p = self.partition_of(broker, group_id);
         self.with_partition(broker, p, |groups| f(groups, p))
     }
@@ -200,6 +206,15 @@ impl GroupCoordinator {
                 Err(code(ResponseError::CoordinatorLoadInProgress))
             }
         }
+    }
+
+    /// A write of a consumer group's changes failed: its next changes rewrite everything.
+    pub fn consumer_write_failed(&self, broker: &Arc<Broker>, group_id: &str) {
+        let _ = self.with_groups(broker, group_id, |groups, _| {
+            if let Some(c) = groups.get_mut(group_id).and_then(|g| g.consumer.as_mut()) {
+                c.forget_persisted();
+            }
+        });
     }
 
     /// Every loaded group's (id, state, protocol type, group type), for ListGroups. The error
@@ -408,12 +423,16 @@ fn load_groups(
         else {
             continue;
         };
+        // The consumer records were written last: the group is a consumer group now (an
+        // upgraded classic group's members live on in it).
         let g = groups
             .entry(id.clone())
             .or_insert_with(|| ClassicGroup::new(id.clone(), settings.clone(), now));
-        if g.members.is_empty() {
-            g.consumer = Some(c);
-        }
+        g.members.clear();
+        g.static_members.clear();
+        g.leader_id = None;
+        g.state = GroupState::Empty;
+        g.consumer = Some(c);
     }
     for (id, committed) in offsets {
         if committed.is_empty() {
@@ -484,14 +503,22 @@ pub fn group_tombstone(group_id: &str) -> Record {
     )
 }
 
-/// Appends records to a `__consumer_offsets` partition and waits for them to commit. Returns
-/// the offset of the first record.
-pub async fn append(
-    broker: &Broker,
-    p: i32,
-    records: Vec<(Bytes, Option<Bytes>)>,
+/// The answer replication gives a produce.
+type ProduceReply =
+    tokio::sync::oneshot::Receiver<Result<runnel_replication::ProduceAck, ReplicationError>>;
+
+/// An append to `__consumer_offsets` that has been handed to replication.
+#[derive(Debug)]
+pub struct Appending {
+    rx: Option<ProduceReply>,
+    error: i16,
     for_commit: bool,
-) -> Result<u64, i16> {
+}
+
+/// Hands records to a `__consumer_offsets` partition's Raft group at once. Called while the
+/// coordinator's lock is held, it puts records in the log in the order the groups changed,
+/// so replay never disagrees with memory.
+pub fn begin_append(broker: &Broker, p: i32, records: Vec<Record>, for_commit: bool) -> Appending {
     let now = now_ms();
     let records: Vec<NewRecord> = records
         .into_iter()
@@ -502,17 +529,54 @@ pub async fn append(
             headers: Vec::new(),
         })
         .collect();
-    let data = batch::build_batch(&records, &BatchOptions::default())
-        .map_err(|_| code(ResponseError::UnknownServerError))?;
+    let failed = |error| Appending {
+        rx: None,
+        error,
+        for_commit,
+    };
+    let Ok(data) = batch::build_batch(&records, &BatchOptions::default()) else {
+        return failed(code(ResponseError::UnknownServerError));
+    };
     match broker
         .replication
-        .produce(OFFSETS_TOPIC, p, vec![data], -1)
-        .await
+        .begin_produce(OFFSETS_TOPIC, p, vec![data], -1)
     {
-        Ok(Some(ack)) => Ok(ack.base_offset),
-        Ok(None) => Err(code(ResponseError::UnknownServerError)),
-        Err(e) => Err(append_error_code(&e, for_commit)),
+        Ok(rx) => Appending {
+            rx,
+            error: 0,
+            for_commit,
+        },
+        Err(e) => failed(append_error_code(&e, for_commit)),
     }
+}
+
+impl Appending {
+    /// Waits for the records to commit; the offset of the first.
+    pub async fn done(self) -> Result<u64, i16> {
+        let Some(rx) = self.rx else {
+            return Err(if self.error != 0 {
+                self.error
+            } else {
+                code(ResponseError::UnknownServerError)
+            });
+        };
+        match rx.await {
+            Ok(Ok(ack)) => Ok(ack.base_offset),
+            Ok(Err(e)) => Err(append_error_code(&e, self.for_commit)),
+            Err(_) => Err(code(ResponseError::NotCoordinator)),
+        }
+    }
+}
+
+/// Appends records to a `__consumer_offsets` partition and waits for them to commit. Returns
+/// the offset of the first record.
+pub async fn append(
+    broker: &Broker,
+    p: i32,
+    records: Vec<Record>,
+    for_commit: bool,
+) -> Result<u64, i16> {
+    begin_append(broker, p, records, for_commit).done().await
 }
 
 /// Writes the group metadata records `stores` asks for, one after another, feeding each
@@ -525,15 +589,17 @@ pub fn run_stores(broker: &Arc<Broker>, group_id: String, stores: Vec<Store>) {
     tokio::spawn(async move {
         let mut queue = stores;
         while let Some(store) = queue.pop() {
-            let built = broker.groups.with_groups(&broker, &group_id, |groups, p| {
-                groups.get(&group_id).map(|g| (p, g.to_record().encode()))
-            });
-            let Ok(Some((p, value))) = built else { return };
             let key = RecordKey::GroupMetadata {
                 group: group_id.clone(),
             }
             .encode();
-            let error = match append(&broker, p, vec![(key, Some(value))], false).await {
+            let begun = broker.groups.with_groups(&broker, &group_id, |groups, p| {
+                groups.get(&group_id).map(|g| {
+                    begin_append(&broker, p, vec![(key, Some(g.to_record().encode()))], false)
+                })
+            });
+            let Ok(Some(appending)) = begun else { return };
+            let error = match appending.done().await {
                 Ok(_) => 0,
                 Err(e) => e,
             };
@@ -673,7 +739,7 @@ pub async fn run_timer(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Re
         let now = now_ms();
         track_leadership(&broker);
         let mut work: Vec<(String, Vec<Store>)> = Vec::new();
-        let mut consumer_writes: Vec<(i32, Vec<Record>)> = Vec::new();
+        let mut consumer_writes: Vec<(i32, String, Appending)> = Vec::new();
         {
             let mut partitions = broker.groups.lock();
             for (p, pg) in partitions.iter_mut().filter(|(_, pg)| pg.loaded) {
@@ -685,7 +751,8 @@ pub async fn run_timer(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Re
                     if let Some(c) = &mut g.consumer {
                         let records = c.take_changes(&g.group_id);
                         if !records.is_empty() {
-                            consumer_writes.push((*p, records));
+                            let appending = begin_append(&broker, *p, records, false);
+                            consumer_writes.push((*p, g.group_id.clone(), appending));
                         }
                     }
                 }
@@ -694,15 +761,17 @@ pub async fn run_timer(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Re
         for (group_id, stores) in work {
             run_stores(&broker, group_id, stores);
         }
-        for (p, records) in consumer_writes {
+        for (p, group_id, appending) in consumer_writes {
             let broker = broker.clone();
             tokio::spawn(async move {
-                if let Err(code) = append(&broker, p, records, false).await {
-                    tracing::warn!(
-                        partition = p,
-                        code,
-                        "storing expired consumer group members failed"
-                    );
+                if let Err(code) = appending.done().await {
+                    tracing::warn!(partition = p, code, "storing consumer group changes failed");
+                    let _ = broker.groups.with_partition(&broker, p, |groups| {
+                        if let Some(c) = groups.get_mut(&group_id).and_then(|g| g.consumer.as_mut())
+                        {
+                            c.forget_persisted();
+                        }
+                    });
                 }
             });
         }
@@ -742,6 +811,7 @@ fn track_leadership(broker: &Arc<Broker>) {
 /// commit by commit) are removed with tombstones; a group left with nothing is deleted.
 async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
     let retention = broker.groups.config.offsets_retention_minutes * 60_000;
+    let topics = crate::handlers::consumer_group_heartbeat::topics_view(broker);
     // (partition, group, expired offsets, whether the group goes too, its KIP-848 records)
     type Expiry = (i32, String, Vec<(String, i32)>, bool, Vec<Record>);
     let mut work: Vec<Expiry> = Vec::new();
@@ -752,7 +822,7 @@ async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
                 // KIP-496: a live consumer group keeps the offsets of the topics it subscribes
                 // to; those of other topics expire a retention period after their commit.
                 let subscribed: Option<HashSet<String>> = match &g.consumer {
-                    Some(c) if !c.is_empty() => Some(c.subscribed_topics().into_iter().collect()),
+                    Some(c) if !c.is_empty() => Some(c.subscribed_topics_in(&topics)),
                     Some(_) => None,
                     None if g.state == GroupState::Empty => None,
                     None if g.protocol_type.as_deref() == Some("consumer") => {
@@ -779,10 +849,14 @@ async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
                         if c.value.expire_timestamp >= 0 {
                             return now >= c.value.expire_timestamp;
                         }
+                        // Consumer groups (KIP-848) and simple groups count from each commit;
+                        // classic groups from when they became empty (KIP-211).
                         let since = match &subscribed {
                             Some(topics) if topics.contains(topic) => return false,
                             Some(_) => c.value.commit_timestamp,
-                            None if g.protocol_type.is_some() => g.current_state_timestamp,
+                            None if g.consumer.is_none() && g.protocol_type.is_some() => {
+                                g.current_state_timestamp
+                            }
                             None => c.value.commit_timestamp,
                         };
                         now >= since.saturating_add(retention)
@@ -791,7 +865,8 @@ async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
                     .collect();
                 let delete_group =
                     subscribed.is_none() && expired.len() == g.offsets.len() && g.is_empty();
-                if !expired.is_empty() {
+                // An empty group with nothing left to expire is deleted too, as Kafka does.
+                if !expired.is_empty() || delete_group {
                     let group_id = g.group_id.clone();
                     let consumer_records = match (&mut g.consumer, delete_group) {
                         (Some(c), true) => c.tombstones(&group_id),
@@ -808,14 +883,17 @@ async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
             records.push(group_tombstone(&group_id));
             records.extend(consumer_records);
         }
-        if append(broker, p, records, false).await.is_err() {
+        let Ok(first) = append(broker, p, records, false).await else {
             continue;
-        }
+        };
         tracing::info!(group = group_id, offsets = expired.len(), "expired offsets");
         let _ = broker.groups.with_partition(broker, p, |groups| {
             if let Some(g) = groups.get_mut(&group_id) {
+                // A commit that landed after the tombstone stays.
                 for k in &expired {
-                    g.offsets.remove(k);
+                    if g.offsets.get(k).is_some_and(|c| c.record_offset < first) {
+                        g.offsets.remove(k);
+                    }
                 }
                 if delete_group && g.offsets.is_empty() && g.is_empty() {
                     g.close(code(ResponseError::CoordinatorNotAvailable));

@@ -362,7 +362,7 @@ pub struct ConsumerMemberMetadataValue {
 pub struct CurrentMemberAssignmentValue {
     pub member_epoch: i32,
     pub previous_member_epoch: i32,
-    /// Kafka's `MemberState`: 1 unrevoked partitions, 2 unreleased partitions, 3 stable.
+    /// Kafka's `MemberState`: 0 stable, 1 unrevoked partitions, 2 unreleased partitions.
     pub state: i8,
     pub assigned: TopicPartitions,
     pub pending_revocation: TopicPartitions,
@@ -451,7 +451,9 @@ impl ConsumerMemberMetadataValue {
         match &self.classic {
             None => put_uvarint(&mut buf, 0),
             Some((session_timeout_ms, protocols)) => {
+                // A nullable struct: a presence byte (1), then the struct.
                 let mut field = BytesMut::new();
+                field.put_i8(1);
                 field.put_i32(*session_timeout_ms);
                 put_uvarint(&mut field, protocols.len() as u64 + 1);
                 for (name, metadata) in protocols {
@@ -490,8 +492,8 @@ impl ConsumerMemberMetadataValue {
             let tag = r.varint()?;
             let size = r.varint()? as usize;
             let field = r.take(size)?;
-            if tag == 0 {
-                let mut f = Reader::new(field);
+            if tag == 0 && field.first() == Some(&1) {
+                let mut f = Reader::new(&field[1..]);
                 let session_timeout_ms = f.i32()?;
                 let n = f.array_len(true)?;
                 let mut protocols = Vec::with_capacity(n);
@@ -797,7 +799,7 @@ mod tests {
         let current = CurrentMemberAssignmentValue {
             member_epoch: 4,
             previous_member_epoch: 3,
-            state: 3,
+            state: 0,
             assigned: vec![(id, vec![0, 2])],
             pending_revocation: vec![],
         };

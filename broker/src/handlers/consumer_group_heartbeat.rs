@@ -15,7 +15,9 @@ use runnel_protocol::kafka_protocol::ResponseError;
 use super::ClientInfo;
 use crate::group::classic::{ClassicGroup, GroupState};
 use crate::group::consumer::{self, ConsumerGroup, HeartbeatRequest, TopicInfo, Topics};
-use crate::group::{append, by_id, decode_assignment, forget_if_unused, now_ms, subscribed_topics};
+use crate::group::{
+    begin_append, by_id, decode_assignment, forget_if_unused, now_ms, subscribed_topics,
+};
 use crate::Broker;
 
 fn failed(code: i16, message: String) -> ConsumerGroupHeartbeatResponse {
@@ -166,21 +168,20 @@ pub async fn handle(
             None => Err((ResponseError::UnknownServerError.code(), String::new())),
         };
         forget_if_unused(groups, &group_id);
-        result.map(|(r, records)| (r, records, p))
+        result.map(|(r, records)| {
+            let appending = (!records.is_empty()).then(|| begin_append(broker, p, records, false));
+            (r, appending)
+        })
     });
-    let (r, records, p) = match outcome {
+    let (r, appending) = match outcome {
         Ok(Ok(r)) => r,
         Ok(Err((code, message))) => return failed(code, message),
         Err(code) => return failed(code, String::new()),
     };
     // The member hears of its new epoch and assignment once they are in the log.
-    if !records.is_empty() {
-        if let Err(code) = append(broker, p, records, false).await {
-            let _ = broker.groups.with_groups(broker, &group_id, |groups, _| {
-                if let Some(c) = groups.get_mut(&group_id).and_then(|g| g.consumer.as_mut()) {
-                    c.forget_persisted();
-                }
-            });
+    if let Some(appending) = appending {
+        if let Err(code) = appending.done().await {
+            broker.groups.consumer_write_failed(broker, &group_id);
             return failed(code, "could not store the group's state".into());
         }
     }

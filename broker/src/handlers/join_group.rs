@@ -14,7 +14,8 @@ use tokio::sync::oneshot;
 use crate::group::classic::{ClassicGroup, JoinRequest, JoinResult, Store};
 use crate::group::consumer::{ClassicJoin, ClassicJoined, ConsumerGroup, Topics};
 use crate::group::{
-    append, by_id, decode_subscription, forget_if_unused, now_ms, run_stores, Record,
+    begin_append, by_id, decode_subscription, forget_if_unused, now_ms, run_stores, Appending,
+    Record,
 };
 use crate::Broker;
 
@@ -23,7 +24,12 @@ fn response(r: JoinResult, version: i16) -> JoinGroupResponse {
         .with_error_code(r.error)
         .with_generation_id(r.generation_id)
         .with_protocol_type(r.protocol_type.map(StrBytes::from_string))
-        .with_protocol_name(r.protocol_name.map(StrBytes::from_string))
+        // Not nullable before v7: Kafka answers "" there.
+        .with_protocol_name(match r.protocol_name {
+            Some(p) => Some(StrBytes::from_string(p)),
+            None if version < 7 => Some(StrBytes::default()),
+            None => None,
+        })
         .with_leader(StrBytes::from_string(r.leader))
         .with_skip_assignment(version >= 9 && r.skip_assignment)
         .with_member_id(StrBytes::from_string(r.member_id))
@@ -93,7 +99,12 @@ pub async fn handle(
         let out = match g.consumer.as_mut().filter(|c| !c.is_empty()) {
             // A classic member joining a consumer group with members (Kafka lets the two
             // protocols mix): the server-side assignor decides for it too.
-            Some(c) => Joined::Now(join_consumer_group(c, &group_id, req, &topics, now), p),
+            Some(c) => {
+                let (result, records) = join_consumer_group(c, &group_id, req, &topics, now);
+                let appending =
+                    (!records.is_empty()).then(|| begin_append(broker, p, records, false));
+                Joined::Now(result, appending)
+            }
             None => {
                 let (rx, stores) = g.join(req, now);
                 Joined::Wait(rx, stores)
@@ -109,9 +120,10 @@ pub async fn handle(
                 JoinResult::error(ResponseError::NotCoordinator.code(), member_id.clone())
             })
         }
-        Ok(Joined::Now((result, records), p)) => {
-            if !records.is_empty() {
-                if let Err(code) = append(broker, p, records, false).await {
+        Ok(Joined::Now(result, appending)) => {
+            if let Some(appending) = appending {
+                if let Err(code) = appending.done().await {
+                    broker.groups.consumer_write_failed(broker, &group_id);
                     return response(JoinResult::error(code, member_id), version);
                 }
             }
@@ -124,7 +136,7 @@ pub async fn handle(
 
 enum Joined {
     Wait(oneshot::Receiver<JoinResult>, Vec<Store>),
-    Now((JoinResult, Vec<Record>), i32),
+    Now(JoinResult, Option<Appending>),
 }
 
 fn join_consumer_group(

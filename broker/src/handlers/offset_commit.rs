@@ -152,10 +152,13 @@ pub async fn handle(
             .collect();
         match append(broker, p, records, true).await {
             Ok(first) => {
+                let settings = broker.groups.config().groups.clone();
                 let applied = broker.groups.with_groups(broker, &group_id, |groups, _| {
-                    let Some(g) = groups.get_mut(&group_id) else {
-                        return;
-                    };
+                    // The offsets are in the log: a group deleted meanwhile comes back holding
+                    // them, as a replay would rebuild it.
+                    let g = groups
+                        .entry(group_id.clone())
+                        .or_insert_with(|| ClassicGroup::new(group_id.clone(), settings, now_ms()));
                     for (i, (key, value)) in commits.iter().enumerate() {
                         let record_offset = first + i as u64;
                         // Concurrent commits may finish out of order: the later record wins.

@@ -32,12 +32,13 @@ pub async fn handle(
                 .map(move |p| (t.name.0.to_string(), p.partition_index))
         })
         .collect();
+    let topics = super::consumer_group_heartbeat::topics_view(broker);
     let planned = broker.groups.with_groups(broker, &group_id, |groups, p| {
         let g = groups
             .get(&group_id)
             .ok_or(ResponseError::GroupIdNotFound.code())?;
         let subscribed: HashSet<String> = if let Some(c) = &g.consumer {
-            c.subscribed_topics().into_iter().collect()
+            c.subscribed_topics_in(&topics)
         } else if g.protocol_type.as_deref() == Some("consumer") && !g.members.is_empty() {
             let protocol = g.protocol_name.clone().unwrap_or_default();
             g.members
@@ -73,11 +74,14 @@ pub async fn handle(
     if !delete.is_empty() {
         let records = offset_tombstones(&group_id, &delete);
         match append(broker, p, records, false).await {
-            Ok(_) => {
+            Ok(first) => {
                 let _ = broker.groups.with_groups(broker, &group_id, |groups, _| {
                     if let Some(g) = groups.get_mut(&group_id) {
+                        // A commit that landed after the tombstone stays.
                         for k in &delete {
-                            g.offsets.remove(k);
+                            if g.offsets.get(k).is_some_and(|c| c.record_offset < first) {
+                                g.offsets.remove(k);
+                            }
                         }
                     }
                 });
