@@ -1166,9 +1166,6 @@ impl ClassicGroup {
     /// Expires sessions, pending members and phase deadlines. Returns the writes to make.
     pub fn tick(&mut self, now: i64) -> Vec<Store> {
         let mut stores = Vec::new();
-        if let Some(c) = &mut self.consumer {
-            c.tick(now);
-        }
         let expired_pending: Vec<String> = self
             .pending_members
             .iter()

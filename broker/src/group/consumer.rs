@@ -321,7 +321,13 @@ impl Replayed {
                     rack_id: m.rack_id,
                     client_id: m.client_id,
                     client_host: m.client_host,
-                    member_epoch: current.member_epoch,
+                    // Epoch -2 records a static member's temporary leave; its epoch is kept
+                    // as the previous one.
+                    member_epoch: if current.member_epoch == -2 {
+                        current.previous_member_epoch
+                    } else {
+                        current.member_epoch
+                    },
                     previous_member_epoch: current.previous_member_epoch,
                     rebalance_timeout_ms: m.rebalance_timeout_ms,
                     subscribed_topic_names: m.subscribed_topic_names,
@@ -332,7 +338,7 @@ impl Replayed {
                     sent: None,
                     session_deadline: now + i64::from(g.settings.session_timeout_ms),
                     revocation_deadline: None,
-                    left_temporarily: false,
+                    left_temporarily: current.member_epoch == -2,
                     classic: m
                         .classic
                         .map(|(session_timeout_ms, protocols)| ClassicMember {
@@ -518,8 +524,16 @@ impl ConsumerGroup {
                 }
                 .encode(),
                 CurrentMemberAssignmentValue {
-                    member_epoch: m.member_epoch,
-                    previous_member_epoch: m.previous_member_epoch,
+                    member_epoch: if m.left_temporarily {
+                        -2
+                    } else {
+                        m.member_epoch
+                    },
+                    previous_member_epoch: if m.left_temporarily {
+                        m.member_epoch
+                    } else {
+                        m.previous_member_epoch
+                    },
                     state,
                     assigned: to_records(&m.assigned),
                     pending_revocation: to_records(&m.revoking),
@@ -1561,6 +1575,51 @@ mod tests {
                 &orig.subscribed_topic_names
             )
         );
+    }
+
+    #[test]
+    fn a_static_members_temporary_leave_survives_a_reload() {
+        let (topics, _) = topics(2);
+        let mut g = ConsumerGroup::new(ConsumerSettings::default());
+        g.heartbeat(
+            HeartbeatRequest {
+                member_id: "s1".into(),
+                member_epoch: 0,
+                instance_id: Some("i".into()),
+                rebalance_timeout_ms: 1000,
+                subscribed_topic_names: Some(vec!["t".into()]),
+                ..HeartbeatRequest::default()
+            },
+            &topics,
+            1,
+            0,
+        )
+        .expect("join");
+        let epoch = g.members["s1"].member_epoch;
+        g.heartbeat(
+            HeartbeatRequest {
+                member_id: "s1".into(),
+                member_epoch: -2,
+                instance_id: Some("i".into()),
+                ..HeartbeatRequest::default()
+            },
+            &topics,
+            1,
+            1,
+        )
+        .expect("temporary leave");
+        let mut replayed = Replayed::default();
+        for (k, v) in g.take_changes("g") {
+            let key = RecordKey::decode(&k).expect("key");
+            assert!(replayed.apply(&key, v.as_deref()));
+        }
+        let back = replayed
+            .build("g", ConsumerSettings::default(), &topics, 2)
+            .expect("group");
+        let m = &back.members["s1"];
+        assert!(m.left_temporarily, "epoch -2 is stored");
+        assert_eq!(m.member_epoch, epoch);
+        assert_eq!(count(&m.assigned), 2, "its partitions stay reserved");
     }
 
     #[test]

@@ -744,11 +744,14 @@ pub async fn run_timer(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Re
             let mut partitions = broker.groups.lock();
             for (p, pg) in partitions.iter_mut().filter(|(_, pg)| pg.loaded) {
                 for g in pg.groups.values_mut() {
+                    let consumer_changed = g.consumer.as_mut().is_some_and(|c| c.tick(now));
                     let stores = g.tick(now);
                     if !stores.is_empty() {
                         work.push((g.group_id.clone(), stores));
                     }
-                    if let Some(c) = &mut g.consumer {
+                    // Only expiries change a consumer group here; the rest is stored by the
+                    // request that changed it.
+                    if let Some(c) = g.consumer.as_mut().filter(|_| consumer_changed) {
                         let records = c.take_changes(&g.group_id);
                         if !records.is_empty() {
                             let appending = begin_append(&broker, *p, records, false);

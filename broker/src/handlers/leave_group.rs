@@ -7,7 +7,7 @@ use runnel_protocol::kafka_protocol::messages::leave_group_response::MemberRespo
 use runnel_protocol::kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 use runnel_protocol::kafka_protocol::ResponseError;
 
-use crate::group::{now_ms, run_stores};
+use crate::group::{begin_append, now_ms, run_stores};
 use crate::Broker;
 
 pub fn handle(
@@ -33,7 +33,7 @@ pub fn handle(
     } else {
         vec![(request.member_id.to_string(), None)]
     };
-    let outcome = broker.groups.with_groups(broker, &group_id, |groups, _| {
+    let outcome = broker.groups.with_groups(broker, &group_id, |groups, p| {
         let g = groups.get_mut(&group_id)?;
         let now = now_ms();
         let mut stores = Vec::new();
@@ -48,7 +48,15 @@ pub fn handle(
                             .as_ref()
                             .is_some_and(|i| c.static_members.contains_key(i));
                     if known {
-                        return c.classic_leave(member, instance.as_deref());
+                        let code = c.classic_leave(member, instance.as_deref());
+                        let records = c.take_changes(&group_id);
+                        if !records.is_empty() {
+                            // Handed to the log under the lock; the leave is answered at once,
+                            // as Kafka answers it once written (a lost write only delays the
+                            // member's removal to its session timeout after a restart).
+                            drop(begin_append(broker, p, records, false));
+                        }
+                        return code;
                     }
                 }
                 let (code, mut s) = g.leave(member, instance.as_deref(), now);
