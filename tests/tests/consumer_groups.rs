@@ -842,3 +842,106 @@ fn classic_and_consumer_protocol_members_share_one_group() {
         poll(&modern, &mut seen);
     }
 }
+
+/// The classic protocol with librdkafka's `cooperative-sticky` assignor: the coordinator only
+/// relays assignments, and the incremental protocol runs through SyncGroup as in Kafka (the
+/// first member never gives up everything when the second joins).
+#[test]
+fn cooperative_sticky_members_rebalance_incrementally_over_the_classic_protocol() {
+    let broker =
+        Broker::start(&["--no-fsync", "--group-initial-rebalance-delay-ms", "0"]).expect("broker");
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "coop", 6);
+    let coop = |id: &str| {
+        let c = group_consumer(
+            &bootstrap,
+            "g-coop",
+            id,
+            &[("partition.assignment.strategy", "cooperative-sticky")],
+        );
+        c.subscribe(&["coop"]).expect("subscribe");
+        c
+    };
+    let owned = |c: &BaseConsumer<Counting>| -> BTreeSet<i32> {
+        c.assignment()
+            .map(|t| t.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default()
+    };
+    let a = coop("coop-a");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned(&a).len() != 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the first member never got 6 partitions"
+        );
+        let _ = a.poll(Duration::from_millis(20));
+    }
+    let b = coop("coop-b");
+    let mut a_min = 6;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = a.poll(Duration::from_millis(20));
+        let _ = b.poll(Duration::from_millis(20));
+        let (oa, ob) = (owned(&a), owned(&b));
+        a_min = a_min.min(oa.len());
+        assert!(oa.is_disjoint(&ob), "a {oa:?} and b {ob:?} overlap");
+        if oa.len() == 3 && ob.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 3/3 split: a {oa:?}, b {ob:?}"
+        );
+    }
+    assert_eq!(
+        a_min, 3,
+        "cooperative: a kept its other partitions throughout"
+    );
+}
+
+/// A KIP-848 member subscribed by regex gets the matching topics, including one created
+/// after it joined.
+#[test]
+fn group_protocol_consumer_regex_subscriptions_follow_new_topics() {
+    let broker = Broker::start(&[
+        "--no-fsync",
+        "--group-consumer-heartbeat-interval-ms",
+        "200",
+    ])
+    .expect("broker");
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "rx-orders", 2);
+    create_topic(&bootstrap, "other", 2);
+    let c = kip848_consumer(&bootstrap, "g-regex", "rx");
+    c.subscribe(&["^rx-.*"]).expect("subscribe by regex");
+    let topics = |c: &BaseConsumer<Counting>| -> BTreeSet<(String, i32)> {
+        c.assignment()
+            .map(|t| {
+                t.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while topics(&c).len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "regex subscription got {:?}",
+            topics(&c)
+        );
+        let _ = c.poll(Duration::from_millis(20));
+    }
+    assert!(topics(&c).iter().all(|(t, _)| t == "rx-orders"));
+    create_topic(&bootstrap, "rx-payments", 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while topics(&c).len() != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the new matching topic was not assigned: {:?}",
+            topics(&c)
+        );
+        let _ = c.poll(Duration::from_millis(20));
+    }
+}
