@@ -283,6 +283,13 @@ fn request(api_key: ApiKey, version: i16, id: uuid::Uuid) -> Option<RequestKind>
         ApiKey::ConsumerGroupDescribe => RequestKind::ConsumerGroupDescribe(
             ConsumerGroupDescribeRequest::default().with_group_ids(vec![group("cg-v1")]),
         ),
+        ApiKey::DescribeProducers => {
+            RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
+                describe_producers_request::TopicRequest::default()
+                    .with_name(topic)
+                    .with_partition_indexes(vec![0]),
+            ]))
+        }
         other => panic!("{other:?} is advertised but this test has no request for it: add one"),
     })
 }
@@ -381,6 +388,11 @@ fn errors(response: &ResponseKind) -> Vec<i16> {
             .collect(),
         ResponseKind::ConsumerGroupHeartbeat(r) => vec![r.error_code],
         ResponseKind::ConsumerGroupDescribe(r) => r.groups.iter().map(|g| g.error_code).collect(),
+        ResponseKind::DescribeProducers(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
         other => panic!("no error extractor for {other:?}"),
     }
 }

@@ -9,8 +9,8 @@ use runnel_protocol::kafka_protocol::messages::produce_request::{
     PartitionProduceData, TopicProduceData,
 };
 use runnel_protocol::kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, InitProducerIdRequest, ProduceRequest, RequestKind, ResponseKind,
-    TopicName,
+    describe_producers_request, ApiKey, CreateTopicsRequest, DescribeProducersRequest,
+    InitProducerIdRequest, ProduceRequest, RequestKind, ResponseKind, TopicName,
 };
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
@@ -124,5 +124,41 @@ async fn retries_are_deduplicated_and_gaps_and_zombies_refused() {
     // A producer the broker has never seen is accepted at any sequence (its state may have
     // expired while it idled).
     assert_eq!(produce(&mut client, batch(ids[1], 0, 77, 1)).await, (0, 6));
+
+    // DescribeProducers shows both producers as the partition leader tracks them.
+    let describe = DescribeProducersRequest::default().with_topics(vec![
+        describe_producers_request::TopicRequest::default()
+            .with_name(TopicName(StrBytes::from_static_str("idem")))
+            .with_partition_indexes(vec![0, 7]),
+    ]);
+    let ResponseKind::DescribeProducers(r) = client
+        .call(
+            ApiKey::DescribeProducers,
+            0,
+            RequestKind::DescribeProducers(describe),
+        )
+        .await
+    else {
+        panic!("DescribeProducers")
+    };
+    let parts = &r.topics[0].partitions;
+    assert_eq!(parts[0].error_code, 0);
+    let seen: Vec<(i64, i32, i32)> = parts[0]
+        .active_producers
+        .iter()
+        .map(|p| (p.producer_id.0, p.producer_epoch, p.last_sequence))
+        .collect();
+    let mut expected = vec![(pid, 1, 0), (ids[1], 0, 77)];
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(parts[0]
+        .active_producers
+        .iter()
+        .all(|p| p.last_timestamp > 0));
+    assert_eq!(
+        parts[1].error_code,
+        ResponseError::UnknownTopicOrPartition.code(),
+        "a partition that does not exist"
+    );
     broker.replication.shutdown();
 }
