@@ -43,8 +43,12 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker and waits until it accepts connections.
     pub fn start(extra_args: &[&str]) -> anyhow::Result<Broker> {
+        Broker::start_at(free_port()?, extra_args)
+    }
+
+    /// Like [`Broker::start`], on a port the caller chose.
+    pub fn start_at(port: u16, extra_args: &[&str]) -> anyhow::Result<Broker> {
         let dir = tempfile::Builder::new().prefix("runnel-e2e").tempdir()?;
-        let port = free_port()?;
         let mut broker = Broker {
             child: None,
             dir,
@@ -165,4 +169,99 @@ pub fn seed(test: &str) -> u64 {
         });
     eprintln!("{test}: seed {seed} (replay with RUNNEL_SEED={seed})");
     seed
+}
+
+/// A TCP proxy on loopback that forwards to `upstream` and, every `drop_every`-th chunk the
+/// server sends back, swallows that chunk and cuts the connection: the broker has handled the
+/// request but the client never hears the answer, so it must retry. It stops when dropped.
+#[derive(Debug)]
+pub struct CuttingProxy {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cutting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: String, drop_every: usize) -> anyhow::Result<CuttingProxy> {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let cutting = Arc::new(AtomicBool::new(true));
+        let chunks = Arc::new(AtomicUsize::new(0));
+        let (stop2, cuts2, cutting2) = (stop.clone(), cuts.clone(), cutting.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (Ok(mut c_read), Ok(mut s_write)) = (client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut s_read, mut c_write) = (server, client);
+                let (cuts, cutting, chunks) = (cuts2.clone(), cutting2.clone(), chunks.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let nth = chunks.fetch_add(1, Ordering::SeqCst) + 1;
+                        if cutting.load(Ordering::SeqCst) && nth % drop_every.max(1) == 0 {
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                    let _ = s_read.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Ok(CuttingProxy {
+            port,
+            stop,
+            cutting,
+            cuts,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How many answers were swallowed (and their connections cut).
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Keeps forwarding, but cuts no more connections.
+    pub fn stop_cutting(&self) {
+        self.cutting
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

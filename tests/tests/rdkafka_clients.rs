@@ -470,3 +470,68 @@ fn log_append_time_topics_stamp_the_broker_time() {
         Some(&Timestamp::CreateTime(client_time))
     );
 }
+
+/// An idempotent producer that never hears some of its produce answers (the proxy swallows one
+/// in 25 and cuts the connection) retries those batches; the broker's sequence checks keep
+/// every message exactly once and in order.
+#[test]
+fn idempotent_producer_retries_through_cut_connections_without_duplicates() {
+    let port = runnel_tests::free_port().expect("port");
+    let proxy = runnel_tests::CuttingProxy::start(format!("127.0.0.1:{port}"), 25).expect("proxy");
+    // Clients are told to connect through the proxy, so every connection can be cut.
+    let advertised = format!("127.0.0.1:{}", proxy.port());
+    let broker = Broker::start_at(port, &["--no-fsync", "--advertised-listener", &advertised])
+        .expect("broker");
+    create_topic(&broker.bootstrap(), "cut", 2, &[]);
+    let producer = producer(
+        &advertised,
+        &[
+            ("enable.idempotence", "true"),
+            ("message.timeout.ms", "60000"),
+            ("retry.backoff.ms", "10"),
+            ("linger.ms", "2"),
+            ("batch.num.messages", "200"),
+        ],
+    );
+    const N: usize = 20_000;
+    for i in 0..N {
+        let value = format!("{i}");
+        let mut record = BaseRecord::<(), _>::to("cut")
+            .payload(&value)
+            .partition((i % 2) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    record = r;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+    assert!(
+        proxy.cuts() >= 1,
+        "the proxy swallowed {} answers",
+        proxy.cuts()
+    );
+    proxy.stop_cutting();
+    let records = consume_all(&advertised, "cut", 2, N, Duration::from_secs(60));
+    assert_eq!(records.len(), N, "every message exactly once");
+    for p in 0..2 {
+        let values: Vec<usize> = records
+            .iter()
+            .filter(|r| r.0 == p)
+            .map(|r| String::from_utf8_lossy(&r.3).parse().expect("value"))
+            .collect();
+        let expected: Vec<usize> = (0..N).filter(|i| i % 2 == p as usize).collect();
+        let first_difference = values.iter().zip(&expected).position(|(a, b)| a != b);
+        assert!(
+            values == expected,
+            "partition {p} holds each message once, in order: {} values, {} expected, first \
+             difference at {first_difference:?}",
+            values.len(),
+            expected.len()
+        );
+    }
+}
