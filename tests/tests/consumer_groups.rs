@@ -437,11 +437,7 @@ fn a_static_member_rejoins_without_a_rebalance() {
                 }
             }
         };
-    let owned = |c: &BaseConsumer<Counting>| -> BTreeSet<i32> {
-        c.assignment()
-            .map(|t| t.elements().iter().map(|e| e.partition()).collect())
-            .unwrap_or_default()
-    };
+    let owned = owned_partitions;
     let a = statik("static-a");
     let b = statik("static-b");
     poll_until(&[&a, &b], "both static members own 2 partitions", &|| {
@@ -587,6 +583,13 @@ fn a_killed_kafka_python_member_is_replaced_after_its_session_timeout() {
     assert!(dups <= 4, "{dups} records consumed twice");
 }
 
+/// The partitions a consumer is assigned now.
+fn owned_partitions(c: &BaseConsumer<Counting>) -> BTreeSet<i32> {
+    c.assignment()
+        .map(|t| t.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default()
+}
+
 /// A KIP-848 (`group.protocol=consumer`) member: the broker assigns, rebalances are
 /// incremental.
 fn kip848_consumer(bootstrap: &str, group: &str, client_id: &str) -> BaseConsumer<Counting> {
@@ -612,11 +615,7 @@ fn group_protocol_consumer_members_rebalance_incrementally() {
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, "kip848", 6);
     produce(&bootstrap, "kip848", 6, "k", 600);
-    let owned = |c: &BaseConsumer<Counting>| -> BTreeSet<i32> {
-        c.assignment()
-            .map(|t| t.elements().iter().map(|e| e.partition()).collect())
-            .unwrap_or_default()
-    };
+    let owned = owned_partitions;
     let mut seen: Vec<(i32, i64)> = Vec::new();
     let poll_all = |consumers: &[&BaseConsumer<Counting>], seen: &mut Vec<(i32, i64)>| {
         for c in consumers {
@@ -768,11 +767,7 @@ fn classic_and_consumer_protocol_members_share_one_group() {
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, "mixed-proto", 4);
     produce(&bootstrap, "mixed-proto", 4, "m", 400);
-    let owned = |c: &BaseConsumer<Counting>| -> BTreeSet<i32> {
-        c.assignment()
-            .map(|t| t.elements().iter().map(|e| e.partition()).collect())
-            .unwrap_or_default()
-    };
+    let owned = owned_partitions;
     let mut seen: BTreeSet<(i32, i64)> = BTreeSet::new();
     let poll = |c: &BaseConsumer<Counting>, seen: &mut BTreeSet<(i32, i64)>| {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(10)) {
@@ -862,11 +857,7 @@ fn cooperative_sticky_members_rebalance_incrementally_over_the_classic_protocol(
         c.subscribe(&["coop"]).expect("subscribe");
         c
     };
-    let owned = |c: &BaseConsumer<Counting>| -> BTreeSet<i32> {
-        c.assignment()
-            .map(|t| t.elements().iter().map(|e| e.partition()).collect())
-            .unwrap_or_default()
-    };
+    let owned = owned_partitions;
     let a = coop("coop-a");
     let deadline = Instant::now() + Duration::from_secs(30);
     while owned(&a).len() != 6 {

@@ -1242,6 +1242,20 @@ impl ClassicGroup {
         self.state = GroupState::Dead;
     }
 
+    /// The topics the members of a live `consumer` protocol group subscribe to.
+    pub fn subscribed_topics(&self) -> std::collections::HashSet<String> {
+        let protocol = self.protocol_name.clone().unwrap_or_default();
+        self.members
+            .values()
+            .flat_map(|m| {
+                m.protocols
+                    .iter()
+                    .filter(|(n, _)| *n == protocol)
+                    .flat_map(|(_, meta)| super::subscribed_topics(meta))
+            })
+            .collect()
+    }
+
     pub fn settings(&self) -> &GroupSettings {
         &self.settings
     }

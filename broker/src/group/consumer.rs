@@ -117,6 +117,36 @@ pub struct ClassicMember {
 }
 
 impl ConsumerMember {
+    /// A member joining with nothing assigned yet.
+    fn joining(
+        member_id: String,
+        instance_id: Option<String>,
+        client: (String, String),
+        rebalance_timeout_ms: i32,
+        now: i64,
+    ) -> ConsumerMember {
+        ConsumerMember {
+            member_id,
+            instance_id,
+            rack_id: None,
+            client_id: client.0,
+            client_host: client.1,
+            member_epoch: 0,
+            previous_member_epoch: -1,
+            rebalance_timeout_ms,
+            subscribed_topic_names: Vec::new(),
+            subscribed_topic_regex: None,
+            server_assignor: None,
+            assigned: Assignment::new(),
+            revoking: Assignment::new(),
+            sent: None,
+            session_deadline: now,
+            revocation_deadline: None,
+            left_temporarily: false,
+            classic: None,
+        }
+    }
+
     /// A classic member brought into a consumer group by an online upgrade.
     #[allow(clippy::too_many_arguments)]
     pub fn from_classic(
@@ -849,26 +879,15 @@ impl ConsumerGroup {
             }
             None => {
                 // A member rejoining with epoch 0 has dropped all its partitions.
-                ConsumerMember {
-                    member_id: member_id.clone(),
-                    instance_id: req.instance_id.clone(),
-                    rack_id: req.rack_id.clone(),
-                    client_id: req.client_id.clone(),
-                    client_host: req.client_host.clone(),
-                    member_epoch: 0,
-                    previous_member_epoch: -1,
-                    rebalance_timeout_ms: req.rebalance_timeout_ms,
-                    subscribed_topic_names: Vec::new(),
-                    subscribed_topic_regex: None,
-                    server_assignor: None,
-                    assigned: Assignment::new(),
-                    revoking: Assignment::new(),
-                    sent: None,
-                    session_deadline: now,
-                    revocation_deadline: None,
-                    left_temporarily: false,
-                    classic: None,
-                }
+                let mut m = ConsumerMember::joining(
+                    member_id.clone(),
+                    req.instance_id.clone(),
+                    (req.client_id.clone(), req.client_host.clone()),
+                    req.rebalance_timeout_ms,
+                    now,
+                );
+                m.rack_id = req.rack_id.clone();
+                m
             }
         };
         if let Some(instance) = &req.instance_id {
@@ -1224,29 +1243,15 @@ impl ConsumerGroup {
         let mut topics_sorted = req.topics.clone();
         topics_sorted.sort();
         topics_sorted.dedup();
-        let m = self
-            .members
-            .entry(member_id.clone())
-            .or_insert_with(|| ConsumerMember {
-                member_id: member_id.clone(),
-                instance_id: req.instance_id.clone(),
-                rack_id: None,
-                client_id: req.client_id.clone(),
-                client_host: req.client_host.clone(),
-                member_epoch: 0,
-                previous_member_epoch: -1,
-                rebalance_timeout_ms: req.rebalance_timeout_ms,
-                subscribed_topic_names: Vec::new(),
-                subscribed_topic_regex: None,
-                server_assignor: None,
-                assigned: Assignment::new(),
-                revoking: Assignment::new(),
-                sent: None,
-                session_deadline: now,
-                revocation_deadline: None,
-                left_temporarily: false,
-                classic: None,
-            });
+        let m = self.members.entry(member_id.clone()).or_insert_with(|| {
+            ConsumerMember::joining(
+                member_id.clone(),
+                req.instance_id.clone(),
+                (req.client_id.clone(), req.client_host.clone()),
+                req.rebalance_timeout_ms,
+                now,
+            )
+        });
         let changed = is_new || m.subscribed_topic_names != topics_sorted;
         m.subscribed_topic_names = topics_sorted;
         m.rebalance_timeout_ms = req.rebalance_timeout_ms;

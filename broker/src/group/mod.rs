@@ -829,18 +829,7 @@ async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
                     Some(_) => None,
                     None if g.state == GroupState::Empty => None,
                     None if g.protocol_type.as_deref() == Some("consumer") => {
-                        let protocol = g.protocol_name.clone().unwrap_or_default();
-                        Some(
-                            g.members
-                                .values()
-                                .flat_map(|m| {
-                                    m.protocols
-                                        .iter()
-                                        .filter(|(n, _)| *n == protocol)
-                                        .flat_map(|(_, meta)| subscribed_topics(meta))
-                                })
-                                .collect(),
-                        )
+                        Some(g.subscribed_topics())
                     }
                     // Other protocols (Connect, Streams' own): nothing expires while live.
                     None => continue,

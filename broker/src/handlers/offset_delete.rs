@@ -10,7 +10,7 @@ use runnel_protocol::kafka_protocol::messages::offset_delete_response::{
 use runnel_protocol::kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 use runnel_protocol::kafka_protocol::ResponseError;
 
-use crate::group::{append, offset_tombstones, subscribed_topics};
+use crate::group::{append, offset_tombstones};
 use crate::Broker;
 
 pub async fn handle(
@@ -40,16 +40,7 @@ pub async fn handle(
         let subscribed: HashSet<String> = if let Some(c) = &g.consumer {
             c.subscribed_topics_in(&topics)
         } else if g.protocol_type.as_deref() == Some("consumer") && !g.members.is_empty() {
-            let protocol = g.protocol_name.clone().unwrap_or_default();
-            g.members
-                .values()
-                .flat_map(|m| {
-                    m.protocols
-                        .iter()
-                        .filter(|(n, _)| *n == protocol)
-                        .flat_map(|(_, meta)| subscribed_topics(meta))
-                })
-                .collect()
+            g.subscribed_topics()
         } else {
             HashSet::new()
         };
