@@ -690,6 +690,16 @@ impl ConsumerGroup {
                 );
             }
         }
+        // Kafka's request checks (ConsumerGroupHeartbeatRequest validation).
+        if req.member_epoch != 0 && req.member_id.is_empty() {
+            return fail(ResponseError::InvalidRequest, "MemberId can't be empty.");
+        }
+        if req.member_epoch == 0 && req.owned.as_ref().is_some_and(|o| !o.is_empty()) {
+            return fail(
+                ResponseError::InvalidRequest,
+                "TopicPartitions must be empty when (re-)joining.",
+            );
+        }
         let mut changed = false;
         let member_id = if req.member_epoch == 0 {
             let (id, joined) = self.join(&req, version, now)?;
@@ -1625,6 +1635,63 @@ mod tests {
         assert!(m.left_temporarily, "epoch -2 is stored");
         assert_eq!(m.member_epoch, epoch);
         assert_eq!(count(&m.assigned), 2, "its partitions stay reserved");
+    }
+
+    #[test]
+    fn malformed_heartbeats_are_invalid_requests() {
+        let (topics, id) = topics(2);
+        let mut g = ConsumerGroup::new(ConsumerSettings::default());
+        let no_id = g.heartbeat(
+            HeartbeatRequest {
+                member_epoch: 3,
+                ..HeartbeatRequest::default()
+            },
+            &topics,
+            1,
+            0,
+        );
+        assert_eq!(
+            no_id.map(|_| ()).map_err(|e| e.0),
+            Err(code(ResponseError::InvalidRequest))
+        );
+        let owned: Assignment = [(id, [0].into())].into();
+        let joining_with_partitions = g.heartbeat(
+            HeartbeatRequest {
+                member_id: "m".into(),
+                member_epoch: 0,
+                rebalance_timeout_ms: 1000,
+                subscribed_topic_names: Some(vec!["t".into()]),
+                owned: Some(owned),
+                ..HeartbeatRequest::default()
+            },
+            &topics,
+            1,
+            0,
+        );
+        assert_eq!(
+            joining_with_partitions.map(|_| ()).map_err(|e| e.0),
+            Err(code(ResponseError::InvalidRequest))
+        );
+        let bad_regex = g.heartbeat(
+            HeartbeatRequest {
+                member_id: "m".into(),
+                member_epoch: 0,
+                rebalance_timeout_ms: 1000,
+                subscribed_topic_regex: Some("(".into()),
+                ..HeartbeatRequest::default()
+            },
+            &topics,
+            1,
+            0,
+        );
+        assert_eq!(
+            bad_regex.map(|_| ()).map_err(|e| e.0),
+            Err(code(ResponseError::InvalidRegularExpression))
+        );
+        assert!(
+            g.members.is_empty(),
+            "no refused request left a member behind"
+        );
     }
 
     #[test]

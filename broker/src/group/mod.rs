@@ -828,7 +828,11 @@ async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
                     Some(c) if !c.is_empty() => Some(c.subscribed_topics_in(&topics)),
                     Some(_) => None,
                     None if g.state == GroupState::Empty => None,
-                    None if g.protocol_type.as_deref() == Some("consumer") => {
+                    // Kafka expires a live classic group's unsubscribed offsets only while
+                    // it is Stable (its subscriptions are settled).
+                    None if g.protocol_type.as_deref() == Some("consumer")
+                        && g.state == GroupState::Stable =>
+                    {
                         Some(g.subscribed_topics())
                     }
                     // Other protocols (Connect, Streams' own): nothing expires while live.
