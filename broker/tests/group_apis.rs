@@ -391,6 +391,49 @@ async fn offset_commits_keep_metadata_and_epochs_and_refuse_what_kafka_refuses()
         .error_message
         .as_ref()
         .is_some_and(|m| m.contains("not a consumer group")));
+    // A consumer-protocol member commits with its member epoch, from v9 only.
+    ready(&mut client, "modern").await;
+    let r = client
+        .call(
+            ApiKey::ConsumerGroupHeartbeat,
+            1,
+            RequestKind::ConsumerGroupHeartbeat(
+                ConsumerGroupHeartbeatRequest::default()
+                    .with_group_id(group("modern"))
+                    .with_member_id(s("m-1"))
+                    .with_member_epoch(0)
+                    .with_rebalance_timeout_ms(10_000)
+                    .with_subscribed_topic_names(Some(vec![topic("t")]))
+                    .with_topic_partitions(Some(Vec::new())),
+            ),
+        )
+        .await;
+    let ResponseKind::ConsumerGroupHeartbeat(hb) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(hb.error_code, 0, "{hb:?}");
+    let epoch = hb.member_epoch;
+    let old = commit(
+        &mut client,
+        8,
+        commit_request("modern", epoch, "m-1", &[("t", 0, 1, None, -1)]),
+    )
+    .await;
+    assert_eq!(old, vec![ResponseError::UnsupportedVersion.code()]);
+    let stale = commit(
+        &mut client,
+        9,
+        commit_request("modern", epoch + 5, "m-1", &[("t", 0, 1, None, -1)]),
+    )
+    .await;
+    assert_eq!(stale, vec![ResponseError::StaleMemberEpoch.code()]);
+    let ok = commit(
+        &mut client,
+        9,
+        commit_request("modern", epoch, "m-1", &[("t", 0, 1, None, -1)]),
+    )
+    .await;
+    assert_eq!(ok, vec![0]);
     broker.replication.shutdown();
 }
 

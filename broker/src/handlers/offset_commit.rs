@@ -77,6 +77,16 @@ pub async fn handle(
             );
         }
         let result = groups.get_mut(&group_id).map_or(Ok(()), |g| {
+            // Consumer-protocol members commit with v9+ (member epochs); Kafka refuses older
+            // versions from them.
+            let consumer_member = g.consumer.as_ref().is_some_and(|c| {
+                c.members
+                    .get(&member_id)
+                    .is_some_and(|m| m.classic.is_none())
+            });
+            if consumer_member && version < 9 {
+                return Err(ResponseError::UnsupportedVersion.code());
+            }
             g.validate_offset_commit(&member_id, instance.as_deref(), generation, now)
         });
         if result.is_err() {
