@@ -258,6 +258,35 @@ fn from_records(tps: &TopicPartitions) -> Assignment {
     a
 }
 
+/// An epoch record's value, or its tombstone; false when it does not decode.
+fn apply_epoch(slot: &mut Option<i32>, value: Option<&[u8]>) -> bool {
+    match value.map(decode_epoch_value) {
+        None => *slot = None,
+        Some(Ok(e)) => *slot = Some(e),
+        Some(Err(_)) => return false,
+    }
+    true
+}
+
+/// A member record's value, or its tombstone; false when it does not decode.
+fn apply_member<T>(
+    map: &mut BTreeMap<String, T>,
+    member: &str,
+    value: Option<&[u8]>,
+    decode: impl Fn(&[u8]) -> Result<T, super::records::RecordError>,
+) -> bool {
+    match value.map(decode) {
+        None => {
+            map.remove(member);
+        }
+        Some(Ok(v)) => {
+            map.insert(member.to_string(), v);
+        }
+        Some(Err(_)) => return false,
+    }
+    true
+}
+
 /// A consumer group's KIP-848 records as read back from `__consumer_offsets` (tombstones
 /// applied).
 #[derive(Debug, Clone, Default)]
@@ -274,56 +303,27 @@ impl Replayed {
     /// value does not decode.
     pub fn apply(&mut self, key: &RecordKey, value: Option<&[u8]>) -> bool {
         match key {
-            RecordKey::ConsumerGroupMetadata { .. } => match value {
-                None => self.group_epoch = None,
-                Some(v) => match decode_epoch_value(v) {
-                    Ok(e) => self.group_epoch = Some(e),
-                    Err(_) => return false,
-                },
-            },
-            RecordKey::TargetAssignmentMetadata { .. } => match value {
-                None => self.assignment_epoch = None,
-                Some(v) => match decode_epoch_value(v) {
-                    Ok(e) => self.assignment_epoch = Some(e),
-                    Err(_) => return false,
-                },
-            },
-            RecordKey::ConsumerMemberMetadata { member, .. } => match value {
-                None => {
-                    self.members.remove(member);
-                }
-                Some(v) => match ConsumerMemberMetadataValue::decode(v) {
-                    Ok(m) => {
-                        self.members.insert(member.clone(), m);
-                    }
-                    Err(_) => return false,
-                },
-            },
-            RecordKey::TargetAssignmentMember { member, .. } => match value {
-                None => {
-                    self.targets.remove(member);
-                }
-                Some(v) => match decode_target_assignment(v) {
-                    Ok(t) => {
-                        self.targets.insert(member.clone(), t);
-                    }
-                    Err(_) => return false,
-                },
-            },
-            RecordKey::CurrentMemberAssignment { member, .. } => match value {
-                None => {
-                    self.current.remove(member);
-                }
-                Some(v) => match CurrentMemberAssignmentValue::decode(v) {
-                    Ok(c) => {
-                        self.current.insert(member.clone(), c);
-                    }
-                    Err(_) => return false,
-                },
-            },
-            _ => return false,
+            RecordKey::ConsumerGroupMetadata { .. } => apply_epoch(&mut self.group_epoch, value),
+            RecordKey::TargetAssignmentMetadata { .. } => {
+                apply_epoch(&mut self.assignment_epoch, value)
+            }
+            RecordKey::ConsumerMemberMetadata { member, .. } => apply_member(
+                &mut self.members,
+                member,
+                value,
+                ConsumerMemberMetadataValue::decode,
+            ),
+            RecordKey::TargetAssignmentMember { member, .. } => {
+                apply_member(&mut self.targets, member, value, decode_target_assignment)
+            }
+            RecordKey::CurrentMemberAssignment { member, .. } => apply_member(
+                &mut self.current,
+                member,
+                value,
+                CurrentMemberAssignmentValue::decode,
+            ),
+            _ => false,
         }
-        true
     }
 
     /// The group these records describe, members' sessions starting now.
