@@ -269,13 +269,19 @@ pub(crate) async fn run(args: GroupArgs, bootstrap: &str, output: Output) -> any
     let mut client = Client::connect(bootstrap).await?;
     match args.command {
         GroupCommand::List => {
-            let ResponseKind::ListGroups(r) = client
-                .call(
-                    ApiKey::ListGroups,
-                    RequestKind::ListGroups(ListGroupsRequest::default()),
-                )
-                .await?
-            else {
+            // A broker still loading some of its groups says so; wait as Kafka's tools do.
+            let r = call_coordinator(
+                &mut client,
+                bootstrap,
+                ApiKey::ListGroups,
+                RequestKind::ListGroups(ListGroupsRequest::default()),
+                |r| match r {
+                    ResponseKind::ListGroups(r) => r.error_code,
+                    _ => 0,
+                },
+            )
+            .await?;
+            let ResponseKind::ListGroups(r) = r else {
                 bail!("unexpected answer to ListGroups");
             };
             if r.error_code != 0 {

@@ -330,8 +330,13 @@ fn group_offsets_are_reset_described_with_lag_and_deleted() {
         stdout(&shifted)
     );
 
-    let listed = stdout(&runnel(&server, &["group", "list"], None));
-    assert!(listed.contains("cli-group\tEmpty"), "{listed}");
+    let list = runnel(&server, &["group", "list"], None);
+    let listed = stdout(&list);
+    assert!(
+        listed.contains("cli-group\tEmpty"),
+        "{listed} {}",
+        String::from_utf8_lossy(&list.stderr)
+    );
     ok(&runnel(&server, &["group", "delete", "cli-group"], None));
     let listed = stdout(&runnel(&server, &["group", "list"], None));
     assert!(!listed.contains("cli-group"), "{listed}");
