@@ -32,6 +32,10 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// `offsets.topic.*`, `offsets.retention.*`, `group.*`: the group coordinator.
     pub group: crate::group::GroupConfig,
+    /// `transaction.*`, `transactional.id.expiration.ms`: the transaction coordinator.
+    pub txn: crate::txn::TxnConfig,
+    /// `producer.id.expiration.ms`.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl BrokerConfig {
@@ -51,6 +55,8 @@ impl BrokerConfig {
             retention_check_interval_ms: 300_000,
             max_connections: 10_000,
             group: crate::group::GroupConfig::default(),
+            txn: crate::txn::TxnConfig::default(),
+            producer_id_expiration_ms: 86_400_000,
         }
     }
 }

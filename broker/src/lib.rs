@@ -13,6 +13,7 @@ mod fetch_session;
 pub mod group;
 pub mod handlers;
 pub mod probe;
+pub mod txn;
 
 use std::sync::Arc;
 
@@ -44,6 +45,8 @@ pub struct Broker {
     pub cluster_id: String,
     /// The group coordinator for the `__consumer_offsets` partitions this broker leads.
     pub groups: group::GroupCoordinator,
+    /// The transaction coordinator for the `__transaction_state` partitions it leads.
+    pub txns: txn::TransactionCoordinator,
     fetch_sessions: fetch_session::FetchSessionCache,
 }
 
@@ -115,11 +118,13 @@ impl Broker {
         let cluster_id = load_or_create_meta(&config)?;
         let mut rc = ReplicationConfig::new(config.node_id, config.data_dir.clone());
         rc.fsync = config.fsync;
+        rc.producer_id_expiration_ms = config.producer_id_expiration_ms;
         rc.retention_check_interval =
             std::time::Duration::from_millis(config.retention_check_interval_ms.max(10));
         let replication = Replication::start(rc)?;
         Ok(Broker {
             groups: group::GroupCoordinator::new(config.group.clone()),
+            txns: txn::TransactionCoordinator::new(config.txn.clone()),
             config,
             replication,
             cluster_id,
@@ -172,6 +177,7 @@ impl Broker {
         mut shutdown: watch::Receiver<bool>,
     ) {
         tokio::spawn(group::run_timer(self.clone(), shutdown.clone()));
+        tokio::spawn(txn::run_timer(self.clone(), shutdown.clone()));
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         loop {
             tokio::select! {
@@ -198,6 +204,11 @@ impl Broker {
             }
         }
     }
+}
+
+/// Kafka's internal topics: only their coordinators write them, and Metadata flags them.
+pub fn is_internal_topic(name: &str) -> bool {
+    name == group::OFFSETS_TOPIC || name == txn::TRANSACTION_STATE_TOPIC
 }
 
 /// Binds the configured listener.

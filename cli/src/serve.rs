@@ -52,6 +52,14 @@ pub(crate) struct ServeArgs {
     /// Partitions of `__consumer_offsets` (`offsets.topic.num.partitions`, default 50).
     #[arg(long, env = "RUNNEL_OFFSETS_TOPIC_NUM_PARTITIONS")]
     offsets_topic_num_partitions: Option<i32>,
+    /// Partitions of `__transaction_state` (`transaction.state.log.num.partitions`, default
+    /// 50).
+    #[arg(long, env = "RUNNEL_TRANSACTION_STATE_LOG_NUM_PARTITIONS")]
+    transaction_state_log_num_partitions: Option<i32>,
+    /// How often transactions past their timeout are aborted, in ms
+    /// (`transaction.abort.timed.out.transaction.cleanup.interval.ms`, default 10000).
+    #[arg(long, env = "RUNNEL_TRANSACTION_ABORT_INTERVAL_MS")]
+    transaction_abort_timed_out_transaction_cleanup_interval_ms: Option<u64>,
 }
 
 /// Reads `name` from the properties as a number, if set.
@@ -128,6 +136,54 @@ fn group_config(
         .or(number(props, "group.initial.rebalance.delay.ms")?)
     {
         c.groups.initial_rebalance_delay_ms = v.max(0);
+    }
+    Ok(c)
+}
+
+/// The transaction coordinator's settings, under Kafka's names.
+fn txn_config(
+    args: &ServeArgs,
+    props: &HashMap<String, String>,
+) -> anyhow::Result<runnel_broker::txn::TxnConfig> {
+    let mut c = runnel_broker::txn::TxnConfig::default();
+    if let Some(v) = args
+        .transaction_state_log_num_partitions
+        .or(number(props, "transaction.state.log.num.partitions")?)
+    {
+        if v < 1 {
+            bail!("transaction.state.log.num.partitions must be at least 1");
+        }
+        c.state_log_num_partitions = v;
+    }
+    if let Some(v) = number(props, "transaction.state.log.replication.factor")? {
+        c.state_log_replication_factor = v;
+    }
+    if let Some(v) = number(props, "transaction.state.log.segment.bytes")? {
+        c.state_log_segment_bytes = v;
+    }
+    if let Some(v) = number(props, "transaction.max.timeout.ms")? {
+        if v < 1 {
+            bail!("transaction.max.timeout.ms must be at least 1");
+        }
+        c.max_timeout_ms = v;
+    }
+    if let Some(v) = number(props, "transactional.id.expiration.ms")? {
+        c.transactional_id_expiration_ms = v;
+    }
+    if let Some(v) = args
+        .transaction_abort_timed_out_transaction_cleanup_interval_ms
+        .or(number(
+            props,
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        )?)
+    {
+        c.abort_timed_out_interval_ms = v.max(1);
+    }
+    if let Some(v) = number(
+        props,
+        "transaction.remove.expired.transaction.cleanup.interval.ms",
+    )? {
+        c.remove_expired_interval_ms = v;
     }
     Ok(c)
 }
@@ -253,6 +309,10 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<(BrokerConfig, Option<Socket
         config.retention_check_interval_ms = v;
     }
     config.group = group_config(args, &props)?;
+    config.txn = txn_config(args, &props)?;
+    if let Some(v) = number(&props, "producer.id.expiration.ms")? {
+        config.producer_id_expiration_ms = v;
+    }
     let metrics = args
         .metrics_listen
         .clone()

@@ -23,12 +23,9 @@ use uuid::Uuid;
 use crate::metadata::{MetadataEffect, TopicMetadata};
 use crate::raft_log::{RaftLog, Replica};
 use crate::{
-    Command, MetadataRecord, ProduceAck, ReplicationConfig, ReplicationError, Reply, Shared,
-    METADATA_TOPIC,
+    Command, MetadataRecord, Origin, ProduceAck, ReplicationConfig, ReplicationError, Reply,
+    Shared, METADATA_TOPIC,
 };
-
-/// `producer.id.expiration.ms`: idle producers' state is forgotten after a day.
-const PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
 
 struct StopOnDrop(Arc<AtomicBool>);
 
@@ -324,7 +321,10 @@ impl Driver {
                 .hard_state()
                 .commit
                 .min(replica.log().next_entry_index().saturating_sub(1));
-            replica.reset_high_watermark(recovered_high_watermark(&replica.log(), commit));
+            let hw = recovered_high_watermark(&replica.log(), commit);
+            replica.reset_high_watermark(hw);
+            // Transactions decided before the restart stop holding the LSO back.
+            replica.log_mut().on_high_watermark(hw);
             let group = new_group(
                 &self.config,
                 self.raft_id,
@@ -406,6 +406,7 @@ impl Driver {
                 partition,
                 batches,
                 acks,
+                origin,
                 reply,
             } => {
                 let Some(group) = self.partitions.get_mut(&(topic, partition)) else {
@@ -423,7 +424,11 @@ impl Driver {
                 let count = batches.len() as u64;
                 let headers: Vec<Option<BatchHeader>> =
                     batches.iter().map(|b| BatchHeader::parse(b).ok()).collect();
-                match check_sequences(group, &headers) {
+                let checked = match origin {
+                    Origin::Client => check_sequences(group, &headers),
+                    Origin::Coordinator => check_markers(group, &batches, &headers),
+                };
+                match checked {
                     Ok(None) => {}
                     Ok(Some(ack)) => {
                         if let Some(reply) = reply {
@@ -440,6 +445,9 @@ impl Driver {
                 }
                 let first_index = group.node.raft.raft_log.last_index() + 1;
                 for (i, h) in headers.iter().enumerate() {
+                    if origin == Origin::Coordinator {
+                        break;
+                    }
                     if let Some(h) = h.filter(|h| h.has_producer_id()) {
                         group
                             .in_flight
@@ -600,7 +608,8 @@ impl Driver {
     fn apply_retention(&mut self) {
         for r in self.shared.all_replicas() {
             let hw = r.high_watermark();
-            r.log_mut().expire_producers(PRODUCER_ID_EXPIRATION_MS);
+            r.log_mut()
+                .expire_producers(self.config.producer_id_expiration_ms);
             match r.log_mut().delete_old_segments(hw) {
                 Ok(o) if o.segments_deleted > 0 => {
                     tracing::info!(
@@ -784,6 +793,50 @@ fn check_sequences(
     Ok(None)
 }
 
+/// A coordinator's batches: end-transaction markers must carry the producer's current epoch
+/// (or a newer one, which fences it) and a coordinator epoch no older than the last marker's.
+fn check_markers(
+    g: &Group,
+    batches: &[Bytes],
+    headers: &[Option<BatchHeader>],
+) -> Result<Option<ProduceAck>, ReplicationError> {
+    use runnel_storage::producer_state::MarkerCheck;
+    let log = g.node.store().replica().log();
+    for (data, h) in batches.iter().zip(headers) {
+        let Some(h) = h.filter(|h| h.has_producer_id()) else {
+            continue;
+        };
+        let Some(marker) = batch::parse_end_txn_marker(data) else {
+            // Transactional offset commits: only a current or newer epoch may write.
+            if let Some(e) = log.producer_state().get(h.producer_id) {
+                if h.producer_epoch < e.epoch {
+                    return Err(ReplicationError::InvalidProducerEpoch {
+                        epoch: h.producer_epoch,
+                        current: e.epoch,
+                    });
+                }
+            }
+            continue;
+        };
+        match log.check_end_txn_marker(h.producer_id, h.producer_epoch, marker.coordinator_epoch) {
+            Ok(()) => {}
+            Err(MarkerCheck::InvalidProducerEpoch { current }) => {
+                return Err(ReplicationError::InvalidProducerEpoch {
+                    epoch: h.producer_epoch,
+                    current,
+                })
+            }
+            Err(MarkerCheck::CoordinatorFenced { current }) => {
+                return Err(ReplicationError::CoordinatorFenced {
+                    epoch: marker.coordinator_epoch,
+                    current,
+                })
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// acks=1: answered once the leader's own log has the entries.
 fn acknowledge_persisted(g: &mut Group, last_persisted: u64) {
     let ready: Vec<u64> = g
@@ -824,8 +877,17 @@ fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &
         }
     }
     let replica = g.node.store().replica().clone();
-    if let Some(end) = offset_end_of_entry(&replica.log(), last.index) {
+    let end = offset_end_of_entry(&replica.log(), last.index);
+    if let Some(end) = end {
         replica.set_high_watermark(end);
+        // Decided transactions stop holding the last stable offset back once their markers
+        // are committed.
+        let unstable = replica.log().first_unstable_offset().is_some();
+        if unstable {
+            replica
+                .log_mut()
+                .on_high_watermark(replica.high_watermark());
+        }
     }
     let done: Vec<u64> = g.pending.range(..=last.index).map(|(k, _)| *k).collect();
     for k in done {
@@ -861,7 +923,8 @@ fn run_cleaner(shared: &Shared, config: &ReplicationConfig, stop: &AtomicBool) {
             if stop.load(Ordering::Acquire) {
                 return;
             }
-            let plan = match r.log().clean_plan(r.high_watermark()) {
+            // Never past the last stable offset: undecided transactions are not cleaned.
+            let plan = match r.log().clean_plan(r.last_stable_offset()) {
                 Ok(Some(plan)) => plan,
                 Ok(None) => continue,
                 Err(e) => {

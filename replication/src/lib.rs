@@ -57,6 +57,8 @@ pub enum ReplicationError {
     DuplicateInFlight,
     #[error("could not allocate producer ids: {0}")]
     ProducerIds(String),
+    #[error("the transaction coordinator epoch {epoch} is older than {current}")]
+    CoordinatorFenced { epoch: i32, current: i32 },
 }
 
 /// How the broker is started, as far as replication cares.
@@ -72,6 +74,9 @@ pub struct ReplicationConfig {
     pub checkpoint_interval: Duration,
     pub cleaner_interval: Duration,
     pub cleaner: CleanerConfig,
+    /// `producer.id.expiration.ms`: an idempotent producer's state is forgotten after it has
+    /// written nothing to a partition for this long.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl ReplicationConfig {
@@ -85,6 +90,7 @@ impl ReplicationConfig {
             checkpoint_interval: Duration::from_secs(60),
             cleaner_interval: Duration::from_secs(15),
             cleaner: CleanerConfig::default(),
+            producer_id_expiration_ms: 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -98,12 +104,22 @@ pub struct ProduceAck {
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ReplicationError>>;
 
+/// Who wrote a batch: clients' batches go through Kafka's idempotence checks; coordinators'
+/// (transaction markers, transactional offset commits) only through epoch checks, as Kafka's
+/// `AppendOrigin.COORDINATOR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Coordinator,
+}
+
 pub(crate) enum Command {
     Produce {
         topic: String,
         partition: i32,
         batches: Vec<Bytes>,
         acks: i16,
+        origin: Origin,
         reply: Option<Reply<ProduceAck>>,
     },
     Metadata {
@@ -215,12 +231,38 @@ impl Replication {
         acks: i16,
     ) -> Result<Option<oneshot::Receiver<Result<ProduceAck, ReplicationError>>>, ReplicationError>
     {
+        self.begin_append(topic, partition, batches, acks, Origin::Client)
+    }
+
+    /// A coordinator's write (a transaction marker, transactional offset commits): no
+    /// sequence checks, and an end-transaction marker is checked against the producer's epoch
+    /// and the coordinator epoch the partition last saw. Answers once committed.
+    pub fn begin_coordinator_append(
+        &self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+    ) -> Result<oneshot::Receiver<Result<ProduceAck, ReplicationError>>, ReplicationError> {
+        self.begin_append(topic, partition, vec![batch], -1, Origin::Coordinator)?
+            .ok_or(ReplicationError::ShuttingDown)
+    }
+
+    fn begin_append(
+        &self,
+        topic: &str,
+        partition: i32,
+        batches: Vec<Bytes>,
+        acks: i16,
+        origin: Origin,
+    ) -> Result<Option<oneshot::Receiver<Result<ProduceAck, ReplicationError>>>, ReplicationError>
+    {
         if acks == 0 {
             self.send(Command::Produce {
                 topic: topic.to_string(),
                 partition,
                 batches,
                 acks,
+                origin,
                 reply: None,
             })?;
             return Ok(None);
@@ -231,6 +273,7 @@ impl Replication {
             partition,
             batches,
             acks,
+            origin,
             reply: Some(reply),
         })?;
         Ok(Some(rx))

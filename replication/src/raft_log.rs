@@ -87,6 +87,13 @@ impl Replica {
         self.high_watermark.fetch_max(hw, Ordering::AcqRel);
     }
 
+    /// The last stable offset: below it every transaction is decided, so `read_committed`
+    /// consumers read up to here (the high watermark when no transaction is open).
+    pub fn last_stable_offset(&self) -> u64 {
+        let hw = self.high_watermark();
+        self.log().last_stable_offset(hw)
+    }
+
     pub(crate) fn reset_high_watermark(&self, hw: u64) {
         self.high_watermark.store(hw, Ordering::Release);
     }

@@ -600,6 +600,103 @@ pub fn control_type_of(batch: &[u8]) -> Option<i16> {
     (key.len() >= 4).then(|| be_i16(key, 2))
 }
 
+/// `type` of an end-transaction marker's control record key that aborts the transaction.
+pub const CONTROL_ABORT: i16 = control_type::ABORT;
+/// `type` of an end-transaction marker's control record key that commits the transaction.
+pub const CONTROL_COMMIT: i16 = control_type::COMMIT;
+/// Version of the control record key and of the `EndTransactionMarker` value Runnel writes.
+const END_TXN_MARKER_VERSION: i16 = 0;
+/// The largest batch [`parse_end_txn_marker`] looks into (stored or decompressed). A marker
+/// is one tiny record (about 80 bytes); anything bigger is not one.
+pub const MAX_END_TXN_MARKER_BATCH_BYTES: usize = 4096;
+
+/// The decoded value of an end-transaction marker (Kafka's `EndTransactionMarker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndTxnMarker {
+    /// COMMIT (`true`) or ABORT (`false`).
+    pub commit: bool,
+    /// Epoch of the transaction coordinator that wrote the marker.
+    pub coordinator_epoch: i32,
+}
+
+/// The end-transaction marker the transaction coordinator appends to each partition of a
+/// transaction, byte for byte as Kafka's `MemoryRecords.withEndTransactionMarker` writes it: an
+/// uncompressed CreateTime v2 batch with the control and transactional bits set, the
+/// producer's id and epoch, base sequence -1, and one record at offset delta 0 whose key is
+/// `(version: int16 = 0, type: int16)` (0 = ABORT, 1 = COMMIT) and whose value is
+/// `(version: int16 = 0, coordinatorEpoch: int32)`. Base offset 0, no partition leader epoch:
+/// the log assigns both.
+pub fn build_end_txn_marker(
+    commit: bool,
+    producer_id: i64,
+    producer_epoch: i16,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Result<Bytes> {
+    let mut key = BytesMut::with_capacity(4);
+    key.put_i16(END_TXN_MARKER_VERSION);
+    key.put_i16(if commit {
+        CONTROL_COMMIT
+    } else {
+        CONTROL_ABORT
+    });
+    let mut value = BytesMut::with_capacity(6);
+    value.put_i16(END_TXN_MARKER_VERSION);
+    value.put_i32(coordinator_epoch);
+    let record = NewRecord {
+        timestamp,
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        headers: Vec::new(),
+    };
+    build_batch(
+        &[record],
+        &BatchOptions {
+            compression: Compression::None,
+            producer_id,
+            producer_epoch,
+            base_sequence: -1,
+            transactional: true,
+            control: true,
+            log_append_time: false,
+        },
+    )
+}
+
+/// The end-transaction marker in `batch`, or `None` unless `batch` is a complete, well-formed
+/// transactional control batch (not zero-width, with a producer id, at most
+/// [`MAX_END_TXN_MARKER_BATCH_BYTES`]) whose first record is an ABORT or COMMIT marker. As in
+/// Kafka, key and value versions above 0 are read as version 0.
+pub fn parse_end_txn_marker(batch: &[u8]) -> Option<EndTxnMarker> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if !header.is_control()
+        || !header.is_transactional()
+        || header.is_zero_width()
+        || !header.has_producer_id()
+        || header.records_count < 1
+    {
+        return None;
+    }
+    let size = header.check_length(MAX_END_TXN_MARKER_BATCH_BYTES).ok()?;
+    if size > batch.len() {
+        return None;
+    }
+    let body = records_body(batch, &header, MAX_END_TXN_MARKER_BATCH_BYTES).ok()?;
+    let records = parse_records(&body, header.records_count).ok()?;
+    let record = records.first()?;
+    let key = record.key.filter(|k| k.len() >= 4 && be_i16(k, 0) >= 0)?;
+    let commit = match be_i16(key, 2) {
+        CONTROL_ABORT => false,
+        CONTROL_COMMIT => true,
+        _ => return None,
+    };
+    let value = record.value.filter(|v| v.len() >= 6 && be_i16(v, 0) >= 0)?;
+    Some(EndTxnMarker {
+        commit,
+        coordinator_epoch: be_i32(value, 2),
+    })
+}
+
 /// Overwrites `baseOffset` (outside the CRC'd range).
 pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
@@ -756,6 +853,86 @@ mod tests {
         let header = BatchHeader::parse(&batch).expect("parse");
         assert!(header.is_control());
         assert_eq!(control_type_of(&batch), Some(control_type::LEADER_CHANGE));
+    }
+
+    #[test]
+    fn end_txn_markers_are_written_as_kafka_writes_them_and_parse_back() {
+        let batch = build_end_txn_marker(false, 42, 3, 7, 1234).expect("build");
+        let header = BatchHeader::parse(&batch).expect("parse");
+        header.validate().expect("valid");
+        verify_crc(&batch, &header).expect("crc");
+        assert!(header.is_control() && header.is_transactional());
+        assert!(!header.is_zero_width());
+        assert_eq!(header.compression().expect("codec"), Compression::None);
+        assert!(!header.is_log_append_time());
+        assert_eq!((header.producer_id, header.producer_epoch), (42, 3));
+        assert_eq!(header.base_sequence, -1);
+        assert_eq!((header.records_count, header.last_offset_delta), (1, 0));
+        assert_eq!((header.base_timestamp, header.max_timestamp), (1234, 1234));
+        assert_eq!(header.partition_leader_epoch, NO_PARTITION_LEADER_EPOCH);
+        // Kafka's layout: 61-byte header + one 17-byte record (length 16, attributes 0,
+        // timestamp delta 0, offset delta 0, 4-byte key, 6-byte value, no headers).
+        assert_eq!(batch.len(), HEADER_SIZE + 17);
+        assert_eq!(
+            &batch[HEADER_SIZE..],
+            &[32, 0, 0, 0, 8, 0, 0, 0, 0, 12, 0, 0, 0, 0, 0, 7, 0][..]
+        );
+        assert_eq!(
+            parse_end_txn_marker(&batch),
+            Some(EndTxnMarker {
+                commit: false,
+                coordinator_epoch: 7
+            })
+        );
+        assert_eq!(control_type_of(&batch), Some(CONTROL_ABORT));
+        let commit = build_end_txn_marker(true, 42, 3, 8, 1234).expect("build");
+        assert_eq!(
+            parse_end_txn_marker(&commit),
+            Some(EndTxnMarker {
+                commit: true,
+                coordinator_epoch: 8
+            })
+        );
+    }
+
+    #[test]
+    fn only_well_formed_transactional_control_batches_are_markers() {
+        let data = build_batch(
+            &[rec(1, "a", Some("v"))],
+            &BatchOptions {
+                producer_id: 1,
+                producer_epoch: 0,
+                base_sequence: 0,
+                transactional: true,
+                ..Default::default()
+            },
+        )
+        .expect("build");
+        assert_eq!(parse_end_txn_marker(&data), None, "data batch");
+        let raft = build_raft_control_batch(control_type::LEADER_CHANGE, None, 5).expect("raft");
+        assert_eq!(parse_end_txn_marker(&raft), None, "zero-width Raft batch");
+        let plain = build_control_batch(CONTROL_COMMIT, None, 5).expect("control");
+        assert_eq!(parse_end_txn_marker(&plain), None, "not transactional");
+        let marker = build_end_txn_marker(true, 9, 0, 0, 5).expect("marker");
+        assert_eq!(
+            parse_end_txn_marker(&marker[..marker.len() - 1]),
+            None,
+            "torn"
+        );
+        assert_eq!(parse_end_txn_marker(&marker[..20]), None, "header only");
+        let mut other_type = marker.to_vec();
+        // The key's type is record bytes 7..9 (after length, attributes, timestamp and offset
+        // deltas, key length and key version).
+        other_type[HEADER_SIZE + 7] = 0;
+        other_type[HEADER_SIZE + 8] = control_type::LEADER_CHANGE as u8;
+        assert_eq!(
+            parse_end_txn_marker(&other_type),
+            None,
+            "other control type"
+        );
+        let mut short_value = marker.to_vec();
+        short_value[HEADER_SIZE + 9] = 4; // value length 2: no room for the coordinator epoch
+        assert_eq!(parse_end_txn_marker(&short_value), None, "value too short");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! log is locked only briefly:
 //!
 //! 1. [`Log::clean_plan`] (log borrowed): picks the cleanable sealed segments: below the
-//!    caller's bound (high watermark / last stable offset), never the active segment, not
-//!    younger than `min.compaction.lag.ms`; skips the pass while the dirty share is below
-//!    `min.cleanable.dirty.ratio`.
+//!    caller's bound (the last stable offset) and never past the first unstable offset, never
+//!    the active segment, not younger than `min.compaction.lag.ms`; skips the pass while the
+//!    dirty share is below `min.cleanable.dirty.ratio`. It also takes the aborted transactions
+//!    touching those segments from the aborted-transaction index.
 //! 2. [`CleanPlan::build`] (no log access): reads those segments through its own file handles
 //!    (sealed segments never change), builds the key -> latest offset map over the dirty part
 //!    within a memory budget, and writes a `.cleaned` copy of each segment that loses records.
@@ -16,6 +17,13 @@
 //!
 //! Offsets never change (gaps are fine), control batches stay, and batches of idempotent
 //! producers that lose every record stay as empty batches so producer state survives.
+//!
+//! Transactions, as Kafka's cleaner handles them: records of aborted transactions are never
+//! visible to `read_committed` consumers, so they are discarded and never enter the key map
+//! (an aborted write must not shadow an earlier committed value of its key). Their batches stay
+//! as empty batches, so replaying the log still finds where each transaction began.
+//! End-transaction markers are always kept: unlike Kafka, Runnel does not remove them after
+//! `delete.retention.ms`.
 //! Tombstones (null values) are removed once they have been through one cleaning and their
 //! batch timestamp is older than `delete.retention.ms`. Cleaned segments give up their
 //! entry (Raft) positions: compaction is Raft log compaction of that prefix.
@@ -66,6 +74,8 @@ pub struct CleanStats {
     pub bytes_written: u64,
     pub records_removed: u64,
     pub tombstones_removed: u64,
+    /// Records discarded because their transaction was aborted (also in `records_removed`).
+    pub aborted_records_removed: u64,
     pub batches_kept_whole: u64,
     /// Where the next pass's dirty section starts.
     pub cleaned_up_to: u64,
@@ -80,6 +90,44 @@ pub struct CleanPlan {
     clean_bound: u64,
     now_ms: i64,
     delete_retention_ms: i64,
+    aborted: AbortedRanges,
+}
+
+/// The offset ranges `[first offset, ABORT marker]` of aborted transactions, per producer. A
+/// producer has at most one transaction open at a time, so its transactional batches inside
+/// one of its ranges are exactly that aborted transaction's batches.
+#[derive(Debug, Clone, Default)]
+struct AbortedRanges(HashMap<i64, Vec<(u64, u64)>>);
+
+impl AbortedRanges {
+    /// Ranges of the aborted transactions touching `[from, to)`.
+    fn collect(log: &Log, from: u64, to: u64) -> AbortedRanges {
+        let mut ranges: HashMap<i64, Vec<(u64, u64)>> = HashMap::new();
+        for seg in &log.segments {
+            for txn in seg.aborted_txns() {
+                if txn.last_offset >= from && txn.first_offset < to {
+                    ranges
+                        .entry(txn.producer_id)
+                        .or_default()
+                        .push((txn.first_offset, txn.last_offset));
+                }
+            }
+        }
+        AbortedRanges(ranges)
+    }
+
+    /// Whether `h` is a data batch of an aborted transaction.
+    fn contains(&self, h: &BatchHeader) -> bool {
+        if !h.is_transactional() || h.is_control() {
+            return false;
+        }
+        let Some(ranges) = self.0.get(&h.producer_id) else {
+            return false;
+        };
+        let base = h.base_offset.max(0) as u64;
+        let i = ranges.partition_point(|r| r.0 <= base);
+        i > 0 && base <= ranges[i - 1].1
+    }
 }
 
 /// Output of [`CleanPlan::build`]: the `.cleaned` files to swap in.
@@ -218,7 +266,11 @@ impl Log {
         }
         let now = self.clock.now_ms();
         let lag_bound = now.saturating_sub(self.config.min_compaction_lag_ms);
+        // Undecided transactions are never cleaned, whatever bound the caller passes.
         let bound = upper_bound.min(self.log_end_offset());
+        let bound = self
+            .first_unstable_offset()
+            .map_or(bound, |unstable| bound.min(unstable));
         let n = self.segments.len();
         let cleanable = (0..n.saturating_sub(1))
             .take_while(|&i| {
@@ -249,6 +301,7 @@ impl Log {
         if total == 0 || (dirty as f64) / (total as f64) < self.config.min_cleanable_dirty_ratio {
             return Ok(None);
         }
+        let aborted = AbortedRanges::collect(self, segments[0].0, clean_bound);
         Ok(Some(CleanPlan {
             dir: self.dir.clone(),
             segments,
@@ -256,6 +309,7 @@ impl Log {
             clean_bound,
             now_ms: now,
             delete_retention_ms: self.config.delete_retention_ms,
+            aborted,
         }))
     }
 
@@ -278,6 +332,8 @@ impl Log {
                 continue;
             };
             self.segments[i].mark_entries_unavailable()?;
+            // The rebuilt segment reads its transaction index back from the file.
+            self.segments[i].sync_txn_index()?;
             let log_path = self
                 .dir
                 .join(segment::file_name(rewrite.base_offset, segment::LOG_SUFFIX));
@@ -369,7 +425,7 @@ impl CleanPlan {
                 if h.next_offset() <= self.first_dirty_offset as i64 {
                     continue;
                 }
-                if h.is_control() {
+                if h.is_control() || self.aborted.contains(&h) {
                     covered = (h.last_offset() + 1) as u64;
                     continue;
                 }
@@ -433,6 +489,8 @@ impl CleanPlan {
             stats.bytes_read += raw.len() as u64;
             let kept = if h.is_control() {
                 None
+            } else if self.aborted.contains(&h) {
+                discard_aborted(&h, stats)?
             } else {
                 match batch::records_body(raw, &h, config.max_decompressed_batch_bytes) {
                     Err(_) => {
@@ -506,6 +564,17 @@ impl CleanPlan {
             cleaned_path,
         }))
     }
+}
+
+/// An aborted transaction's batch without its records (`None`: already empty, keep it).
+fn discard_aborted(h: &BatchHeader, stats: &mut CleanStats) -> Result<Option<Option<Bytes>>> {
+    if h.records_count <= 0 {
+        return Ok(None);
+    }
+    let removed = h.records_count as u64;
+    stats.records_removed += removed;
+    stats.aborted_records_removed += removed;
+    rebuild_batch(h, &[]).map(Some)
 }
 
 /// The batch with only `retained` records (raw encodings, unchanged because base offset and

@@ -12,6 +12,15 @@
 //!   open scans nothing before it. Recovery time is bounded by the data written since the last
 //!   checkpoint or roll, never by the size of the log.
 //!
+//! ## Transactions
+//! Producer state tracks each transactional producer's ongoing transaction (see
+//! [`crate::producer_state`]), which gives the first unstable and last stable offsets. Aborted
+//! transactions are indexed per segment in Kafka's `.txnindex` files (see the `txn_index`
+//! module), in the segment holding the ABORT marker: they go with their segment (retention,
+//! truncation, reset), entries of transactions whose marker is below the log start are never
+//! returned, and entries from the producer-state replay start on are regenerated whenever
+//! producer state is rebuilt (open, truncation).
+//!
 //! ## Entries
 //! Every batch appended is one *entry*, numbered consecutively from the log's first entry index
 //! (1 for a new log, as Raft numbers its entries). The Raft layer uses entry indexes as Raft
@@ -22,12 +31,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{self, BatchHeader};
+use crate::batch::{self, BatchHeader, EndTxnMarker};
 use crate::checkpoint::{self, RecoveryPoint, LOG_START_OFFSET_FILE};
 use crate::config::{Clock, LogConfig};
 use crate::epoch::LeaderEpochCache;
 use crate::error::{IoContext, Result, StorageError};
-use crate::producer_state::ProducerStateManager;
+use crate::producer_state::{AbortedTxn, MarkerCheck, ProducerStateManager};
 use crate::segment::{self, LogSegment};
 
 /// Decompression bound for timestamp lookups and the cleaner.
@@ -107,6 +116,21 @@ fn assign_recovered(epochs: &mut LeaderEpochCache, dirty: &mut bool, h: &BatchHe
     }
 }
 
+/// The end-transaction marker of the batch at `pos` of `seg`, read back only for transactional
+/// control batches and only up to [`batch::MAX_END_TXN_MARKER_BATCH_BYTES`].
+fn end_txn_marker_at(seg: &LogSegment, pos: u64, h: &BatchHeader) -> Result<Option<EndTxnMarker>> {
+    if !h.is_control() || !h.is_transactional() || !h.has_producer_id() || h.is_zero_width() {
+        return Ok(None);
+    }
+    let size = h.size();
+    if size > batch::MAX_END_TXN_MARKER_BATCH_BYTES || pos + size as u64 > seg.size() {
+        tracing::warn!(segment = %seg.log_path().display(), pos, size, "transactional control batch too large (or too long for its segment) to be an end-transaction marker");
+        return Ok(None);
+    }
+    let raw = seg.read_at(pos, size)?;
+    Ok(batch::parse_end_txn_marker(&raw))
+}
+
 /// Drops Raft-internal zero-width batches from bytes about to be served to a client. They are
 /// rare (one per leader change), so the common case returns the bytes untouched.
 fn without_zero_width(bytes: Bytes) -> Bytes {
@@ -170,6 +194,7 @@ impl Log {
                 segment::INDEX_SUFFIX,
                 segment::TIME_INDEX_SUFFIX,
                 segment::ENTRY_INDEX_SUFFIX,
+                segment::TXN_INDEX_SUFFIX,
             ] {
                 if let Some(base) = parse_base_offset(&name, suffix) {
                     if bases.binary_search(&base).is_err() {
@@ -271,7 +296,13 @@ impl Log {
         }
         log.epochs.truncate_from_start(log_start_offset);
         log.delete_segments_below_log_start()?;
-        log.load_producer_state()?;
+        match log.txn_index_problem() {
+            None => log.load_producer_state()?,
+            Some(problem) => {
+                tracing::warn!(dir = %log.dir.display(), %problem, "rebuilding the transaction indexes from the log start");
+                log.rebuild_producer_state(true)?;
+            }
+        }
         let active = log.active();
         let clean = recovery_point
             == Some(RecoveryPoint {
@@ -411,7 +442,14 @@ impl Log {
             stamped.base_offset = base as i64;
             stamped.partition_leader_epoch = leader_epoch;
             self.active_mut().append(raw, &stamped)?;
-            self.producer_state.update(&stamped);
+            let marker = if header.is_control() {
+                batch::parse_end_txn_marker(raw)
+            } else {
+                None
+            };
+            if let Some(aborted) = self.producer_state.update(&stamped, marker) {
+                self.active_mut().append_aborted_txn(aborted);
+            }
             if self.epochs.assign(leader_epoch, base)? {
                 self.epochs_dirty = true;
             }
@@ -494,9 +532,73 @@ impl Log {
         })
     }
 
-    /// Idempotent producer state: sequences and offsets of each producer's last batches.
+    /// Producer state: sequences and offsets of each producer's last batches, and its ongoing
+    /// transaction.
     pub fn producer_state(&self) -> &ProducerStateManager {
         &self.producer_state
+    }
+
+    /// The first offset of the oldest transaction that is ongoing, or completed with its marker
+    /// not yet below the high watermark (Kafka's `firstUnstableOffset`), never below the log
+    /// start offset. `None` when there is none.
+    pub fn first_unstable_offset(&self) -> Option<u64> {
+        self.producer_state
+            .first_unstable_offset()
+            .map(|offset| offset.max(self.log_start_offset))
+    }
+
+    /// Kafka's last stable offset: `min(high_watermark, first unstable offset)`. Below it every
+    /// transaction is decided and replicated; `read_committed` consumers read up to it.
+    pub fn last_stable_offset(&self, high_watermark: u64) -> u64 {
+        self.first_unstable_offset()
+            .map_or(high_watermark, |offset| offset.min(high_watermark))
+    }
+
+    /// The high watermark moved (Kafka's `onHighWatermarkUpdated`): completed transactions
+    /// whose marker is below it stop holding the last stable offset back. Producer state does
+    /// not know the high watermark after an open; until this is called, transactions completed
+    /// since the last replicated point still count as unstable.
+    pub fn on_high_watermark(&mut self, high_watermark: u64) {
+        self.producer_state.on_high_watermark(high_watermark);
+    }
+
+    /// Kafka's `collectAbortedTransactions`: every aborted transaction with its ABORT marker
+    /// at or after `fetch_offset` (and the log start) and its first offset below
+    /// `upper_bound_offset`, in marker order, as Fetch returns them to `read_committed`
+    /// consumers. Like Kafka, it starts at the segment holding `fetch_offset` and stops at the
+    /// first entry whose last stable offset reaches `upper_bound_offset`: no later transaction
+    /// can start below it.
+    pub fn aborted_transactions(
+        &self,
+        fetch_offset: u64,
+        upper_bound_offset: u64,
+    ) -> Vec<AbortedTxn> {
+        let from = fetch_offset.max(self.log_start_offset);
+        let mut out = Vec::new();
+        for seg in &self.segments[self.segment_index_for_offset(from)..] {
+            for txn in seg.aborted_txns() {
+                if txn.last_offset >= from && txn.first_offset < upper_bound_offset {
+                    out.push(*txn);
+                }
+                if txn.last_stable_offset >= upper_bound_offset {
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether the transaction coordinator may append an end-transaction marker for
+    /// `producer_id` (see [`ProducerStateManager::check_marker`]): an older producer epoch is
+    /// `INVALID_PRODUCER_EPOCH`, an older coordinator epoch `TRANSACTION_COORDINATOR_FENCED`.
+    pub fn check_end_txn_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<(), MarkerCheck> {
+        self.producer_state
+            .check_marker(producer_id, producer_epoch, coordinator_epoch)
     }
 
     /// Forgets producers idle for longer than `expiration_ms` (`producer.id.expiration.ms`).
@@ -518,10 +620,26 @@ impl Log {
     }
 
     /// Rebuilds producer state: the newest snapshot at or below the log end, then every batch
-    /// after it.
+    /// after it. Aborted-transaction index entries from the replay start on are dropped first
+    /// and regenerated by the replay, so none appears twice and none outlives its marker.
     fn load_producer_state(&mut self) -> Result<()> {
+        self.rebuild_producer_state(false)
+    }
+
+    /// [`Log::load_producer_state`]; with `from_log_start`, every aborted-transaction index is
+    /// rebuilt by replaying the whole log (one was damaged). The snapshots go first, so a crash
+    /// during the rebuild makes the next open replay the whole log again; a new one is written
+    /// once the indexes are durable.
+    fn rebuild_producer_state(&mut self, from_log_start: bool) -> Result<()> {
         let end = self.log_end_offset();
-        let from = match ProducerStateManager::load_snapshot(&self.dir, end)? {
+        let snapshot = if from_log_start {
+            ProducerStateManager::delete_snapshots(&self.dir)?;
+            checkpoint::sync_dir(&self.dir)?;
+            None
+        } else {
+            ProducerStateManager::load_snapshot(&self.dir, end)?
+        };
+        let from = match snapshot {
             Some(s) if s.map_end_offset() >= self.log_start_offset => {
                 let from = s.map_end_offset();
                 self.producer_snapshot_offset = Some(from);
@@ -534,19 +652,69 @@ impl Log {
                 self.log_start_offset
             }
         };
-        let mut state = std::mem::take(&mut self.producer_state);
-        for seg in &self.segments[self.segment_index_for_offset(from)..] {
-            if let Some((pos, _)) = seg.locate(from)? {
-                seg.walk_headers(pos, |_, h| {
-                    if h.next_offset() > from as i64 {
-                        state.update(h);
-                    }
-                    true
-                })?;
-            }
+        let cut = if from_log_start { 0 } else { from };
+        for seg in &mut self.segments {
+            seg.truncate_aborted_txns_from(cut)?;
         }
+        let mut state = std::mem::take(&mut self.producer_state);
+        let first = self.segment_index_for_offset(from);
+        let replayed =
+            (first..self.segments.len()).try_for_each(|i| self.replay_segment(i, from, &mut state));
         self.producer_state = state;
+        replayed?;
+        for seg in &mut self.segments {
+            seg.sync_txn_index()?;
+        }
+        if from_log_start {
+            self.snapshot_producer_state()?;
+        }
         Ok(())
+    }
+
+    /// Applies the batches of segment `i` that end after `from` to `state`, indexing the
+    /// transactions their ABORT markers abort in the segment.
+    fn replay_segment(
+        &mut self,
+        i: usize,
+        from: u64,
+        state: &mut ProducerStateManager,
+    ) -> Result<()> {
+        let seg = &self.segments[i];
+        let mut aborted = Vec::new();
+        let mut failure = None;
+        if let Some((pos, _)) = seg.locate(from)? {
+            seg.walk_headers(pos, |at, h| {
+                if h.next_offset() <= from as i64 {
+                    return true;
+                }
+                match end_txn_marker_at(seg, at, h) {
+                    Ok(marker) => {
+                        aborted.extend(state.update(h, marker));
+                        true
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                }
+            })?;
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        for txn in aborted {
+            self.segments[i].append_aborted_txn(txn);
+        }
+        Ok(())
+    }
+
+    /// The first reason found not to trust a segment's transaction index.
+    fn txn_index_problem(&self) -> Option<String> {
+        let last = self.segments.len() - 1;
+        self.segments
+            .iter()
+            .enumerate()
+            .find_map(|(i, seg)| seg.txn_index_problem(i == last))
     }
 
     fn store_epochs_if_dirty(&mut self) -> Result<()> {
@@ -939,6 +1107,7 @@ impl Log {
         self.log_start_offset = offset;
         self.epochs.truncate_from_start(offset);
         self.epochs_dirty = true;
+        self.producer_state.on_log_start_offset(offset);
         self.delete_segments_below_log_start()?;
         self.store_epochs_if_dirty()?;
         Ok(true)
@@ -966,6 +1135,7 @@ impl Log {
             self.log_start_offset = new_start;
             self.epochs.truncate_from_start(new_start);
             self.epochs_dirty = true;
+            self.producer_state.on_log_start_offset(new_start);
         }
         let mut outcome = RetentionOutcome::default();
         for seg in self.segments.drain(..count) {
@@ -1019,13 +1189,18 @@ impl Log {
     }
 
     /// Empties the log and restarts it at `next_offset`, numbering entries from
-    /// `next_entry_index` (installing a Raft snapshot). Durable on return.
+    /// `next_entry_index` (installing a Raft snapshot). Producer state, transactions and the
+    /// aborted-transaction indexes go too (Kafka's `truncateFullyAndStartAt`). Durable on
+    /// return.
     pub fn reset(&mut self, next_offset: u64, next_entry_index: u64) -> Result<()> {
         let now = self.clock.now_ms();
         checkpoint::write_offset(&self.dir, LOG_START_OFFSET_FILE, next_offset)?;
         for seg in self.segments.drain(..) {
             LogSegment::delete_files(&self.dir, seg.base_offset())?;
         }
+        ProducerStateManager::delete_snapshots(&self.dir)?;
+        self.producer_state.reset(next_offset);
+        self.producer_snapshot_offset = None;
         self.segments.push(LogSegment::create(
             &self.dir,
             next_offset,

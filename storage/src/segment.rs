@@ -1,5 +1,6 @@
-//! One log segment (Kafka's `LogSegment`): `<baseOffset>.log` with its `.index`, `.timeindex`
-//! and `.entryindex`. Only the last segment of a log (the active one) is appended to.
+//! One log segment (Kafka's `LogSegment`): `<baseOffset>.log` with its `.index`, `.timeindex`,
+//! `.entryindex` and `.txnindex`. Only the last segment of a log (the active one) is appended
+//! to.
 
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
@@ -15,17 +16,21 @@ use crate::index::{
     entry_index_header, parse_entry_index_header, IndexFile, OffsetPosition, TimestampOffset,
     ENTRIES_UNAVAILABLE, ENTRY_INDEX_HEADER_LEN,
 };
+use crate::producer_state::AbortedTxn;
+use crate::txn_index::TxnIndex;
 
 pub(crate) const LOG_SUFFIX: &str = ".log";
 pub(crate) const INDEX_SUFFIX: &str = ".index";
 pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
 pub(crate) const ENTRY_INDEX_SUFFIX: &str = ".entryindex";
+pub(crate) const TXN_INDEX_SUFFIX: &str = ".txnindex";
 /// Index suffixes, for cleanup of a segment's files.
-pub(crate) const SEGMENT_SUFFIXES: [&str; 4] = [
+pub(crate) const SEGMENT_SUFFIXES: [&str; 5] = [
     LOG_SUFFIX,
     INDEX_SUFFIX,
     TIME_INDEX_SUFFIX,
     ENTRY_INDEX_SUFFIX,
+    TXN_INDEX_SUFFIX,
 ];
 
 const SCAN_CHUNK: usize = 1 << 20;
@@ -56,6 +61,7 @@ pub(crate) struct LogSegment {
     offset_index: IndexFile<OffsetPosition>,
     time_index: IndexFile<TimestampOffset>,
     entry_index: IndexFile<OffsetPosition>,
+    txn_index: TxnIndex,
     max_timestamp: i64,
     offset_of_max_timestamp: u64,
     last_index_position: u64,
@@ -103,6 +109,7 @@ impl LogSegment {
                 dir.join(file_name(base_offset, ENTRY_INDEX_SUFFIX)),
                 &entry_index_header(first_entry_index, 0),
             )?,
+            txn_index: TxnIndex::create(dir.join(file_name(base_offset, TXN_INDEX_SUFFIX)))?,
             max_timestamp: batch::NO_TIMESTAMP,
             offset_of_max_timestamp: base_offset,
             last_index_position: 0,
@@ -168,6 +175,11 @@ impl LogSegment {
                 }
             };
         let (first_entry_index, flags) = header_info.unwrap_or((0, 0));
+        // Every marker is a batch of at least a header: that bounds the entries to read.
+        let txn_index = TxnIndex::open(
+            dir.join(file_name(base_offset, TXN_INDEX_SUFFIX)),
+            (size / HEADER_SIZE as u64).min(usize::MAX as u64) as usize,
+        )?;
         let mut segment = LogSegment {
             base_offset,
             log_path,
@@ -179,6 +191,7 @@ impl LogSegment {
             offset_index,
             time_index,
             entry_index,
+            txn_index,
             max_timestamp: batch::NO_TIMESTAMP,
             offset_of_max_timestamp: base_offset,
             last_index_position: 0,
@@ -419,11 +432,13 @@ impl LogSegment {
         }
     }
 
-    /// Writes pending index entries and fsyncs the log file.
+    /// Writes pending index entries and fsyncs the log file and the transaction index (which
+    /// costs nothing unless an abort was appended).
     pub(crate) fn flush(&mut self) -> Result<()> {
         self.offset_index.write_pending()?;
         self.time_index.write_pending()?;
         self.entry_index.write_pending()?;
+        self.txn_index.sync()?;
         self.file()?.sync_data().at(&self.log_path)
     }
 
@@ -432,7 +447,48 @@ impl LogSegment {
         self.offset_index.sync()?;
         self.time_index.sync()?;
         self.entry_index.sync()?;
+        self.txn_index.sync()?;
         self.file()?.sync_data().at(&self.log_path)
+    }
+
+    /// The aborted transactions whose ABORT marker is in this segment, in marker order.
+    pub(crate) fn aborted_txns(&self) -> &[AbortedTxn] {
+        self.txn_index.entries()
+    }
+
+    /// Indexes an aborted transaction whose marker was just appended (or replayed) here.
+    pub(crate) fn append_aborted_txn(&mut self, txn: AbortedTxn) {
+        self.txn_index.append(txn);
+    }
+
+    /// Drops the aborted transactions whose marker is at or after `offset`.
+    pub(crate) fn truncate_aborted_txns_from(&mut self, offset: u64) -> Result<()> {
+        self.txn_index.truncate_from(offset)
+    }
+
+    /// fsyncs the transaction index if it changed.
+    pub(crate) fn sync_txn_index(&mut self) -> Result<()> {
+        self.txn_index.sync()
+    }
+
+    /// Why this segment's transaction index cannot be trusted, if it cannot: damage found when
+    /// loading it, or an entry whose marker lies outside the segment. Call after recovery. The
+    /// active segment's entries past its end (a crash cut the log, not the index) are not a
+    /// problem: the producer-state replay drops them.
+    pub(crate) fn txn_index_problem(&self, active: bool) -> Option<String> {
+        if let Some(damage) = self.txn_index.damage() {
+            return Some(damage.to_string());
+        }
+        let outside = self.aborted_txns().iter().find(|t| {
+            t.last_offset < self.base_offset || (!active && t.last_offset >= self.next_offset)
+        })?;
+        Some(format!(
+            "marker offset {} of {} lies outside the segment [{}, {})",
+            outside.last_offset,
+            self.txn_index.path().display(),
+            self.base_offset,
+            self.next_offset
+        ))
     }
 
     /// Turns the active segment into a sealed one: final time index entry, everything fsynced.

@@ -1,20 +1,24 @@
-//! Property test: random sequences of append / read / truncate / advance start / roll /
-//! compact / close+reopen / crash (the unflushed tail cut at a random byte) against a simple
-//! in-memory model. After every step the log must agree with the model.
+//! Property test: random sequences of append / transactional append / end-transaction marker /
+//! read / truncate / advance start / roll / compact / close+reopen / crash (the unflushed tail
+//! cut at a random byte) against a simple in-memory model. After every step the log must agree
+//! with the model, transactions included: the first unstable offset and the aborted
+//! transactions are recomputed from the model's batches by replaying them in order.
 //!
 //! Reproduce a failure with the case proptest prints (it also records it under
 //! `proptest-regressions/`). `PROPTEST_CASES` raises the number of cases.
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use common::*;
 use proptest::prelude::*;
 use runnel_storage::batch::{self, BatchOptions};
 use runnel_storage::compression::Compression;
-use runnel_storage::{CleanerConfig, CleanupPolicy, Log, LogConfig, ManualClock, StorageError};
+use runnel_storage::{
+    AbortedTxn, CleanerConfig, CleanupPolicy, Log, LogConfig, ManualClock, StorageError,
+};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -24,6 +28,17 @@ enum Op {
         records: Vec<(u8, Option<u8>)>,
         bump_epoch: bool,
         codec: u8,
+    },
+    /// A transactional batch of producer `producer` (starts its transaction if none is open).
+    TxnAppend {
+        producer: u8,
+        records: Vec<(u8, Option<u8>)>,
+        codec: u8,
+    },
+    /// The coordinator's end-transaction marker for `producer`.
+    TxnEnd {
+        producer: u8,
+        commit: bool,
     },
     Read {
         at: u16,
@@ -50,6 +65,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => (prop::collection::vec((0u8..12, prop::option::weighted(0.9, any::<u8>())), 1..6), prop::bool::weighted(0.1), 0u8..5)
             .prop_map(|(records, bump_epoch, codec)| Op::Append { records, bump_epoch, codec }),
+        3 => (0u8..2, prop::collection::vec((0u8..12, prop::option::weighted(0.9, any::<u8>())), 1..4), 0u8..5)
+            .prop_map(|(producer, records, codec)| Op::TxnAppend { producer, records, codec }),
+        2 => (0u8..2, any::<bool>()).prop_map(|(producer, commit)| Op::TxnEnd { producer, commit }),
         3 => (any::<u16>(), any::<u16>()).prop_map(|(at, max_bytes)| Op::Read { at, max_bytes }),
         1 => any::<u16>().prop_map(|at| Op::Truncate { at }),
         1 => any::<u16>().prop_map(|at| Op::AdvanceStart { at }),
@@ -62,6 +80,18 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// What a model batch is, for producer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    /// A Raft no-op: a zero-width control batch.
+    ZeroWidth,
+    /// A transactional data batch of a producer id.
+    Txn(i64),
+    /// An end-transaction marker of a producer id (`true`: COMMIT).
+    Marker(i64, bool),
+}
+
 #[derive(Debug, Clone)]
 struct ModelBatch {
     base: u64,
@@ -69,6 +99,7 @@ struct ModelBatch {
     last: i64,
     epoch: i32,
     entry: u64,
+    kind: Kind,
     /// (offset, key, value, removable: superseded by a later record of its key and below a
     /// compaction bound, so the cleaner may have dropped it)
     records: Vec<(u64, u8, Option<u8>, bool)>,
@@ -86,11 +117,85 @@ struct Model {
     min_truncate: u64,
     /// (active segment base, leo) at the last durability point.
     durable: (u64, u64),
+    /// Next base sequence per transactional producer.
+    next_seq: HashMap<i64, i32>,
+}
+
+/// Transactions as a replay of the model's batches finds them.
+#[derive(Debug, Default)]
+struct TxnState {
+    /// Ongoing transactions: first offset -> producer id.
+    ongoing: BTreeMap<u64, i64>,
+    /// Every aborted transaction, in marker order.
+    aborted: Vec<AbortedTxn>,
+    /// Completed transactions' ranges `[first, marker]`.
+    completed: Vec<(u64, u64)>,
+}
+
+impl TxnState {
+    /// Whether a transactional batch of `pid` at `offset` belongs to an aborted transaction.
+    fn is_aborted(&self, pid: i64, offset: u64) -> bool {
+        self.aborted
+            .iter()
+            .any(|t| t.producer_id == pid && t.first_offset <= offset && offset <= t.last_offset)
+    }
+
+    /// `offset` moved down until it is inside no transaction.
+    fn outside_transactions(&self, mut offset: u64) -> u64 {
+        loop {
+            let inside = self
+                .ongoing
+                .keys()
+                .map(|&first| (first, u64::MAX))
+                .chain(self.completed.iter().copied())
+                .filter(|&(first, last)| first < offset && offset <= last)
+                .map(|(first, _)| first)
+                .min();
+            match inside {
+                Some(first) => offset = first,
+                None => return offset,
+            }
+        }
+    }
 }
 
 impl Model {
     /// Drops every batch at or after `new_leo` (a batch boundary), as truncation and crash
     /// recovery do.
+    /// Kafka's producer-state rules, replayed over the batches in log order.
+    fn txn_state(&self) -> TxnState {
+        let mut state = TxnState::default();
+        let mut current: HashMap<i64, u64> = HashMap::new();
+        for b in &self.batches {
+            match b.kind {
+                Kind::Txn(pid) => {
+                    if let std::collections::hash_map::Entry::Vacant(e) = current.entry(pid) {
+                        e.insert(b.base);
+                        state.ongoing.insert(b.base, pid);
+                    }
+                }
+                Kind::Marker(pid, commit) => {
+                    let Some(first) = current.remove(&pid) else {
+                        continue;
+                    };
+                    state.ongoing.remove(&first);
+                    state.completed.push((first, b.base));
+                    if !commit {
+                        let lso = state.ongoing.keys().next().copied().unwrap_or(b.base + 1);
+                        state.aborted.push(AbortedTxn {
+                            producer_id: pid,
+                            first_offset: first,
+                            last_offset: b.base,
+                            last_stable_offset: lso,
+                        });
+                    }
+                }
+                Kind::Plain | Kind::ZeroWidth => {}
+            }
+        }
+        state
+    }
+
     fn truncate(&mut self, new_leo: u64) {
         if let Some(first_removed) = self.batches.iter().find(|b| b.last >= new_leo as i64) {
             self.next_entry = first_removed.entry;
@@ -195,9 +300,80 @@ impl Harness {
                     last: (m.leo + records.len() as u64) as i64 - 1,
                     epoch,
                     entry: m.next_entry,
+                    kind: Kind::Plain,
                     records: recs,
                 });
                 m.leo += records.len() as u64;
+                m.next_entry += 1;
+            }
+            Op::TxnAppend {
+                producer,
+                records,
+                codec: c,
+            } => {
+                let pid = 100 + i64::from(*producer);
+                let seq = *self.model.next_seq.get(&pid).unwrap_or(&0);
+                self.model.next_seq.insert(pid, seq + records.len() as i32);
+                let recs: Vec<_> = records
+                    .iter()
+                    .map(|(k, v)| {
+                        record(
+                            T0,
+                            Some(&format!("k{k}")),
+                            v.map(|v| format!("v{v}")).as_deref(),
+                        )
+                    })
+                    .collect();
+                let b = batch::build_batch(
+                    &recs,
+                    &BatchOptions {
+                        compression: codec(*c),
+                        producer_id: pid,
+                        producer_epoch: 0,
+                        base_sequence: seq,
+                        transactional: true,
+                        ..Default::default()
+                    },
+                )
+                .expect("transactional batch");
+                let epoch = self.model.epoch;
+                let info = self.log().append(&b, epoch).expect("append txn");
+                let m = &mut self.model;
+                prop_assert_eq!(info.first_offset, m.leo);
+                let recs = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, v))| (m.leo + i as u64, *k, *v, false))
+                    .collect();
+                m.batches.push(ModelBatch {
+                    base: m.leo,
+                    last: (m.leo + records.len() as u64) as i64 - 1,
+                    epoch,
+                    entry: m.next_entry,
+                    kind: Kind::Txn(pid),
+                    records: recs,
+                });
+                m.leo += records.len() as u64;
+                m.next_entry += 1;
+            }
+            Op::TxnEnd { producer, commit } => {
+                let pid = 100 + i64::from(*producer);
+                let check = self.log().check_end_txn_marker(pid, 0, 0);
+                prop_assert_eq!(check, Ok(()));
+                let marker = batch::build_end_txn_marker(*commit, pid, 0, 0, T0).expect("marker");
+                let epoch = self.model.epoch;
+                let info = self.log().append(&marker, epoch).expect("append marker");
+                let m = &mut self.model;
+                prop_assert_eq!(info.first_offset, m.leo);
+                m.batches.push(ModelBatch {
+                    base: m.leo,
+                    last: m.leo as i64,
+                    epoch,
+                    entry: m.next_entry,
+                    kind: Kind::Marker(pid, *commit),
+                    records: Vec::new(),
+                });
+                m.leo += 1;
                 m.next_entry += 1;
             }
             Op::Noop => {
@@ -215,6 +391,7 @@ impl Harness {
                     last: m.leo as i64 - 1,
                     epoch,
                     entry: m.next_entry,
+                    kind: Kind::ZeroWidth,
                     records: Vec::new(),
                 });
                 m.next_entry += 1;
@@ -269,7 +446,14 @@ impl Harness {
             }
             Op::AdvanceStart { at } => {
                 let span = self.model.leo - self.model.log_start + 1;
+                // Never into a transaction: a log replaying from its start (no snapshot at or
+                // above it) cannot see where such a transaction began, as in Kafka.
                 let to = self.model.log_start + u64::from(*at) % span;
+                let to = self
+                    .model
+                    .txn_state()
+                    .outside_transactions(to)
+                    .max(self.model.log_start);
                 self.log().advance_log_start_offset(to).expect("advance");
                 self.model.log_start = to;
                 self.model.min_truncate = self.model.min_truncate.max(to);
@@ -289,9 +473,17 @@ impl Harness {
                     .compact(&CleanerConfig::default(), bound)
                     .expect("compact");
                 self.model.min_truncate = self.model.min_truncate.max(bound);
-                // Any record with a later record of the same key below the bound may be gone.
+                // The cleaner never passes an open transaction.
+                let txns = self.model.txn_state();
+                let bound = txns.ongoing.keys().next().map_or(bound, |&f| bound.min(f));
+                let aborted = |b: &ModelBatch| match b.kind {
+                    Kind::Txn(pid) => txns.is_aborted(pid, b.base),
+                    _ => false,
+                };
+                // Aborted records below the bound may be gone, and so may any record with a
+                // later committed (or non-transactional) record of the same key below it.
                 let mut latest: HashMap<u8, u64> = HashMap::new();
-                for b in &self.model.batches {
+                for b in self.model.batches.iter().filter(|b| !aborted(b)) {
                     for r in &b.records {
                         if r.0 < bound {
                             latest.insert(r.1, r.0);
@@ -299,8 +491,10 @@ impl Harness {
                     }
                 }
                 for b in &mut self.model.batches {
+                    let is_aborted = aborted(b);
                     for r in &mut b.records {
-                        if r.0 < bound && latest.get(&r.1).is_some_and(|&l| l > r.0) {
+                        if r.0 < bound && (is_aborted || latest.get(&r.1).is_some_and(|&l| l > r.0))
+                        {
                             r.3 = true;
                         }
                     }
@@ -369,7 +563,7 @@ impl Harness {
                         .model
                         .batches
                         .last()
-                        .is_some_and(|b| b.records.is_empty())
+                        .is_some_and(|b| b.kind == Kind::ZeroWidth)
                 {
                     self.model.batches.pop();
                     self.model.next_entry -= 1;
@@ -400,7 +594,32 @@ impl Harness {
         Ok(())
     }
 
+    /// The log's transactions agree with a replay of the model's batches, once the high
+    /// watermark is at the log end (so only open transactions are unstable).
+    fn check_transactions(&mut self) -> Result<(), TestCaseError> {
+        let model_leo = self.model.leo;
+        let model_start = self.model.log_start;
+        let txns = self.model.txn_state();
+        let log = self.log();
+        log.on_high_watermark(model_leo);
+        let unstable = txns.ongoing.keys().next().map(|&f| f.max(model_start));
+        prop_assert_eq!(log.first_unstable_offset(), unstable);
+        prop_assert_eq!(
+            log.last_stable_offset(model_leo),
+            unstable.map_or(model_leo, |u| u.min(model_leo))
+        );
+        let expected: Vec<AbortedTxn> = txns
+            .aborted
+            .iter()
+            .filter(|t| t.last_offset >= model_start)
+            .copied()
+            .collect();
+        prop_assert_eq!(log.aborted_transactions(model_start, u64::MAX), expected);
+        Ok(())
+    }
+
     fn check_all(&mut self) -> Result<(), TestCaseError> {
+        self.check_transactions()?;
         let model_leo = self.model.leo;
         let model_start = self.model.log_start;
         let log = self.log.as_ref().expect("open");

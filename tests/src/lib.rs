@@ -79,7 +79,12 @@ impl Broker {
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(&self.extra_args)
-            .stdout(Stdio::null())
+            // RUNNEL_TEST_LOGS=1 shows the broker's log (with RUST_LOG to pick levels).
+            .stdout(if std::env::var_os("RUNNEL_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit())
             .spawn()
             .context("cannot start runnel")?;

@@ -204,6 +204,9 @@ pub struct ClassicGroup {
     /// Members told `MEMBER_ID_REQUIRED`, with the time they must join by.
     pub pending_members: HashMap<String, i64>,
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// Offsets committed inside transactions not yet decided, by producer id
+    /// (TxnOffsetCommit): visible once the commit marker is written, dropped on abort.
+    pub pending_txn_offsets: HashMap<i64, BTreeMap<(String, i32), CommittedOffset>>,
     pub current_state_timestamp: i64,
     /// Set when the group uses the KIP-848 consumer protocol: its members are there, and
     /// the classic part holds only the committed offsets. A group is of one type at a time;
@@ -237,6 +240,7 @@ impl ClassicGroup {
             static_members: HashMap::new(),
             pending_members: HashMap::new(),
             offsets: BTreeMap::new(),
+            pending_txn_offsets: HashMap::new(),
             current_state_timestamp: now,
             settings,
             join_deadline: 0,
@@ -339,6 +343,41 @@ impl ClassicGroup {
                 })
                 .collect(),
         }
+    }
+
+    /// A transaction of `producer_id` was decided by the marker at `marker_offset`: the
+    /// offsets it committed before the marker become the committed ones (unless a later
+    /// commit already replaced them), or are dropped.
+    pub fn complete_transaction(&mut self, producer_id: i64, commit: bool, marker_offset: u64) {
+        let Some(pending) = self.pending_txn_offsets.remove(&producer_id) else {
+            return;
+        };
+        let (decided, later): (BTreeMap<_, _>, BTreeMap<_, _>) = pending
+            .into_iter()
+            .partition(|(_, o)| o.record_offset < marker_offset);
+        if !later.is_empty() {
+            self.pending_txn_offsets.insert(producer_id, later);
+        }
+        if !commit {
+            return;
+        }
+        for (key, offset) in decided {
+            let newer = self
+                .offsets
+                .get(&key)
+                .is_none_or(|c| c.record_offset < offset.record_offset);
+            if newer {
+                self.offsets.insert(key, offset);
+            }
+        }
+    }
+
+    /// Whether some undecided transaction holds an offset of this partition (OffsetFetch
+    /// with `require_stable` answers UNSTABLE_OFFSET_COMMIT then).
+    pub fn has_pending_txn_offset(&self, key: &(String, i32)) -> bool {
+        self.pending_txn_offsets
+            .values()
+            .any(|o| o.contains_key(key))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1156,6 +1195,41 @@ impl ClassicGroup {
         }
         if self.state == GroupState::CompletingRebalance {
             return Err(code(ResponseError::RebalanceInProgress));
+        }
+        self.refresh(member_id, now);
+        Ok(())
+    }
+
+    /// Kafka's checks of a TxnOffsetCommit: producers that send no group metadata (generation
+    /// -1, no member) commit into any group; members (KIP-447) must be current.
+    pub fn validate_txn_offset_commit(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation_id: i32,
+        now: i64,
+    ) -> Result<(), i16> {
+        if self.state == GroupState::Dead {
+            return Err(code(ResponseError::CoordinatorNotAvailable));
+        }
+        if generation_id < 0 && member_id.is_empty() && instance_id.is_none() {
+            return Ok(());
+        }
+        if let Some(c) = &self.consumer {
+            // Transactional commits with a stale member epoch are ILLEGAL_GENERATION.
+            return c
+                .validate_offset_commit(member_id, generation_id)
+                .map_err(|e| {
+                    if e == code(ResponseError::StaleMemberEpoch) {
+                        code(ResponseError::IllegalGeneration)
+                    } else {
+                        e
+                    }
+                });
+        }
+        self.validate_member(member_id, instance_id)?;
+        if generation_id != self.generation_id {
+            return Err(code(ResponseError::IllegalGeneration));
         }
         self.refresh(member_id, now);
         Ok(())

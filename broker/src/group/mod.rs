@@ -101,6 +101,8 @@ pub struct PartitionGroups {
     pub epoch: i32,
     pub loaded: bool,
     pub groups: HashMap<String, ClassicGroup>,
+    /// Transaction decisions (producer id, commit, marker offset) that arrived while loading.
+    pub deferred: Vec<(i64, bool, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +133,7 @@ fn append_error_code(e: &ReplicationError, for_commit: bool) -> i16 {
         ReplicationError::Storage(_) | ReplicationError::Io(_) => {
             code(ResponseError::NotCoordinator)
         }
+        ReplicationError::InvalidProducerEpoch { .. } => code(ResponseError::InvalidProducerEpoch),
         _ => code(ResponseError::UnknownServerError),
     }
 }
@@ -208,6 +211,35 @@ impl GroupCoordinator {
         }
     }
 
+    /// A transaction marker of `producer_id` was committed at `marker_offset` of partition
+    /// `p`: the offsets the transaction committed there become visible, or are dropped. While
+    /// the partition loads, the decision waits and is applied once loaded (the replay may not
+    /// have reached the marker).
+    pub fn complete_transaction(
+        &self,
+        broker: &Arc<Broker>,
+        p: i32,
+        producer_id: i64,
+        commit: bool,
+        marker_offset: u64,
+    ) {
+        let epoch = broker
+            .replication
+            .replica(OFFSETS_TOPIC, p)
+            .map_or(-1, |r| r.leader_epoch());
+        let mut partitions = self.lock();
+        let Some(pg) = partitions.get_mut(&p).filter(|pg| pg.epoch == epoch) else {
+            return;
+        };
+        if !pg.loaded {
+            pg.deferred.push((producer_id, commit, marker_offset));
+            return;
+        }
+        for g in pg.groups.values_mut() {
+            g.complete_transaction(producer_id, commit, marker_offset);
+        }
+    }
+
     /// A write of a consumer group's changes failed: its next changes rewrite everything.
     pub fn consumer_write_failed(&self, broker: &Arc<Broker>, group_id: &str) {
         let _ = self.with_groups(broker, group_id, |groups, _| {
@@ -278,6 +310,7 @@ fn start_load(
             epoch,
             loaded: false,
             groups: HashMap::new(),
+            deferred: Vec::new(),
         },
     );
     let broker = broker.clone();
@@ -298,6 +331,11 @@ fn start_load(
                     "loaded group coordinator state"
                 );
                 pg.groups = groups;
+                for (producer_id, commit, marker_offset) in std::mem::take(&mut pg.deferred) {
+                    for g in pg.groups.values_mut() {
+                        g.complete_transaction(producer_id, commit, marker_offset);
+                    }
+                }
                 pg.loaded = true;
             }
             Err(e) => {
@@ -329,6 +367,9 @@ fn load_groups(
     let mut offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
     let mut metadata: HashMap<String, Option<GroupMetadataValue>> = HashMap::new();
     let mut consumers: HashMap<String, consumer::Replayed> = HashMap::new();
+    // Offsets of undecided transactions: producer id -> group -> offsets.
+    type GroupOffsets = HashMap<String, BTreeMap<(String, i32), CommittedOffset>>;
+    let mut txn_offsets: HashMap<i64, GroupOffsets> = HashMap::new();
     // Which protocol wrote a group's state last (a group changes type when emptied).
     let mut last_classic: HashMap<String, u64> = HashMap::new();
     let mut last_consumer: HashMap<String, u64> = HashMap::new();
@@ -340,6 +381,30 @@ fn load_groups(
         let Some(last) = entries.last() else { break };
         index = last.index + 1;
         for e in &entries {
+            let Ok(h) = BatchHeader::parse(&e.data) else {
+                continue;
+            };
+            if h.is_control() {
+                // A transaction decided: its offsets become committed, or are dropped.
+                if let Some(marker) = batch::parse_end_txn_marker(&e.data) {
+                    for (group, pending) in txn_offsets.remove(&h.producer_id).unwrap_or_default() {
+                        if !marker.commit {
+                            continue;
+                        }
+                        let slot = offsets.entry(group).or_default();
+                        for (key, offset) in pending {
+                            if slot
+                                .get(&key)
+                                .is_none_or(|c| c.record_offset < offset.record_offset)
+                            {
+                                slot.insert(key, offset);
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            let transactional = h.is_transactional().then_some(h.producer_id);
             for_each_record(&e.data, |record_offset, key, value| {
                 let Ok(key) = RecordKey::decode(key) else {
                     tracing::warn!(partition = p, record_offset, "undecodable record key");
@@ -351,7 +416,14 @@ fn load_groups(
                         topic,
                         partition,
                     } => {
-                        let slot = offsets.entry(group).or_default();
+                        let slot = match transactional {
+                            Some(pid) => txn_offsets
+                                .entry(pid)
+                                .or_default()
+                                .entry(group)
+                                .or_default(),
+                            None => offsets.entry(group).or_default(),
+                        };
                         match value.map(OffsetCommitValue::decode) {
                             None => {
                                 slot.remove(&(topic, partition));
@@ -443,11 +515,20 @@ fn load_groups(
             .or_insert_with(|| ClassicGroup::new(id, settings.clone(), now))
             .offsets = committed;
     }
+    for (producer_id, by_group) in txn_offsets {
+        for (id, pending) in by_group {
+            groups
+                .entry(id.clone())
+                .or_insert_with(|| ClassicGroup::new(id, settings.clone(), now))
+                .pending_txn_offsets
+                .insert(producer_id, pending);
+        }
+    }
     Ok(groups)
 }
 
 /// Calls `f(offset, key, value)` for each record of a stored batch (control batches skipped).
-fn for_each_record(data: &[u8], mut f: impl FnMut(u64, &[u8], Option<&[u8]>)) {
+pub(crate) fn for_each_record(data: &[u8], mut f: impl FnMut(u64, &[u8], Option<&[u8]>)) {
     let Ok(h) = BatchHeader::parse(data) else {
         return;
     };
@@ -519,6 +600,20 @@ pub struct Appending {
 /// coordinator's lock is held, it puts records in the log in the order the groups changed,
 /// so replay never disagrees with memory.
 pub fn begin_append(broker: &Broker, p: i32, records: Vec<Record>, for_commit: bool) -> Appending {
+    begin_append_to(broker, OFFSETS_TOPIC, p, records, for_commit, None)
+}
+
+/// Hands records to partition `p` of a coordinator's topic (`__consumer_offsets`,
+/// `__transaction_state`). With `transactional` (producer id, epoch) they form a transactional
+/// batch of that producer, as TxnOffsetCommit writes them, decided later by a marker.
+pub fn begin_append_to(
+    broker: &Broker,
+    topic: &str,
+    p: i32,
+    records: Vec<Record>,
+    for_commit: bool,
+    transactional: Option<(i64, i16)>,
+) -> Appending {
     let now = now_ms();
     let records: Vec<NewRecord> = records
         .into_iter()
@@ -534,13 +629,26 @@ pub fn begin_append(broker: &Broker, p: i32, records: Vec<Record>, for_commit: b
         error,
         for_commit,
     };
-    let Ok(data) = batch::build_batch(&records, &BatchOptions::default()) else {
+    let options = match transactional {
+        Some((producer_id, producer_epoch)) => BatchOptions {
+            producer_id,
+            producer_epoch,
+            transactional: true,
+            ..BatchOptions::default()
+        },
+        None => BatchOptions::default(),
+    };
+    let Ok(data) = batch::build_batch(&records, &options) else {
         return failed(code(ResponseError::UnknownServerError));
     };
-    match broker
-        .replication
-        .begin_produce(OFFSETS_TOPIC, p, vec![data], -1)
-    {
+    let begun = match transactional {
+        Some(_) => broker
+            .replication
+            .begin_coordinator_append(topic, p, data)
+            .map(Some),
+        None => broker.replication.begin_produce(topic, p, vec![data], -1),
+    };
+    match begun {
         Ok(rx) => Appending {
             rx,
             error: 0,
@@ -620,7 +728,11 @@ pub fn run_stores(broker: &Arc<Broker>, group_id: String, stores: Vec<Store>) {
 /// Removes a group that holds nothing (created by a request that then failed).
 pub fn forget_if_unused(groups: &mut HashMap<String, ClassicGroup>, group_id: &str) {
     let unused = groups.get(group_id).is_some_and(|g| {
-        g.state == GroupState::Empty && g.is_empty() && g.offsets.is_empty() && g.generation_id == 0
+        g.state == GroupState::Empty
+            && g.is_empty()
+            && g.offsets.is_empty()
+            && g.pending_txn_offsets.is_empty()
+            && g.generation_id == 0
     });
     if unused {
         groups.remove(group_id);
@@ -891,7 +1003,11 @@ async fn expire_offsets(broker: &Arc<Broker>, now: i64) {
                         g.offsets.remove(k);
                     }
                 }
-                if delete_group && g.offsets.is_empty() && g.is_empty() {
+                if delete_group
+                    && g.offsets.is_empty()
+                    && g.pending_txn_offsets.is_empty()
+                    && g.is_empty()
+                {
                     g.close(code(ResponseError::CoordinatorNotAvailable));
                     groups.remove(&group_id);
                 }

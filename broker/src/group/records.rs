@@ -86,22 +86,22 @@ pub struct GroupMetadataValue {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed __consumer_offsets record: {0}")]
+#[error("malformed coordinator record: {0}")]
 pub struct RecordError(pub String);
 
-fn err<T>(what: impl Into<String>) -> Result<T, RecordError> {
+pub(crate) fn err<T>(what: impl Into<String>) -> Result<T, RecordError> {
     Err(RecordError(what.into()))
 }
 
 // ---- writing ----
 
-fn put_string(buf: &mut BytesMut, s: &str) {
+pub(crate) fn put_string(buf: &mut BytesMut, s: &str) {
     let len = s.len().min(i16::MAX as usize);
     buf.put_i16(len as i16);
     buf.put_slice(&s.as_bytes()[..len]);
 }
 
-fn put_nullable_string(buf: &mut BytesMut, s: Option<&str>) {
+pub(crate) fn put_nullable_string(buf: &mut BytesMut, s: Option<&str>) {
     match s {
         Some(s) => put_string(buf, s),
         None => buf.put_i16(-1),
@@ -368,7 +368,7 @@ pub struct CurrentMemberAssignmentValue {
     pub pending_revocation: TopicPartitions,
 }
 
-fn put_uvarint(buf: &mut BytesMut, mut v: u64) {
+pub(crate) fn put_uvarint(buf: &mut BytesMut, mut v: u64) {
     while v >= 0x80 {
         buf.put_u8((v as u8) | 0x80);
         v >>= 7;
@@ -376,7 +376,7 @@ fn put_uvarint(buf: &mut BytesMut, mut v: u64) {
     buf.put_u8(v as u8);
 }
 
-fn put_compact_string(buf: &mut BytesMut, s: Option<&str>) {
+pub(crate) fn put_compact_string(buf: &mut BytesMut, s: Option<&str>) {
     match s {
         None => put_uvarint(buf, 0),
         Some(s) => {
@@ -554,17 +554,17 @@ impl CurrentMemberAssignmentValue {
 
 // ---- reading, every length bounded by the input ----
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         Reader { data, pos: 0 }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
         if self.data.len() - self.pos < n {
             return err(format!(
                 "needs {n} bytes at {}, has {}",
@@ -577,24 +577,28 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn i16(&mut self) -> Result<i16, RecordError> {
+    pub(crate) fn i8(&mut self) -> Result<i8, RecordError> {
+        Ok(self.take(1)?[0] as i8)
+    }
+
+    pub(crate) fn i16(&mut self) -> Result<i16, RecordError> {
         let b = self.take(2)?;
         Ok(i16::from_be_bytes([b[0], b[1]]))
     }
 
-    fn i32(&mut self) -> Result<i32, RecordError> {
+    pub(crate) fn i32(&mut self) -> Result<i32, RecordError> {
         let b = self.take(4)?;
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn i64(&mut self) -> Result<i64, RecordError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, RecordError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(i64::from_be_bytes(a))
     }
 
-    fn varint(&mut self) -> Result<u64, RecordError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, RecordError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.take(1)?[0];
@@ -607,7 +611,11 @@ impl<'a> Reader<'a> {
     }
 
     /// The length of a string, bytes or array; `None` for null.
-    fn len(&mut self, flexible: bool, classic: i64) -> Result<Option<usize>, RecordError> {
+    pub(crate) fn len(
+        &mut self,
+        flexible: bool,
+        classic: i64,
+    ) -> Result<Option<usize>, RecordError> {
         let n = if flexible {
             self.varint()? as i64 - 1
         } else {
@@ -619,7 +627,10 @@ impl<'a> Reader<'a> {
         Ok(Some(n as usize))
     }
 
-    fn nullable_string(&mut self, flexible: bool) -> Result<Option<String>, RecordError> {
+    pub(crate) fn nullable_string(
+        &mut self,
+        flexible: bool,
+    ) -> Result<Option<String>, RecordError> {
         let classic = if flexible { 0 } else { i64::from(self.i16()?) };
         match self.len(flexible, classic)? {
             None => Ok(None),
@@ -632,12 +643,12 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn string(&mut self, flexible: bool) -> Result<String, RecordError> {
+    pub(crate) fn string(&mut self, flexible: bool) -> Result<String, RecordError> {
         self.nullable_string(flexible)?
             .map_or_else(|| err("null where a string is required"), Ok)
     }
 
-    fn bytes(&mut self, flexible: bool) -> Result<Bytes, RecordError> {
+    pub(crate) fn bytes(&mut self, flexible: bool) -> Result<Bytes, RecordError> {
         let classic = if flexible { 0 } else { i64::from(self.i32()?) };
         match self.len(flexible, classic)? {
             None => Ok(Bytes::new()),
@@ -645,7 +656,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn array_len(&mut self, flexible: bool) -> Result<usize, RecordError> {
+    pub(crate) fn array_len(&mut self, flexible: bool) -> Result<usize, RecordError> {
         let classic = if flexible { 0 } else { i64::from(self.i32()?) };
         let n = self.len(flexible, classic)?.unwrap_or(0);
         // Every element takes at least one byte: a larger count is corrupt.
@@ -655,7 +666,7 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
-    fn topic_partitions(&mut self) -> Result<TopicPartitions, RecordError> {
+    pub(crate) fn topic_partitions(&mut self) -> Result<TopicPartitions, RecordError> {
         let n = self.array_len(true)?;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -671,7 +682,7 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn skip_tagged_fields(&mut self) -> Result<(), RecordError> {
+    pub(crate) fn skip_tagged_fields(&mut self) -> Result<(), RecordError> {
         let count = self.varint()?;
         for _ in 0..count {
             let _tag = self.varint()?;

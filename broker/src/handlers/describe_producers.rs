@@ -1,5 +1,7 @@
-//! DescribeProducers (key 61): the idempotent (and later transactional) producers a partition
-//! leader tracks: id, epoch, last sequence and when it last wrote.
+//! DescribeProducers (key 61): the idempotent and transactional producers a partition leader
+//! tracks: id, epoch, last sequence, when it last wrote, the coordinator epoch of its last
+//! marker and where its open transaction starts (`kafka-transactions describe-producers`,
+//! the tool that finds hanging transactions).
 
 use std::sync::Arc;
 
@@ -44,9 +46,8 @@ fn partition(broker: &Broker, topic: &str, index: i32) -> PartitionResponse {
                 .with_producer_epoch(i32::from(p.epoch))
                 .with_last_sequence(p.last_seq().unwrap_or(-1))
                 .with_last_timestamp(p.last_timestamp)
-                // No transactions yet: no coordinator epoch, no open transaction.
-                .with_coordinator_epoch(-1)
-                .with_current_txn_start_offset(-1)
+                .with_coordinator_epoch(p.coordinator_epoch)
+                .with_current_txn_start_offset(p.current_txn_first_offset.map_or(-1, |o| o as i64))
         })
         .collect();
     producers.sort_by_key(|p| p.producer_id.0);

@@ -1,4 +1,5 @@
-//! Fetch (key 1): whole stored batches up to the high watermark, long-polling until
+//! Fetch (key 1): whole stored batches up to the high watermark (the last stable offset for
+//! `read_committed`, with the aborted transactions the batches overlap), long-polling until
 //! `min_bytes` or `max_wait_ms`, with per-partition and total byte limits, incremental fetch
 //! sessions (KIP-227) and topic ids (v13+).
 
@@ -8,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_protocol::kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
-use runnel_protocol::kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use runnel_protocol::kafka_protocol::messages::{
+    FetchRequest, FetchResponse, ProducerId, TopicName,
+};
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
 use runnel_storage::StorageError;
@@ -96,10 +99,17 @@ fn read_partition(
     let high_watermark = replica.high_watermark();
     let log = replica.log();
     let log_start = log.log_start_offset();
+    let last_stable = log.last_stable_offset(high_watermark);
+    // read_committed consumers read only decided transactions.
+    let visible_end = if isolation == READ_COMMITTED {
+        last_stable
+    } else {
+        high_watermark
+    };
     let base = PartitionData::default()
         .with_partition_index(*partition)
         .with_high_watermark(high_watermark as i64)
-        .with_last_stable_offset(high_watermark as i64)
+        .with_last_stable_offset(last_stable as i64)
         .with_log_start_offset(log_start as i64)
         .with_aborted_transactions(if isolation == READ_COMMITTED {
             Some(Vec::new())
@@ -126,7 +136,7 @@ fn read_partition(
             Ok(Bytes::new())
         }
     } else {
-        log.read_with(p.fetch_offset as u64, limit, high_watermark, min_one)
+        log.read_with(p.fetch_offset as u64, limit, visible_end, min_one)
     };
     match result {
         Ok(records) => {
@@ -134,6 +144,15 @@ fn read_partition(
             if n > 0 {
                 probe::bytes_out(&name, n);
             }
+            let base = if isolation == READ_COMMITTED && n > 0 {
+                base.with_aborted_transactions(Some(aborted_in(
+                    &log,
+                    p.fetch_offset as u64,
+                    &records,
+                )))
+            } else {
+                base
+            };
             done(base.with_records(Some(records)), n)
         }
         Err(e) => done(
@@ -142,6 +161,27 @@ fn read_partition(
             0,
         ),
     }
+}
+
+/// The aborted transactions overlapping the fetched batches, so a `read_committed` client
+/// drops their records (Kafka's `collectAbortedTransactions`).
+fn aborted_in(
+    log: &runnel_storage::Log,
+    fetch_offset: u64,
+    records: &Bytes,
+) -> Vec<AbortedTransaction> {
+    let end = runnel_storage::batch::BatchIter::new(records)
+        .map(|(_, h)| h.next_offset().max(0) as u64)
+        .max()
+        .unwrap_or(fetch_offset);
+    log.aborted_transactions(fetch_offset, end)
+        .into_iter()
+        .map(|a| {
+            AbortedTransaction::default()
+                .with_producer_id(ProducerId(a.producer_id))
+                .with_first_offset(a.first_offset as i64)
+        })
+        .collect()
 }
 
 pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> FetchResponse {

@@ -1,5 +1,6 @@
-//! FindCoordinator (key 10): the broker leading the `__consumer_offsets` partition of a group
-//! (created on first use, as Kafka does), one key (v0-3) or a batch of keys (v4+).
+//! FindCoordinator (key 10): the broker leading the `__consumer_offsets` partition of a group,
+//! or the `__transaction_state` partition of a transactional id (each topic created on first
+//! use, as Kafka does), one key (v0-3) or a batch of keys (v4+).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use runnel_protocol::kafka_protocol::ResponseError;
 
 use super::create_topics::{create_topic, NewTopic};
 use crate::group::{partition_for, OFFSETS_TOPIC};
+use crate::txn::{ensure_state_topic, TRANSACTION_STATE_TOPIC};
 use crate::Broker;
 
 const KEY_TYPE_GROUP: i8 = 0;
@@ -72,12 +74,37 @@ pub async fn ensure_offsets_topic(broker: &Arc<Broker>) -> Result<(), (i16, Stri
 }
 
 async fn find(broker: &Arc<Broker>, key: &str, key_type: i8) -> Found {
-    match key_type {
-        KEY_TYPE_GROUP => {}
+    let (topic, partition) = match key_type {
+        KEY_TYPE_GROUP => {
+            if key.is_empty() {
+                return Found::error(
+                    ResponseError::InvalidRequest.code(),
+                    "The group id must not be empty",
+                );
+            }
+            if let Err((code, message)) = ensure_offsets_topic(broker).await {
+                tracing::warn!(code, message, "cannot create {OFFSETS_TOPIC}");
+                return Found::error(ResponseError::CoordinatorNotAvailable.code(), message);
+            }
+            (
+                OFFSETS_TOPIC,
+                partition_for(key, broker.groups.offsets_partitions(broker)),
+            )
+        }
         KEY_TYPE_TRANSACTION => {
-            return Found::error(
-                ResponseError::CoordinatorNotAvailable.code(),
-                "Runnel has no transaction coordinator yet",
+            if key.is_empty() {
+                return Found::error(
+                    ResponseError::InvalidRequest.code(),
+                    "The transactional id must not be empty",
+                );
+            }
+            if let Err((code, message)) = ensure_state_topic(broker).await {
+                tracing::warn!(code, message, "cannot create {TRANSACTION_STATE_TOPIC}");
+                return Found::error(ResponseError::CoordinatorNotAvailable.code(), message);
+            }
+            (
+                TRANSACTION_STATE_TOPIC,
+                broker.txns.partition_of(broker, key),
             )
         }
         other => {
@@ -86,21 +113,10 @@ async fn find(broker: &Arc<Broker>, key: &str, key_type: i8) -> Found {
                 format!("Unsupported key type {other}"),
             )
         }
-    }
-    if key.is_empty() {
-        return Found::error(
-            ResponseError::InvalidRequest.code(),
-            "The group id must not be empty",
-        );
-    }
-    if let Err((code, message)) = ensure_offsets_topic(broker).await {
-        tracing::warn!(code, message, "cannot create {OFFSETS_TOPIC}");
-        return Found::error(ResponseError::CoordinatorNotAvailable.code(), message);
-    }
-    let p = partition_for(key, broker.groups.offsets_partitions(broker));
+    };
     let leader = broker
         .replication
-        .replica(OFFSETS_TOPIC, p)
+        .replica(topic, partition)
         .map_or(-1, |r| r.leader_id());
     let md = broker.replication.metadata();
     match md.brokers.get(&leader) {

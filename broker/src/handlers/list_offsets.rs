@@ -32,6 +32,7 @@ pub fn handle(
     request: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
+    let isolation = request.isolation_level;
     let mut topics = Vec::with_capacity(request.topics.len());
     for t in request.topics {
         let name = t.name.0.to_string();
@@ -66,9 +67,13 @@ pub fn handle(
                 ));
                 continue;
             }
-            // Until transactions exist the last stable offset is the high watermark.
-            let visible_end = replica.high_watermark();
             let log = replica.log();
+            // read_committed clients see only up to the last stable offset.
+            let visible_end = if isolation == 1 {
+                log.last_stable_offset(replica.high_watermark())
+            } else {
+                replica.high_watermark()
+            };
             let epoch_of = |offset: u64| {
                 log.leader_epochs()
                     .epoch_for_offset(offset)

@@ -151,7 +151,7 @@ fn topic_response(broker: &Broker, t: &TopicMetadata, version: i16) -> MetadataR
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
         .with_topic_id(if version >= 10 { t.id } else { Uuid::nil() })
-        .with_is_internal(t.name == crate::group::OFFSETS_TOPIC)
+        .with_is_internal(crate::is_internal_topic(&t.name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }

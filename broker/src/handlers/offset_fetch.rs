@@ -1,5 +1,7 @@
 //! OffsetFetch (key 9): committed offsets of one group (v1-7) or several (v8+), for the
-//! partitions asked or, with no topics, all the group has.
+//! partitions asked or, with no topics, all the group has. With `require_stable` (v7+,
+//! KIP-447), partitions an undecided transaction committed get UNSTABLE_OFFSET_COMMIT, which
+//! clients retry.
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use runnel_protocol::kafka_protocol::messages::{
     GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
+use runnel_protocol::kafka_protocol::ResponseError;
 
 use crate::Broker;
 
@@ -24,7 +27,9 @@ fn fetch_group(
     broker: &Arc<Broker>,
     group_id: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> (i16, TopicAnswers) {
+    let unstable = ResponseError::UnstableOffsetCommit.code();
     let result = broker.groups.with_groups(broker, group_id, |groups, _| {
         let group = groups.get(group_id);
         match &topics {
@@ -34,7 +39,13 @@ fn fetch_group(
                     let parts = partitions
                         .iter()
                         .map(|p| {
-                            let found = group.and_then(|g| g.offsets.get(&(topic.clone(), *p)));
+                            let key = (topic.clone(), *p);
+                            if require_stable
+                                && group.is_some_and(|g| g.has_pending_txn_offset(&key))
+                            {
+                                return (*p, (-1, -1, None, unstable));
+                            }
+                            let found = group.and_then(|g| g.offsets.get(&key));
                             let answer = match found {
                                 Some(c) => (
                                     c.value.offset,
@@ -54,12 +65,17 @@ fn fetch_group(
                 let mut out: TopicAnswers = Vec::new();
                 if let Some(g) = group {
                     for ((topic, p), c) in &g.offsets {
-                        let answer = (
-                            c.value.offset,
-                            c.value.leader_epoch,
-                            Some(c.value.metadata.clone()),
-                            0,
-                        );
+                        let answer =
+                            if require_stable && g.has_pending_txn_offset(&(topic.clone(), *p)) {
+                                (-1, -1, None, unstable)
+                            } else {
+                                (
+                                    c.value.offset,
+                                    c.value.leader_epoch,
+                                    Some(c.value.metadata.clone()),
+                                    0,
+                                )
+                            };
                         match out.last_mut() {
                             Some((t, parts)) if t == topic => parts.push((*p, answer)),
                             _ => out.push((topic.clone(), vec![(*p, answer)])),
@@ -100,7 +116,8 @@ pub fn handle(
                 .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                 .collect()
         });
-        let (error, found) = fetch_group(broker, &request.group_id.0, topics);
+        let require_stable = version >= 7 && request.require_stable;
+        let (error, found) = fetch_group(broker, &request.group_id.0, topics, require_stable);
         let topics = found
             .into_iter()
             .map(|(t, parts)| {
@@ -164,7 +181,7 @@ pub fn handle(
             let (error, found) = if member_check != 0 {
                 (member_check, Vec::new())
             } else {
-                fetch_group(broker, &g.group_id.0, topics)
+                fetch_group(broker, &g.group_id.0, topics, request.require_stable)
             };
             OffsetFetchResponseGroup::default()
                 .with_group_id(GroupId(g.group_id.0.clone()))

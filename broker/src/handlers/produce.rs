@@ -160,6 +160,75 @@ fn check_keys(raw: &[u8], h: &BatchHeader) -> Result<(), (i16, String)> {
     Ok(())
 }
 
+/// Transactional batches need the request's transactional id, and a producer's first batch
+/// to a partition in a transaction is verified with the transaction coordinator (KIP-890), so
+/// a write arriving after its transaction ended cannot leave a transaction open forever.
+fn check_transactional(
+    broker: &Arc<Broker>,
+    replica: &runnel_replication::Replica,
+    transactional_id: Option<&str>,
+    batches: &[Bytes],
+    (topic, partition): (&str, i32),
+) -> Result<(), (i16, String)> {
+    for b in batches {
+        let Ok(h) = BatchHeader::parse(b) else {
+            continue;
+        };
+        if !h.is_transactional() {
+            // Kafka refuses a non-transactional write from a producer whose transaction on
+            // this partition is still open.
+            let open = h.has_producer_id()
+                && replica
+                    .log()
+                    .producer_state()
+                    .get(h.producer_id)
+                    .is_some_and(|e| {
+                        e.epoch == h.producer_epoch && e.current_txn_first_offset.is_some()
+                    });
+            if open {
+                return Err((
+                    ResponseError::InvalidTxnState.code(),
+                    format!(
+                        "producer {} has an open transaction on {topic}-{partition}: expected a transactional write",
+                        h.producer_id
+                    ),
+                ));
+            }
+            continue;
+        }
+        let Some(id) = transactional_id else {
+            return Err((
+                ResponseError::InvalidRecord.code(),
+                "transactional records need the request's transactional id".into(),
+            ));
+        };
+        let open = replica
+            .log()
+            .producer_state()
+            .get(h.producer_id)
+            .is_some_and(|e| e.epoch == h.producer_epoch && e.current_txn_first_offset.is_some());
+        if open {
+            continue;
+        }
+        broker
+            .txns
+            .verify(
+                broker,
+                id,
+                h.producer_id,
+                h.producer_epoch,
+                &(topic.to_string(), partition),
+            )
+            .map_err(|code| {
+                (
+                    code,
+                    format!("{topic}-{partition} is not part of an ongoing transaction of {id}"),
+                )
+            })?;
+    }
+    Ok(())
+}
+
 /// A produce request whose batches have been proposed, waiting for its answers.
 #[derive(Debug)]
 pub struct Begun {
@@ -174,6 +243,11 @@ pub struct Begun {
 pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Begun {
     let acks = request.acks;
     let now = now_ms();
+    let transactional_id = request
+        .transactional_id
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .filter(|t| !t.is_empty());
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for t in request.topic_data {
         let topic = {
@@ -197,7 +271,7 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
                 partitions.push(Outcome::Done(failed(index, code, None, version)));
                 continue;
             };
-            if topic.name == crate::group::OFFSETS_TOPIC {
+            if crate::is_internal_topic(&topic.name) {
                 // Only the group coordinator writes there (Kafka: "Cannot append to internal
                 // topic").
                 partitions.push(Outcome::Done(failed(
@@ -236,6 +310,17 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
                     continue;
                 }
             };
+            if let Err((code, message)) = check_transactional(
+                broker,
+                &replica,
+                transactional_id.as_deref(),
+                &batches,
+                (&topic.name, index),
+            ) {
+                probe::error("Produce", code);
+                partitions.push(Outcome::Done(failed(index, code, Some(message), version)));
+                continue;
+            }
             let messages: u64 = batches
                 .iter()
                 .filter_map(|b| BatchHeader::parse(b).ok())

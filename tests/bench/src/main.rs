@@ -24,6 +24,7 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 mod groups;
+mod transactions;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark a Runnel broker with librdkafka")]
@@ -56,6 +57,17 @@ struct Args {
     /// member joins or leaves, and offset commits per second.
     #[arg(long)]
     groups: bool,
+    /// Measure transactions instead: transactions/s of one transactional producer
+    /// committing `--txn-records` records per transaction, beside the same records without
+    /// transactions.
+    #[arg(long)]
+    transactions: bool,
+    /// Transactions to commit with --transactions.
+    #[arg(long, default_value_t = 2000)]
+    txn_count: usize,
+    /// Records per transaction with --transactions.
+    #[arg(long, default_value_t = 100)]
+    txn_records: usize,
     /// Bytes for the raw disk and loopback measurements.
     #[arg(long, default_value_t = 1024 * 1024 * 1024)]
     raw_bytes: usize,
@@ -254,6 +266,42 @@ fn main() -> anyhow::Result<()> {
         let disk_fsyncs = fsyncs_per_s(&data_dir)?;
         println!("machine: {disk_fsyncs:.0} fsyncs/s (4 KiB write + fsync) on the data disk");
         return groups::run(&bootstrap);
+    }
+    if args.transactions {
+        println!(
+            "# runnel-bench --transactions --txn-count {} --txn-records {} --partitions {} --size {}{}",
+            args.txn_count,
+            args.txn_records,
+            args.partitions,
+            args.size,
+            if args.no_fsync {
+                ", broker --no-fsync"
+            } else {
+                ""
+            }
+        );
+        let disk_fsyncs = fsyncs_per_s(&data_dir)?;
+        println!("machine: {disk_fsyncs:.0} fsyncs/s (4 KiB write + fsync) on the data disk");
+        let before = pid.and_then(proc_usage);
+        let started = Instant::now();
+        transactions::run(
+            &bootstrap,
+            args.txn_count,
+            args.txn_records,
+            args.partitions,
+            args.size,
+        )?;
+        if let (Some(before), Some(after)) = (before, pid.and_then(proc_usage)) {
+            let cpu = (after.1 - before.1) as f64 / 1000.0;
+            println!(
+                "broker: {:.1} s CPU over {:.1} s ({:.0}% of one core), RSS {} MiB",
+                cpu,
+                started.elapsed().as_secs_f64(),
+                cpu * 100.0 / started.elapsed().as_secs_f64(),
+                after.0 / 1024
+            );
+        }
+        return Ok(());
     }
     println!("# runnel-bench: {} messages of {} bytes, acks={}, partitions={}, linger.ms={}, compression={}{}",
         args.messages, args.size, args.acks, args.partitions, args.linger_ms, args.compression,

@@ -1,0 +1,44 @@
+//! AddOffsetsToTxn (key 25): a transactional producer is about to commit a group's offsets in
+//! its transaction (`sendOffsetsToTransaction`): the group's `__consumer_offsets` partition
+//! joins the transaction, so the commit marker reaches it.
+
+use std::sync::Arc;
+
+use runnel_protocol::kafka_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse};
+use runnel_protocol::kafka_protocol::ResponseError;
+
+use super::add_partitions_to_txn::{add, versioned};
+use super::find_coordinator::ensure_offsets_topic;
+use crate::group::OFFSETS_TOPIC;
+use crate::Broker;
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: AddOffsetsToTxnRequest,
+    version: i16,
+) -> AddOffsetsToTxnResponse {
+    let group_id = request.group_id.0.to_string();
+    if group_id.is_empty() {
+        return AddOffsetsToTxnResponse::default()
+            .with_error_code(ResponseError::InvalidGroupId.code());
+    }
+    if let Err((code, message)) = ensure_offsets_topic(broker).await {
+        tracing::warn!(code, message, "cannot create {OFFSETS_TOPIC}");
+        return AddOffsetsToTxnResponse::default()
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code());
+    }
+    let partition = broker.groups.partition_of(broker, &group_id);
+    let code = match add(
+        broker,
+        &request.transactional_id.0,
+        request.producer_id.0,
+        request.producer_epoch,
+        &[(OFFSETS_TOPIC.to_string(), partition)],
+    )
+    .await
+    {
+        Ok(()) => 0,
+        Err(code) => versioned(code, version, 2),
+    };
+    AddOffsetsToTxnResponse::default().with_error_code(code)
+}
