@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use runnel_broker::handlers::SUPPORTED;
 use runnel_protocol::kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -36,8 +39,44 @@ fn records() -> Bytes {
     build_batch(&[r], &BatchOptions::default()).expect("batch")
 }
 
+/// The transactional APIs: each version gets a transactional id of its own, prepared before
+/// the sweep so that the request is valid in its state.
+const TXN_APIS: &[ApiKey] = &[
+    ApiKey::AddPartitionsToTxn,
+    ApiKey::AddOffsetsToTxn,
+    ApiKey::EndTxn,
+    ApiKey::TxnOffsetCommit,
+    ApiKey::DescribeTransactions,
+];
+
+/// The group transactional offsets are committed for.
+const TXN_GROUP: &str = "matrix-txn-group";
+
+fn txn_id(api_key: ApiKey, version: i16) -> String {
+    format!("{api_key:?}-v{version}")
+}
+
+fn transactional_id(id: &str) -> TransactionalId {
+    TransactionalId(StrBytes::from_string(id.to_string()))
+}
+
+/// What the sweep's requests need to know: the producer id and epoch of each prepared
+/// transactional id, and an idempotent producer for WriteTxnMarkers.
+#[derive(Default)]
+struct Ctx {
+    producers: HashMap<String, (i64, i16)>,
+    marker_producer: i64,
+}
+
+impl Ctx {
+    fn producer(&self, api_key: ApiKey, version: i16) -> (ProducerId, i16) {
+        let (pid, epoch) = self.producers[&txn_id(api_key, version)];
+        (ProducerId(pid), epoch)
+    }
+}
+
 /// A representative request for `api_key` at `version` against topic `matrix` (id `id`).
-fn request(api_key: ApiKey, version: i16, id: uuid::Uuid) -> Option<RequestKind> {
+fn request(api_key: ApiKey, version: i16, id: uuid::Uuid, ctx: &Ctx) -> Option<RequestKind> {
     let topic = name("matrix");
     Some(match api_key {
         ApiKey::ApiVersions => RequestKind::ApiVersions(ApiVersionsRequest::default()),
@@ -290,6 +329,112 @@ fn request(api_key: ApiKey, version: i16, id: uuid::Uuid) -> Option<RequestKind>
                     .with_partition_indexes(vec![0]),
             ]))
         }
+        ApiKey::AddPartitionsToTxn if version < 4 => {
+            let (pid, epoch) = ctx.producer(api_key, version);
+            RequestKind::AddPartitionsToTxn(
+                AddPartitionsToTxnRequest::default()
+                    .with_v3_and_below_transactional_id(transactional_id(&txn_id(api_key, version)))
+                    .with_v3_and_below_producer_id(pid)
+                    .with_v3_and_below_producer_epoch(epoch)
+                    .with_v3_and_below_topics(vec![
+                        add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                            .with_name(topic)
+                            .with_partitions(vec![0]),
+                    ]),
+            )
+        }
+        // v4+ is the batched form brokers send; one transaction adds, one only verifies.
+        ApiKey::AddPartitionsToTxn => {
+            let (pid, epoch) = ctx.producer(api_key, version);
+            RequestKind::AddPartitionsToTxn(AddPartitionsToTxnRequest::default().with_transactions(
+                vec![add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
+                    .with_transactional_id(transactional_id(&txn_id(api_key, version)))
+                    .with_producer_id(pid)
+                    .with_producer_epoch(epoch)
+                    .with_verify_only(false)
+                    .with_topics(vec![
+                        add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                            .with_name(topic)
+                            .with_partitions(vec![0]),
+                    ])],
+            ))
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let (pid, epoch) = ctx.producer(api_key, version);
+            RequestKind::AddOffsetsToTxn(
+                AddOffsetsToTxnRequest::default()
+                    .with_transactional_id(transactional_id(&txn_id(api_key, version)))
+                    .with_producer_id(pid)
+                    .with_producer_epoch(epoch)
+                    .with_group_id(group(TXN_GROUP)),
+            )
+        }
+        // The transaction was opened (matrix-0 added) before the sweep.
+        ApiKey::EndTxn => {
+            let (pid, epoch) = ctx.producer(api_key, version);
+            RequestKind::EndTxn(
+                EndTxnRequest::default()
+                    .with_transactional_id(transactional_id(&txn_id(api_key, version)))
+                    .with_producer_id(pid)
+                    .with_producer_epoch(epoch)
+                    .with_committed(true),
+            )
+        }
+        ApiKey::WriteTxnMarkers => {
+            RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![
+                write_txn_markers_request::WritableTxnMarker::default()
+                    .with_producer_id(ProducerId(ctx.marker_producer))
+                    .with_producer_epoch(0)
+                    .with_transaction_result(false)
+                    .with_coordinator_epoch(0)
+                    .with_topics(vec![
+                        write_txn_markers_request::WritableTxnMarkerTopic::default()
+                            .with_name(topic)
+                            .with_partition_indexes(vec![0]),
+                    ]),
+            ]))
+        }
+        // The group's partition was added with AddOffsetsToTxn before the sweep.
+        ApiKey::TxnOffsetCommit => {
+            let (pid, epoch) = ctx.producer(api_key, version);
+            RequestKind::TxnOffsetCommit(
+                TxnOffsetCommitRequest::default()
+                    .with_transactional_id(transactional_id(&txn_id(api_key, version)))
+                    .with_group_id(group(TXN_GROUP))
+                    .with_producer_id(pid)
+                    .with_producer_epoch(epoch)
+                    .with_generation_id(-1)
+                    .with_topics(vec![
+                        txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                            .with_name(topic)
+                            .with_partitions(vec![
+                                txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                    .with_partition_index(0)
+                                    .with_committed_offset(i64::from(version))
+                                    .with_committed_leader_epoch(-1)
+                                    .with_committed_metadata(Some(StrBytes::from_static_str("m"))),
+                            ]),
+                    ]),
+            )
+        }
+        ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default()
+                .with_transactional_ids(vec![transactional_id(&txn_id(api_key, version))]),
+        ),
+        ApiKey::ListTransactions => RequestKind::ListTransactions(
+            ListTransactionsRequest::default()
+                .with_state_filters(if version >= 1 {
+                    vec![]
+                } else {
+                    vec![StrBytes::from_static_str("Ongoing")]
+                })
+                .with_duration_filter(if version >= 1 { 0 } else { -1 })
+                .with_transactional_id_pattern(if version >= 2 {
+                    Some(StrBytes::from_static_str(".*-v[0-9]"))
+                } else {
+                    None
+                }),
+        ),
         other => panic!("{other:?} is advertised but this test has no request for it: add one"),
     })
 }
@@ -393,8 +538,203 @@ fn errors(response: &ResponseKind) -> Vec<i16> {
             .iter()
             .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
             .collect(),
+        ResponseKind::AddPartitionsToTxn(r) => std::iter::once(r.error_code)
+            .chain(
+                r.results_by_topic_v3_and_below
+                    .iter()
+                    .flat_map(|t| t.results_by_partition.iter())
+                    .map(|p| p.partition_error_code),
+            )
+            .chain(
+                r.results_by_transaction
+                    .iter()
+                    .flat_map(|x| x.topic_results.iter())
+                    .flat_map(|t| t.results_by_partition.iter())
+                    .map(|p| p.partition_error_code),
+            )
+            .collect(),
+        ResponseKind::AddOffsetsToTxn(r) => vec![r.error_code],
+        ResponseKind::EndTxn(r) => vec![r.error_code],
+        ResponseKind::WriteTxnMarkers(r) => r
+            .markers
+            .iter()
+            .flat_map(|m| m.topics.iter())
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::TxnOffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::DescribeTransactions(r) => {
+            r.transaction_states.iter().map(|t| t.error_code).collect()
+        }
+        ResponseKind::ListTransactions(r) => vec![r.error_code],
         other => panic!("no error extractor for {other:?}"),
     }
+}
+
+/// What the transactional answers must hold beyond their error codes.
+fn check_content(api_key: ApiKey, version: i16, response: &ResponseKind) {
+    let what = format!("{api_key:?} v{version}: {response:?}");
+    match response {
+        ResponseKind::AddPartitionsToTxn(r) if version < 4 => {
+            assert_eq!(r.results_by_topic_v3_and_below.len(), 1, "{what}");
+            assert_eq!(
+                r.results_by_topic_v3_and_below[0]
+                    .results_by_partition
+                    .len(),
+                1,
+                "{what}"
+            );
+        }
+        ResponseKind::AddPartitionsToTxn(r) => {
+            assert_eq!(r.results_by_transaction.len(), 1, "{what}");
+            assert_eq!(
+                r.results_by_transaction[0].transactional_id.0.as_str(),
+                txn_id(api_key, version),
+                "{what}"
+            );
+            assert_eq!(r.results_by_transaction[0].topic_results.len(), 1, "{what}");
+        }
+        ResponseKind::WriteTxnMarkers(r) => {
+            assert_eq!(r.markers.len(), 1, "{what}");
+            assert_eq!(r.markers[0].topics.len(), 1, "{what}");
+            assert_eq!(r.markers[0].topics[0].partitions.len(), 1, "{what}");
+        }
+        ResponseKind::TxnOffsetCommit(r) => {
+            assert_eq!(r.topics.len(), 1, "{what}");
+            assert_eq!(r.topics[0].partitions.len(), 1, "{what}");
+        }
+        ResponseKind::DescribeTransactions(r) => {
+            assert_eq!(r.transaction_states.len(), 1, "{what}");
+            let t = &r.transaction_states[0];
+            assert_eq!(t.transaction_state.as_str(), "Empty", "{what}");
+            assert!(t.producer_id.0 >= 0, "{what}");
+        }
+        ResponseKind::ListTransactions(r) => {
+            assert!(!r.transaction_states.is_empty(), "{what}");
+            if version == 0 {
+                assert!(
+                    r.transaction_states
+                        .iter()
+                        .all(|t| t.transaction_state.as_str() == "Ongoing"),
+                    "{what}"
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// FindCoordinator for a transactional id, then InitProducerId until the coordinator has
+/// loaded: the producer id and epoch.
+async fn init_transactional(client: &mut common::Client, id: &str) -> (i64, i16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let find = RequestKind::FindCoordinator(
+            FindCoordinatorRequest::default()
+                .with_key_type(1)
+                .with_key(StrBytes::from_string(id.to_string())),
+        );
+        let ResponseKind::FindCoordinator(f) = client.call(ApiKey::FindCoordinator, 3, find).await
+        else {
+            panic!("FindCoordinator");
+        };
+        if f.error_code == 0 {
+            let init = RequestKind::InitProducerId(
+                InitProducerIdRequest::default()
+                    .with_transactional_id(Some(transactional_id(id)))
+                    .with_transaction_timeout_ms(60_000),
+            );
+            let ResponseKind::InitProducerId(r) =
+                client.call(ApiKey::InitProducerId, 4, init).await
+            else {
+                panic!("InitProducerId");
+            };
+            if r.error_code == 0 {
+                return (r.producer_id.0, r.producer_epoch);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transaction coordinator for {id} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Gives every version of the transactional APIs a transactional id in the state its request
+/// needs: initialised; for EndTxn with matrix-0 in an open transaction; for TxnOffsetCommit
+/// with the group's offsets partition in it.
+async fn prepare_transactions(client: &mut common::Client) -> Ctx {
+    let mut ctx = Ctx::default();
+    for range in SUPPORTED.iter().filter(|r| TXN_APIS.contains(&r.api_key)) {
+        for version in range.min..=range.max {
+            let id = txn_id(range.api_key, version);
+            let (pid, epoch) = init_transactional(client, &id).await;
+            match range.api_key {
+                ApiKey::EndTxn => {
+                    let add = AddPartitionsToTxnRequest::default()
+                        .with_v3_and_below_transactional_id(transactional_id(&id))
+                        .with_v3_and_below_producer_id(ProducerId(pid))
+                        .with_v3_and_below_producer_epoch(epoch)
+                        .with_v3_and_below_topics(vec![
+                            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                                .with_name(name("matrix"))
+                                .with_partitions(vec![0]),
+                        ]);
+                    let r = client
+                        .call(
+                            ApiKey::AddPartitionsToTxn,
+                            3,
+                            RequestKind::AddPartitionsToTxn(add),
+                        )
+                        .await;
+                    assert_eq!(errors(&r), vec![0, 0], "{id}: {r:?}");
+                }
+                ApiKey::TxnOffsetCommit => {
+                    let add = AddOffsetsToTxnRequest::default()
+                        .with_transactional_id(transactional_id(&id))
+                        .with_producer_id(ProducerId(pid))
+                        .with_producer_epoch(epoch)
+                        .with_group_id(group(TXN_GROUP));
+                    let r = client
+                        .call(
+                            ApiKey::AddOffsetsToTxn,
+                            3,
+                            RequestKind::AddOffsetsToTxn(add),
+                        )
+                        .await;
+                    assert_eq!(errors(&r), vec![0], "{id}: {r:?}");
+                }
+                _ => {}
+            }
+            ctx.producers.insert(id, (pid, epoch));
+        }
+    }
+    let init =
+        RequestKind::InitProducerId(InitProducerIdRequest::default().with_transactional_id(None));
+    let ResponseKind::InitProducerId(r) = client.call(ApiKey::InitProducerId, 4, init).await else {
+        panic!("InitProducerId");
+    };
+    assert_eq!(r.error_code, 0);
+    ctx.marker_producer = r.producer_id.0;
+    // Every `__transaction_state` partition loaded, so ListTransactions answers without
+    // COORDINATOR_LOAD_IN_PROGRESS.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = RequestKind::ListTransactions(ListTransactionsRequest::default());
+        if errors(&client.call(ApiKey::ListTransactions, 0, list).await) == vec![0] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transaction coordinator never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ctx
 }
 
 #[tokio::test]
@@ -402,6 +742,7 @@ async fn every_advertised_version_answers_well_formed_and_without_error() {
     let (broker, mut client, _dir) = common::start_with(|c| {
         c.group.groups.initial_rebalance_delay_ms = 0;
         c.group.offsets_topic_num_partitions = 5;
+        c.txn.state_log_num_partitions = 5;
     })
     .await;
     client
@@ -432,17 +773,31 @@ async fn every_advertised_version_answers_well_formed_and_without_error() {
         FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("matrix-group")),
     );
     client.call(ApiKey::FindCoordinator, 3, find).await;
-    let fetch = || request(ApiKey::OffsetFetch, 7, id).expect("request");
-    let mut waited = 0;
-    while errors(&client.call(ApiKey::OffsetFetch, 7, fetch()).await) != vec![0, 0] {
-        waited += 1;
-        assert!(waited < 500, "the group coordinator never finished loading");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // Both groups' coordinators loaded (the sweep's group and the transactional commits').
+    let fetch = |g: &str| {
+        RequestKind::OffsetFetch(
+            OffsetFetchRequest::default()
+                .with_group_id(group(g))
+                .with_topics(Some(vec![
+                    offset_fetch_request::OffsetFetchRequestTopic::default()
+                        .with_name(name("matrix"))
+                        .with_partition_indexes(vec![0]),
+                ])),
+        )
+    };
+    for g in ["matrix-group", TXN_GROUP] {
+        let mut waited = 0;
+        while errors(&client.call(ApiKey::OffsetFetch, 7, fetch(g)).await) != vec![0, 0] {
+            waited += 1;
+            assert!(waited < 500, "the group coordinator never finished loading");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
+    let ctx = prepare_transactions(&mut client).await;
     let mut checked = 0;
     for range in SUPPORTED {
         for version in range.min..=range.max {
-            let Some(body) = request(range.api_key, version, id) else {
+            let Some(body) = request(range.api_key, version, id, &ctx) else {
                 continue;
             };
             let response = client
@@ -456,6 +811,12 @@ async fn every_advertised_version_answers_well_formed_and_without_error() {
                 "{:?} v{version} answered with errors {errs:?}: {response:?}",
                 range.api_key
             );
+            assert!(
+                !errs.is_empty(),
+                "{:?} v{version} answered with nothing: {response:?}",
+                range.api_key
+            );
+            check_content(range.api_key, version, &response);
             checked += 1;
         }
     }

@@ -331,7 +331,7 @@ async fn offset_commits_keep_metadata_and_epochs_and_refuse_what_kafka_refuses()
     assert!(r.topics[0].is_internal);
     assert_eq!(r.topics[0].partitions.len(), 3);
 
-    // FindCoordinator: unknown key types are invalid requests; transactions are not here yet.
+    // FindCoordinator: unknown key types are invalid requests (transactions: transaction_apis.rs).
     let r = client
         .call(
             ApiKey::FindCoordinator,

@@ -17,11 +17,8 @@ pub async fn handle(
     request: AddOffsetsToTxnRequest,
     version: i16,
 ) -> AddOffsetsToTxnResponse {
+    // Kafka does not check the group id here; TxnOffsetCommit refuses an empty one.
     let group_id = request.group_id.0.to_string();
-    if group_id.is_empty() {
-        return AddOffsetsToTxnResponse::default()
-            .with_error_code(ResponseError::InvalidGroupId.code());
-    }
     if let Err((code, message)) = ensure_offsets_topic(broker).await {
         tracing::warn!(code, message, "cannot create {OFFSETS_TOPIC}");
         return AddOffsetsToTxnResponse::default()

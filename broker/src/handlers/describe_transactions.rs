@@ -29,6 +29,9 @@ pub fn handle(
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1)
                 .with_transaction_start_time_ms(-1);
+            if id.0.is_empty() {
+                return base.with_error_code(ResponseError::InvalidRequest.code());
+            }
             let found = broker
                 .txns
                 .with_txns(broker, &id.0, |t| t.txns.get(id.0.as_str()).cloned());

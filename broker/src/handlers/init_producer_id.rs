@@ -54,6 +54,10 @@ pub async fn handle(
     if timeout <= 0 || timeout > broker.txns.config().max_timeout_ms {
         return error(ResponseError::InvalidTransactionTimeout.code());
     }
+    // Kafka: a producer id without an epoch (or the reverse) is malformed.
+    if version >= 3 && ((request.producer_id.0 == -1) != (request.producer_epoch == -1)) {
+        return error(ResponseError::InvalidRequest.code());
+    }
     let expected = if version >= 3 {
         Expected {
             producer_id: request.producer_id.0,

@@ -46,7 +46,8 @@ pub fn handle(
     let listed = txns
         .into_iter()
         .filter(|m| m.state != TxnState::Dead)
-        .filter(|m| states.is_empty() || states.contains(&m.state))
+        // Kafka: any state filter given (even only unknown names) restricts the list.
+        .filter(|m| request.state_filters.is_empty() || states.contains(&m.state))
         .filter(|m| {
             request.producer_id_filters.is_empty()
                 || request

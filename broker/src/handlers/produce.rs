@@ -160,6 +160,19 @@ fn check_keys(raw: &[u8], h: &BatchHeader) -> Result<(), (i16, String)> {
     Ok(())
 }
 
+/// A failed verification as the produce path reports it (Kafka's `AddPartitionsToTxnManager`):
+/// a fenced epoch is INVALID_PRODUCER_EPOCH, and TRANSACTION_ABORTABLE only reaches clients
+/// of Produce v11+, older ones get INVALID_TXN_STATE.
+fn verification_code(code: i16, version: i16) -> i16 {
+    if code == ResponseError::ProducerFenced.code() {
+        ResponseError::InvalidProducerEpoch.code()
+    } else if code == ResponseError::TransactionAbortable.code() && version <= 10 {
+        ResponseError::InvalidTxnState.code()
+    } else {
+        code
+    }
+}
+
 /// Transactional batches need the request's transactional id, and a producer's first batch
 /// to a partition in a transaction is verified with the transaction coordinator (KIP-890), so
 /// a write arriving after its transaction ended cannot leave a transaction open forever.
@@ -169,6 +182,7 @@ fn check_transactional(
     transactional_id: Option<&str>,
     batches: &[Bytes],
     (topic, partition): (&str, i32),
+    version: i16,
 ) -> Result<(), (i16, String)> {
     for b in batches {
         let Ok(h) = BatchHeader::parse(b) else {
@@ -197,8 +211,10 @@ fn check_transactional(
             continue;
         }
         let Some(id) = transactional_id else {
+            // Kafka: TRANSACTIONAL_ID_AUTHORIZATION_FAILED for transactional records without a
+            // transactional id.
             return Err((
-                ResponseError::InvalidRecord.code(),
+                ResponseError::TransactionalIdAuthorizationFailed.code(),
                 "transactional records need the request's transactional id".into(),
             ));
         };
@@ -221,7 +237,7 @@ fn check_transactional(
             )
             .map_err(|code| {
                 (
-                    code,
+                    verification_code(code, version),
                     format!("{topic}-{partition} is not part of an ongoing transaction of {id}"),
                 )
             })?;
@@ -316,6 +332,7 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
                 transactional_id.as_deref(),
                 &batches,
                 (&topic.name, index),
+                version,
             ) {
                 probe::error("Produce", code);
                 partitions.push(Outcome::Done(failed(index, code, Some(message), version)));

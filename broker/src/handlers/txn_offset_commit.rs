@@ -78,8 +78,11 @@ pub async fn handle(
         producer_epoch,
         &(OFFSETS_TOPIC.to_string(), p),
     ) {
-        let code = if code == ResponseError::InvalidProducerEpoch.code() && version >= 3 {
-            ResponseError::ProducerFenced.code()
+        // TRANSACTION_ABORTABLE from v4 (KAFKA-16314), PRODUCER_FENCED from v3.
+        let code = if code == ResponseError::TransactionAbortable.code() && version < 4 {
+            ResponseError::InvalidTxnState.code()
+        } else if code == ResponseError::ProducerFenced.code() && version < 3 {
+            ResponseError::InvalidProducerEpoch.code()
         } else {
             code
         };

@@ -178,7 +178,9 @@ impl TransactionCoordinator {
     /// KIP-890 part 1: before a producer's first transactional batch reaches a partition, the
     /// leader asks the coordinator whether the partition is in the producer's ongoing
     /// transaction, so a late write can never open a transaction nobody will close.
-    /// Coordinators on other brokers are not asked (yet): their producers are trusted.
+    /// Coordinators on other brokers are not asked (yet): their producers are trusted. The
+    /// error is Kafka 4's verification answer; a busy coordinator is NOT_ENOUGH_REPLICAS
+    /// (retriable), as Kafka answers.
     pub fn verify(
         &self,
         broker: &Arc<Broker>,

@@ -230,9 +230,11 @@ pub fn init_producer_id(
 pub fn fence(m: &TxnMetadata, now: i64) -> TxnMetadata {
     let mut target = m.with(TxnState::PrepareAbort, now);
     if m.producer_epoch < MAX_EPOCH {
-        target.last_producer_epoch = m.producer_epoch;
         target.producer_epoch = m.producer_epoch + 1;
     }
+    // Kafka's prepareFenceProducerEpoch: the fenced epoch is not a "retry" epoch, so the
+    // zombie cannot come back with KIP-360.
+    target.last_producer_epoch = -1;
     target
 }
 
@@ -333,6 +335,8 @@ pub fn complete(m: &TxnMetadata, now: i64) -> TxnMetadata {
 }
 
 /// KIP-890 verification: may this producer write transactional records to `partition` now?
+/// Kafka 4's answers (`handleVerifyPartitionsInTransaction`); callers translate them for
+/// older client versions.
 pub fn verify(
     m: &TxnMetadata,
     producer_id: i64,
@@ -342,14 +346,14 @@ pub fn verify(
     if m.producer_id != producer_id {
         return Err(code(ResponseError::InvalidProducerIdMapping));
     }
-    if producer_epoch < m.producer_epoch {
-        return Err(code(ResponseError::InvalidProducerEpoch));
+    if m.producer_epoch != producer_epoch {
+        return Err(code(ResponseError::ProducerFenced));
     }
-    if m.state != TxnState::Ongoing
-        || m.producer_epoch != producer_epoch
-        || !m.partitions.contains(partition)
-    {
-        return Err(code(ResponseError::InvalidTxnState));
+    if matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
+        return Err(code(ResponseError::ConcurrentTransactions));
+    }
+    if m.state != TxnState::Ongoing || !m.partitions.contains(partition) {
+        return Err(code(ResponseError::TransactionAbortable));
     }
     Ok(())
 }
@@ -541,7 +545,7 @@ mod tests {
         let m = initialised();
         assert_eq!(
             verify(&m, 1000, 0, &tp("t", 0)),
-            Err(ResponseError::InvalidTxnState.code())
+            Err(ResponseError::TransactionAbortable.code())
         );
         let on = add_partitions(&m, 1000, 0, &[tp("t", 0)], 5)
             .expect("add")
@@ -549,12 +553,12 @@ mod tests {
         assert_eq!(verify(&on, 1000, 0, &tp("t", 0)), Ok(()));
         assert_eq!(
             verify(&on, 1000, 0, &tp("t", 1)),
-            Err(ResponseError::InvalidTxnState.code())
+            Err(ResponseError::TransactionAbortable.code())
         );
         let f = fence(&on, 6);
         assert_eq!(
             verify(&f, 1000, 0, &tp("t", 0)),
-            Err(ResponseError::InvalidProducerEpoch.code())
+            Err(ResponseError::ProducerFenced.code())
         );
     }
 
