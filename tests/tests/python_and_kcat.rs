@@ -44,8 +44,13 @@ fn kcat() -> Option<PathBuf> {
 
 /// Runs `tests/python/<script>` against a fresh broker; the script exits non-zero on failure.
 fn run_python(script: &str) {
+    run_python_with(script, &[]);
+}
+
+/// [`run_python`] against a broker started with `broker_args`.
+fn run_python_with(script: &str, broker_args: &[&str]) {
     let Some(python) = python() else { return };
-    let broker = Broker::start(&[]).expect("broker");
+    let broker = Broker::start(broker_args).expect("broker");
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join(script);
@@ -135,4 +140,20 @@ fn kcat_produces_keyed_messages_and_consumes_them_from_offset_zero() {
 #[test]
 fn kafka_python_groups_commits_and_group_admin() {
     run_python("groups.py");
+}
+
+#[test]
+fn kafka_python_transactions_commit_abort_and_read_committed_filtering() {
+    run_python_with(
+        "transactions.py",
+        &[
+            "--no-fsync",
+            "--offsets-topic-num-partitions",
+            "3",
+            "--transaction-state-log-num-partitions",
+            "3",
+            "--group-initial-rebalance-delay-ms",
+            "0",
+        ],
+    );
 }
