@@ -38,6 +38,7 @@ pub fn replication_error_code(e: &ReplicationError) -> i16 {
         // Retriable: the client retries and then finds the batch in the log.
         ReplicationError::DuplicateInFlight => ResponseError::RequestTimedOut.code(),
         ReplicationError::ProducerIds(_) => ResponseError::CoordinatorNotAvailable.code(),
+        ReplicationError::InvalidTxnState(_) => ResponseError::InvalidTxnState.code(),
         ReplicationError::CoordinatorFenced { .. } => {
             ResponseError::TransactionCoordinatorFenced.code()
         }

@@ -87,6 +87,8 @@ struct Group {
     node: RawNode<RaftLog>,
     /// Idempotent batches proposed but not yet persisted, by producer id.
     in_flight: HashMap<i64, Vec<InFlight>>,
+    /// End-transaction markers proposed but not yet persisted: producer id -> (epoch, index).
+    markers_in_flight: HashMap<i64, (i16, u64)>,
     /// Proposals waiting for persistence or commit, by the index of their last entry.
     pending: BTreeMap<u64, Pending>,
     metadata: bool,
@@ -233,6 +235,7 @@ fn new_group(
     Ok(Group {
         node,
         in_flight: HashMap::new(),
+        markers_in_flight: HashMap::new(),
         pending: BTreeMap::new(),
         metadata,
         was_leader: false,
@@ -407,6 +410,7 @@ impl Driver {
                 batches,
                 acks,
                 origin,
+                guard,
                 reply,
             } => {
                 let Some(group) = self.partitions.get_mut(&(topic, partition)) else {
@@ -425,7 +429,8 @@ impl Driver {
                 let headers: Vec<Option<BatchHeader>> =
                     batches.iter().map(|b| BatchHeader::parse(b).ok()).collect();
                 let checked = match origin {
-                    Origin::Client => check_sequences(group, &headers),
+                    Origin::Client => check_transactions(group, &headers, guard)
+                        .and_then(|()| check_sequences(group, &headers)),
                     Origin::Coordinator => check_markers(group, &batches, &headers),
                 };
                 match checked {
@@ -444,6 +449,22 @@ impl Driver {
                     }
                 }
                 let first_index = group.node.raft.raft_log.last_index() + 1;
+                if origin == Origin::Coordinator {
+                    for (i, (data, h)) in batches.iter().zip(&headers).enumerate() {
+                        let Some(h) = h else { continue };
+                        if batch::parse_end_txn_marker(data).is_some() {
+                            // A marker ends the producer's verified transaction here.
+                            group
+                                .node
+                                .store()
+                                .replica()
+                                .clear_verification_guard(h.producer_id);
+                            group
+                                .markers_in_flight
+                                .insert(h.producer_id, (h.producer_epoch, first_index + i as u64));
+                        }
+                    }
+                }
                 for (i, h) in headers.iter().enumerate() {
                     if origin == Origin::Coordinator {
                         break;
@@ -687,6 +708,7 @@ fn on_ready(g: &mut Group, shared: &Shared, raft_id: u64) -> Result<Vec<Effect>,
             batches.retain(|b| b.index > last);
             !batches.is_empty()
         });
+        g.markers_in_flight.retain(|_, (_, index)| *index > last);
         acknowledge_persisted(g, last);
     }
     if let Some(hs) = ready.hs() {
@@ -791,6 +813,47 @@ fn check_sequences(
         pending.insert(h.producer_id, (h.producer_epoch, last));
     }
     Ok(None)
+}
+
+/// Transactional batches of clients (KIP-890): a producer's first batch of a transaction
+/// here needs the verification guard the coordinator's check left, still in place (no marker
+/// for the producer was proposed since), and nothing may follow a marker still in flight
+/// with an older epoch.
+fn check_transactions(
+    g: &Group,
+    headers: &[Option<BatchHeader>],
+    guard: Option<u64>,
+) -> Result<(), ReplicationError> {
+    let replica = g.node.store().replica();
+    let log = replica.log();
+    for h in headers.iter().flatten().filter(|h| h.has_producer_id()) {
+        let marker = g.markers_in_flight.get(&h.producer_id).copied();
+        if let Some((epoch, _)) = marker {
+            if h.producer_epoch < epoch {
+                return Err(ReplicationError::InvalidProducerEpoch {
+                    epoch: h.producer_epoch,
+                    current: epoch,
+                });
+            }
+        }
+        if !h.is_transactional() {
+            continue;
+        }
+        let open = marker.is_none()
+            && log.producer_state().get(h.producer_id).is_some_and(|e| {
+                e.epoch == h.producer_epoch && e.current_txn_first_offset.is_some()
+            });
+        let verified = guard.is_some_and(|guard| {
+            replica.has_verification_guard(h.producer_id, h.producer_epoch, guard)
+        });
+        if !open && !verified {
+            return Err(ReplicationError::InvalidTxnState(format!(
+                "producer {} has no verified transaction on this partition",
+                h.producer_id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A coordinator's batches: end-transaction markers must carry the producer's current epoch

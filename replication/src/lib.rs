@@ -12,6 +12,7 @@
 
 mod driver;
 pub mod metadata;
+pub mod placement;
 mod probe;
 pub mod proto;
 pub mod raft_log;
@@ -59,6 +60,8 @@ pub enum ReplicationError {
     ProducerIds(String),
     #[error("the transaction coordinator epoch {epoch} is older than {current}")]
     CoordinatorFenced { epoch: i32, current: i32 },
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
 }
 
 /// How the broker is started, as far as replication cares.
@@ -120,6 +123,8 @@ pub(crate) enum Command {
         batches: Vec<Bytes>,
         acks: i16,
         origin: Origin,
+        /// The KIP-890 verification guard the handler obtained, if it verified.
+        guard: Option<u64>,
         reply: Option<Reply<ProduceAck>>,
     },
     Metadata {
@@ -231,7 +236,22 @@ impl Replication {
         acks: i16,
     ) -> Result<Option<oneshot::Receiver<Result<ProduceAck, ReplicationError>>>, ReplicationError>
     {
-        self.begin_append(topic, partition, batches, acks, Origin::Client)
+        self.begin_append(topic, partition, batches, acks, Origin::Client, None)
+    }
+
+    /// [`Replication::begin_produce`] for batches of a transactional producer, with the
+    /// verification guard (see [`Replica::verification_guard`]) when the handler verified the
+    /// producer's transaction with the coordinator.
+    pub fn begin_transactional_produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        batches: Vec<Bytes>,
+        acks: i16,
+        guard: Option<u64>,
+    ) -> Result<Option<oneshot::Receiver<Result<ProduceAck, ReplicationError>>>, ReplicationError>
+    {
+        self.begin_append(topic, partition, batches, acks, Origin::Client, guard)
     }
 
     /// A coordinator's write (a transaction marker, transactional offset commits): no
@@ -243,7 +263,7 @@ impl Replication {
         partition: i32,
         batch: Bytes,
     ) -> Result<oneshot::Receiver<Result<ProduceAck, ReplicationError>>, ReplicationError> {
-        self.begin_append(topic, partition, vec![batch], -1, Origin::Coordinator)?
+        self.begin_append(topic, partition, vec![batch], -1, Origin::Coordinator, None)?
             .ok_or(ReplicationError::ShuttingDown)
     }
 
@@ -254,6 +274,7 @@ impl Replication {
         batches: Vec<Bytes>,
         acks: i16,
         origin: Origin,
+        guard: Option<u64>,
     ) -> Result<Option<oneshot::Receiver<Result<ProduceAck, ReplicationError>>>, ReplicationError>
     {
         if acks == 0 {
@@ -263,6 +284,7 @@ impl Replication {
                 batches,
                 acks,
                 origin,
+                guard,
                 reply: None,
             })?;
             return Ok(None);
@@ -274,6 +296,7 @@ impl Replication {
             batches,
             acks,
             origin,
+            guard,
             reply: Some(reply),
         })?;
         Ok(Some(rx))

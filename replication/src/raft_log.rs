@@ -35,6 +35,12 @@ pub struct Replica {
     leader_epoch: AtomicI32,
     /// Broker id of the current leader, or -1.
     leader_id: AtomicI32,
+    /// KIP-890 verification guards: producer id -> (epoch, guard). Set when the transaction
+    /// coordinator confirms a producer may start a transaction here, cleared when a marker
+    /// for the producer is proposed; a producer's first transactional batch is appended only
+    /// with the guard still in place (Kafka's `VerificationGuard`).
+    verification_guards: std::sync::Mutex<std::collections::HashMap<i64, (i16, u64)>>,
+    next_guard: AtomicU64,
 }
 
 impl Replica {
@@ -47,6 +53,8 @@ impl Replica {
             high_watermark: AtomicU64::new(0),
             leader_epoch: AtomicI32::new(-1),
             leader_id: AtomicI32::new(-1),
+            verification_guards: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next_guard: AtomicU64::new(1),
         }
     }
 
@@ -104,6 +112,34 @@ impl Replica {
 
     pub fn leader_id(&self) -> i32 {
         self.leader_id.load(Ordering::Acquire)
+    }
+
+    fn guards(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, (i16, u64)>> {
+        self.verification_guards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The guard of a verified producer: the existing one for this epoch (pipelined batches of
+    /// one transaction share it), or a new one.
+    pub fn verification_guard(&self, producer_id: i64, epoch: i16) -> u64 {
+        let mut guards = self.guards();
+        match guards.get(&producer_id) {
+            Some(&(e, guard)) if e == epoch => guard,
+            _ => {
+                let guard = self.next_guard.fetch_add(1, Ordering::Relaxed);
+                guards.insert(producer_id, (epoch, guard));
+                guard
+            }
+        }
+    }
+
+    pub(crate) fn has_verification_guard(&self, producer_id: i64, epoch: i16, guard: u64) -> bool {
+        self.guards().get(&producer_id) == Some(&(epoch, guard))
+    }
+
+    pub(crate) fn clear_verification_guard(&self, producer_id: i64) {
+        self.guards().remove(&producer_id);
     }
 
     pub(crate) fn set_leader(&self, leader_id: i32, epoch: i32) {

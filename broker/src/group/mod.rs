@@ -103,6 +103,9 @@ pub struct PartitionGroups {
     pub groups: HashMap<String, ClassicGroup>,
     /// Transaction decisions (producer id, commit, marker offset) that arrived while loading.
     pub deferred: Vec<(i64, bool, u64)>,
+    /// The last decision per producer (commit, marker offset), for transactional offsets whose
+    /// write completes after the marker that decides them was already applied.
+    pub decided: HashMap<i64, (bool, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -235,9 +238,40 @@ impl GroupCoordinator {
             pg.deferred.push((producer_id, commit, marker_offset));
             return;
         }
+        pg.decided.insert(producer_id, (commit, marker_offset));
         for g in pg.groups.values_mut() {
             g.complete_transaction(producer_id, commit, marker_offset);
         }
+    }
+
+    /// Installs offsets a TxnOffsetCommit wrote (starting at record offset `first`) as
+    /// pending for `producer_id`, or, when the marker deciding them was applied already (a
+    /// coordinator abort can race the commit's answer), decides them at once.
+    pub fn install_txn_offsets(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        producer_id: i64,
+        offsets: Vec<((String, i32), CommittedOffset)>,
+    ) -> Result<(), i16> {
+        let p = self.partition_of(broker, group_id);
+        let settings = self.config.groups.clone();
+        let decided = self
+            .lock()
+            .get(&p)
+            .and_then(|pg| pg.decided.get(&producer_id).copied());
+        self.with_partition(broker, p, |groups| {
+            let g = groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| ClassicGroup::new(group_id.to_string(), settings, now_ms()));
+            let pending = g.pending_txn_offsets.entry(producer_id).or_default();
+            for (key, offset) in offsets {
+                pending.insert(key, offset);
+            }
+            if let Some((commit, marker_offset)) = decided {
+                g.complete_transaction(producer_id, commit, marker_offset);
+            }
+        })
     }
 
     /// A write of a consumer group's changes failed: its next changes rewrite everything.
@@ -311,6 +345,7 @@ fn start_load(
             loaded: false,
             groups: HashMap::new(),
             deferred: Vec::new(),
+            decided: HashMap::new(),
         },
     );
     let broker = broker.clone();
@@ -332,6 +367,7 @@ fn start_load(
                 );
                 pg.groups = groups;
                 for (producer_id, commit, marker_offset) in std::mem::take(&mut pg.deferred) {
+                    pg.decided.insert(producer_id, (commit, marker_offset));
                     for g in pg.groups.values_mut() {
                         g.complete_transaction(producer_id, commit, marker_offset);
                     }
@@ -373,11 +409,13 @@ fn load_groups(
     // Which protocol wrote a group's state last (a group changes type when emptied).
     let mut last_classic: HashMap<String, u64> = HashMap::new();
     let mut last_consumer: HashMap<String, u64> = HashMap::new();
-    let log = replica.log();
-    let end = log.next_entry_index();
-    let mut index = log.first_entry_index();
+    // The log's read guard is taken per chunk, so the Raft driver can append meanwhile.
+    let (mut index, end) = {
+        let log = replica.log();
+        (log.first_entry_index(), log.next_entry_index())
+    };
     while index < end {
-        let entries = log.entries(index, end, 4 * 1024 * 1024)?;
+        let entries = replica.log().entries(index, end, 4 * 1024 * 1024)?;
         let Some(last) = entries.last() else { break };
         index = last.index + 1;
         for e in &entries {
@@ -474,7 +512,6 @@ fn load_groups(
             });
         }
     }
-    drop(log);
     let now = now_ms();
     let settings = broker.groups.config.groups.clone();
     let mut groups = HashMap::new();

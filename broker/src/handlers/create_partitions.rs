@@ -1,5 +1,5 @@
 //! CreatePartitions (key 37): grows a topic to `count` partitions (never shrinks), with
-//! explicit assignments or placed round-robin over the registered brokers.
+//! explicit assignments or placed over the registered brokers' AZs (`placement`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ fn new_assignments(
     current: i32,
     replication_factor: usize,
     brokers: &[i32],
+    placeable: &[runnel_replication::placement::Placeable],
 ) -> Result<Vec<Vec<i32>>, Failure> {
     let added = (t.count - current) as usize;
     let explicit = t.assignments.as_ref().filter(|a| !a.is_empty());
@@ -42,14 +43,17 @@ fn new_assignments(
                 ),
             ));
         }
-        // Continue the round-robin where the existing partitions left off, so leaders spread.
-        return Ok((0..added)
-            .map(|p| {
-                (0..replication_factor)
-                    .map(|r| brokers[(current as usize + p + r) % brokers.len()])
-                    .collect()
-            })
-            .collect());
+        // Continue where the existing partitions left off, so leaders spread.
+        return runnel_replication::placement::place(
+            placeable,
+            added,
+            replication_factor,
+            current as usize,
+        )
+        .ok_or((
+            ResponseError::InvalidReplicationFactor.code(),
+            "Replication factor exceeds the brokers registered.".into(),
+        ));
     };
     if explicit.len() != added {
         return Err(invalid_assignment(format!(
@@ -90,7 +94,7 @@ async fn create_partitions(
     validate_only: bool,
 ) -> Result<(), Failure> {
     let name = t.name.0.to_string();
-    let (topic, brokers) = {
+    let (topic, brokers, placeable) = {
         let md = broker.replication.metadata();
         let topic = md.topics.get(&name).cloned().ok_or_else(|| {
             (
@@ -98,7 +102,11 @@ async fn create_partitions(
                 format!("The topic '{name}' does not exist."),
             )
         })?;
-        (topic, md.brokers.keys().copied().collect::<Vec<i32>>())
+        (
+            topic,
+            md.brokers.keys().copied().collect::<Vec<i32>>(),
+            super::create_topics::placeable_brokers(&md),
+        )
     };
     let current = topic.partitions.len() as i32;
     if t.count == current {
@@ -117,7 +125,7 @@ async fn create_partitions(
         ));
     }
     let replication_factor = topic.partitions.first().map_or(1, Vec::len);
-    let assignments = new_assignments(t, current, replication_factor, &brokers)?;
+    let assignments = new_assignments(t, current, replication_factor, &brokers, &placeable)?;
     if validate_only {
         return Ok(());
     }

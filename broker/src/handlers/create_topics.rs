@@ -10,6 +10,7 @@ use runnel_protocol::kafka_protocol::messages::create_topics_response::{
 use runnel_protocol::kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
+use runnel_replication::placement::{place, Placeable};
 use runnel_replication::proto::{self, metadata_record::Record};
 use runnel_replication::topic_config::{validate_topic_config, TOPIC_CONFIGS};
 use runnel_replication::{MetadataRecord, ReplicationError, TopicMetadata};
@@ -74,14 +75,13 @@ impl NewTopic {
 
 type Failure = (i16, String);
 
-/// Places `count` partitions with `replication_factor` replicas each on the live brokers,
-/// round-robin so leaders spread.
-fn place(brokers: &[i32], count: i32, replication_factor: i16, first: usize) -> Vec<Vec<i32>> {
-    (0..count as usize)
-        .map(|p| {
-            (0..replication_factor as usize)
-                .map(|r| brokers[(first + p + r) % brokers.len()])
-                .collect()
+/// The registered brokers with their AZs, for placement.
+pub fn placeable_brokers(md: &runnel_replication::ClusterMetadata) -> Vec<Placeable> {
+    md.brokers
+        .values()
+        .map(|b| Placeable {
+            node_id: b.node_id,
+            az: b.rack.clone(),
         })
         .collect()
 }
@@ -94,7 +94,7 @@ pub async fn create_topic(
 ) -> Result<TopicMetadata, Failure> {
     validate_topic_name(&topic.name)
         .map_err(|m| (ResponseError::InvalidTopicException.code(), m))?;
-    let brokers: Vec<i32> = {
+    let (brokers, placeable): (Vec<i32>, Vec<Placeable>) = {
         let md = broker.replication.metadata();
         if md.topics.contains_key(&topic.name) {
             return Err((
@@ -102,7 +102,7 @@ pub async fn create_topic(
                 format!("Topic '{}' already exists.", topic.name),
             ));
         }
-        md.brokers.keys().copied().collect()
+        (md.brokers.keys().copied().collect(), placeable_brokers(&md))
     };
     let assignments = if topic.assignments.is_empty() {
         if topic.partitions < 1 {
@@ -128,7 +128,18 @@ pub async fn create_topic(
                 ),
             ));
         }
-        place(&brokers, topic.partitions, topic.replication_factor, 0)
+        // Each topic's first leader is chosen by its name, so topics' leaders spread too.
+        let first = crate::group::partition_for(&topic.name, brokers.len() as i32) as usize;
+        place(
+            &placeable,
+            topic.partitions as usize,
+            topic.replication_factor as usize,
+            first,
+        )
+        .ok_or((
+            ResponseError::InvalidReplicationFactor.code(),
+            "Replication factor exceeds the brokers registered.".to_string(),
+        ))?
     } else {
         for replicas in &topic.assignments {
             if replicas.is_empty() || replicas.iter().any(|r| !brokers.contains(r)) {

@@ -175,7 +175,9 @@ fn verification_code(code: i16, version: i16) -> i16 {
 
 /// Transactional batches need the request's transactional id, and a producer's first batch
 /// to a partition in a transaction is verified with the transaction coordinator (KIP-890), so
-/// a write arriving after its transaction ended cannot leave a transaction open forever.
+/// a write arriving after its transaction ended cannot leave a transaction open forever. The
+/// guard is taken before asking the coordinator: a marker proposed meanwhile clears it, and
+/// the Raft driver then refuses the batch. Returns the guard when it verified.
 fn check_transactional(
     broker: &Arc<Broker>,
     replica: &runnel_replication::Replica,
@@ -183,7 +185,8 @@ fn check_transactional(
     batches: &[Bytes],
     (topic, partition): (&str, i32),
     version: i16,
-) -> Result<(), (i16, String)> {
+) -> Result<Option<u64>, (i16, String)> {
+    let mut verified = None;
     for b in batches {
         let Ok(h) = BatchHeader::parse(b) else {
             continue;
@@ -226,6 +229,7 @@ fn check_transactional(
         if open {
             continue;
         }
+        let guard = replica.verification_guard(h.producer_id, h.producer_epoch);
         broker
             .txns
             .verify(
@@ -241,8 +245,9 @@ fn check_transactional(
                     format!("{topic}-{partition} is not part of an ongoing transaction of {id}"),
                 )
             })?;
+        verified = Some(guard);
     }
-    Ok(())
+    Ok(verified)
 }
 
 /// A produce request whose batches have been proposed, waiting for its answers.
@@ -326,7 +331,7 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
                     continue;
                 }
             };
-            if let Err((code, message)) = check_transactional(
+            let guard = match check_transactional(
                 broker,
                 &replica,
                 transactional_id.as_deref(),
@@ -334,20 +339,26 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
                 (&topic.name, index),
                 version,
             ) {
-                probe::error("Produce", code);
-                partitions.push(Outcome::Done(failed(index, code, Some(message), version)));
-                continue;
-            }
+                Ok(guard) => guard,
+                Err((code, message)) => {
+                    probe::error("Produce", code);
+                    partitions.push(Outcome::Done(failed(index, code, Some(message), version)));
+                    continue;
+                }
+            };
             let messages: u64 = batches
                 .iter()
                 .filter_map(|b| BatchHeader::parse(b).ok())
                 .map(|h| h.records_count.max(0) as u64)
                 .sum();
             probe::bytes_in(&topic.name, records.len(), messages);
-            match broker
-                .replication
-                .begin_produce(&topic.name, index, batches, acks)
-            {
+            match broker.replication.begin_transactional_produce(
+                &topic.name,
+                index,
+                batches,
+                acks,
+                guard,
+            ) {
                 Ok(rx) => partitions.push(Outcome::Waiting {
                     index,
                     log_append_time: if rules.log_append_time { now } else { -1 },

@@ -186,22 +186,24 @@ pub async fn handle(
     .done()
     .await;
     let outcome = match appended {
-        Ok(first) => broker.groups.with_groups(broker, &group_id, |groups, _| {
-            let settings = broker.groups.config().groups.clone();
-            let g = groups
-                .entry(group_id.clone())
-                .or_insert_with(|| ClassicGroup::new(group_id.clone(), settings, now_ms()));
-            let pending = g.pending_txn_offsets.entry(producer_id).or_default();
-            for (i, (key, value)) in commits.iter().enumerate() {
-                pending.insert(
-                    key.clone(),
-                    CommittedOffset {
-                        value: value.clone(),
-                        record_offset: first + i as u64,
-                    },
-                );
-            }
-        }),
+        Ok(first) => broker.groups.install_txn_offsets(
+            broker,
+            &group_id,
+            producer_id,
+            commits
+                .iter()
+                .enumerate()
+                .map(|(i, (key, value))| {
+                    (
+                        key.clone(),
+                        CommittedOffset {
+                            value: value.clone(),
+                            record_offset: first + i as u64,
+                        },
+                    )
+                })
+                .collect(),
+        ),
         Err(code) => Err(
             if code == ResponseError::InvalidProducerEpoch.code() && version >= 3 {
                 ResponseError::ProducerFenced.code()

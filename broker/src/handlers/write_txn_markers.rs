@@ -12,7 +12,7 @@ use runnel_protocol::kafka_protocol::ResponseError;
 use runnel_replication::ReplicationError;
 
 use crate::error::replication_error_code;
-use crate::txn::{begin_marker, finish_marker, MarkerError};
+use crate::txn::{begin_marker, finish_marker, max_coordinator_epoch, MarkerError};
 use crate::Broker;
 
 fn marker_error_code(e: &MarkerError) -> i16 {
@@ -28,6 +28,7 @@ pub async fn handle(
     _version: i16,
 ) -> WriteTxnMarkersResponse {
     let mut markers = Vec::with_capacity(request.markers.len());
+    let newest_coordinator = max_coordinator_epoch(broker);
     for m in &request.markers {
         let mut topics = Vec::with_capacity(m.topics.len());
         for t in &m.topics {
@@ -40,7 +41,14 @@ pub async fn handle(
                         .replication
                         .replica(&name, p)
                         .is_some_and(|r| r.leader_id() == broker.config.node_id);
-                    let marker = if led {
+                    let marker = if m.coordinator_epoch > newest_coordinator.max(0) {
+                        // No coordinator has that epoch: refusing it keeps a stray request
+                        // from fencing the real coordinator's markers.
+                        Err(MarkerError::Fenced(ReplicationError::CoordinatorFenced {
+                            epoch: m.coordinator_epoch,
+                            current: newest_coordinator,
+                        }))
+                    } else if led {
                         begin_marker(
                             broker,
                             &name,

@@ -372,31 +372,50 @@ async fn complete_transaction(broker: &Arc<Broker>, prepared: TxnMetadata, coord
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
-    let now = now_ms();
-    let write = broker.txns.with_txns(broker, &id, |mut t| {
-        if t.coordinator_epoch != coordinator_epoch {
-            return None;
-        }
-        let m = t.txns.get(&id)?;
-        if m.state != prepared.state || m.producer_epoch != prepared.producer_epoch || m.pending {
-            return None;
-        }
-        let target = state::complete(m, now);
-        Some(start_write(broker, &mut t, target))
-    });
-    if let Ok(Some(w)) = write {
+    // Store CompleteCommit/CompleteAbort; retried while this broker stays the coordinator,
+    // since nothing else would move the transaction on.
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let now = now_ms();
+        let write = broker.txns.with_txns(broker, &id, |mut t| {
+            if t.coordinator_epoch != coordinator_epoch {
+                return None;
+            }
+            let m = t.txns.get(&id)?;
+            if m.state != prepared.state || m.producer_epoch != prepared.producer_epoch || m.pending
+            {
+                return None;
+            }
+            let target = state::complete(m, now);
+            Some(start_write(broker, &mut t, target))
+        });
+        let Ok(Some(w)) = write else { return };
         match w.finish(broker).await {
-            Ok(m) => tracing::debug!(
-                transactional_id = id,
-                state = m.state.name(),
-                ms = started.elapsed().as_millis() as u64,
-                "transaction completed"
-            ),
-            Err(e) => tracing::warn!(
-                transactional_id = id,
-                error = e,
-                "could not store the completed transaction; the next coordinator completes it"
-            ),
+            Ok(m) => {
+                tracing::debug!(
+                    transactional_id = id,
+                    state = m.state.name(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "transaction completed"
+                );
+                return;
+            }
+            Err(e) if e == code(ResponseError::NotCoordinator) => {
+                tracing::info!(
+                    transactional_id = id,
+                    "no longer the coordinator; the next one completes the transaction"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    transactional_id = id,
+                    error = e,
+                    "could not store the completed transaction; retrying"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }
@@ -412,6 +431,26 @@ pub enum MarkerError {
     Fenced(ReplicationError),
 }
 
+fn partition_exists(broker: &Broker, (topic, partition): &(String, i32)) -> bool {
+    broker
+        .replication
+        .metadata()
+        .topics
+        .get(topic)
+        .is_some_and(|t| (*partition as usize) < t.partitions.len() && *partition >= 0)
+}
+
+/// The newest coordinator epoch any `__transaction_state` partition this broker leads has:
+/// markers claiming a newer one cannot come from a real coordinator.
+pub fn max_coordinator_epoch(broker: &Broker) -> i32 {
+    led_partitions(broker)
+        .into_iter()
+        .filter_map(|p| broker.replication.replica(TRANSACTION_STATE_TOPIC, p))
+        .map(|r| r.leader_epoch())
+        .max()
+        .unwrap_or(-1)
+}
+
 type MarkerReply =
     tokio::sync::oneshot::Receiver<Result<runnel_replication::ProduceAck, ReplicationError>>;
 
@@ -425,13 +464,7 @@ pub fn begin_marker(
     commit: bool,
     coordinator_epoch: i32,
 ) -> Result<MarkerReply, MarkerError> {
-    let known = broker
-        .replication
-        .metadata()
-        .topics
-        .get(topic)
-        .is_some_and(|t| (partition as usize) < t.partitions.len());
-    if !known {
+    if !partition_exists(broker, &(topic.to_string(), partition)) {
         return Err(MarkerError::Unknown);
     }
     let marker = batch::build_end_txn_marker(
@@ -471,7 +504,16 @@ pub async fn finish_marker(
             }
             Ok(())
         }
-        Ok(Err(ReplicationError::UnknownTopicOrPartition)) => Err(MarkerError::Unknown),
+        Ok(Err(ReplicationError::UnknownTopicOrPartition)) => {
+            // Deleted, or simply not hosted here (yet): only the first is final.
+            if partition_exists(broker, tp) {
+                Err(MarkerError::Retry(
+                    ReplicationError::UnknownTopicOrPartition,
+                ))
+            } else {
+                Err(MarkerError::Unknown)
+            }
+        }
         Ok(Err(e @ ReplicationError::InvalidProducerEpoch { .. }))
         | Ok(Err(e @ ReplicationError::CoordinatorFenced { .. })) => Err(MarkerError::Fenced(e)),
         Ok(Err(e)) => Err(MarkerError::Retry(e)),
@@ -551,11 +593,13 @@ fn load_txns(
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut txns = HashMap::new();
-    let log = replica.log();
-    let end = log.next_entry_index();
-    let mut index = log.first_entry_index();
+    // The log's read guard is taken per chunk, so the Raft driver can append meanwhile.
+    let (mut index, end) = {
+        let log = replica.log();
+        (log.first_entry_index(), log.next_entry_index())
+    };
     while index < end {
-        let entries = log.entries(index, end, 4 * 1024 * 1024)?;
+        let entries = replica.log().entries(index, end, 4 * 1024 * 1024)?;
         let Some(last) = entries.last() else { break };
         index = last.index + 1;
         for e in &entries {

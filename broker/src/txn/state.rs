@@ -197,8 +197,20 @@ pub fn init_producer_id(
             target.timeout_ms = timeout_ms;
             target.partitions.clear();
             target.start_ms = -1;
+            if expected != Expected::NONE
+                && expected.producer_id == m.previous_producer_id
+                && expected.producer_epoch >= MAX_EPOCH
+                && m.producer_epoch == 0
+            {
+                // A retry of a rotation that succeeded: answer with the new producer id.
+                return Ok(Init::Write(target));
+            }
             if m.producer_epoch >= MAX_EPOCH {
-                // Rotate to a new producer id, epoch 0 (prepareProducerIdRotation).
+                // Rotate to a new producer id, epoch 0 (prepareProducerIdRotation), only for
+                // the current producer.
+                if expected != Expected::NONE && expected.producer_epoch != m.producer_epoch {
+                    return Err(code(ResponseError::ProducerFenced));
+                }
                 let Some(id) = fresh_producer_id else {
                     return Ok(Init::NeedProducerId);
                 };
@@ -229,7 +241,9 @@ pub fn init_producer_id(
 /// own abort of a timed-out transaction, or of one a new incarnation found open.
 pub fn fence(m: &TxnMetadata, now: i64) -> TxnMetadata {
     let mut target = m.with(TxnState::PrepareAbort, now);
-    if m.producer_epoch < MAX_EPOCH {
+    // Up to i16::MAX, as Kafka's prepareFenceProducerEpoch: the next InitProducerId then
+    // rotates the producer id.
+    if m.producer_epoch < i16::MAX {
         target.producer_epoch = m.producer_epoch + 1;
     }
     // Kafka's prepareFenceProducerEpoch: the fenced epoch is not a "retry" epoch, so the
@@ -509,6 +523,39 @@ mod tests {
         assert_eq!(
             (r.producer_id, r.producer_epoch, r.previous_producer_id),
             (2000, 0, 1000)
+        );
+    }
+
+    #[test]
+    fn fencing_at_the_last_epoch_still_fences_and_the_next_init_rotates() {
+        let mut m = initialised();
+        m.producer_epoch = MAX_EPOCH;
+        let on = add_partitions(&m, 1000, MAX_EPOCH, &[tp("t", 0)], 5)
+            .expect("add")
+            .expect("write");
+        let f = fence(&on, 6);
+        assert_eq!(f.producer_epoch, i16::MAX, "the zombie's epoch is passed");
+        let done = complete(&f, 7);
+        assert_eq!(
+            add_partitions(&done, 1000, MAX_EPOCH, &[tp("t", 0)], 8),
+            Err(ResponseError::ProducerFenced.code())
+        );
+        let Ok(Init::Write(r)) = init_producer_id(&done, 1000, Expected::NONE, Some(2000), 9)
+        else {
+            panic!("rotation");
+        };
+        assert_eq!((r.producer_id, r.producer_epoch), (2000, 0));
+        let retry = Expected {
+            producer_id: 1000,
+            producer_epoch: MAX_EPOCH,
+        };
+        let Ok(Init::Write(again)) = init_producer_id(&r, 1000, retry, None, 10) else {
+            panic!("retry of the rotation");
+        };
+        assert_eq!(
+            (again.producer_id, again.producer_epoch),
+            (2000, 0),
+            "a retried rotation gets the new producer id"
         );
     }
 
