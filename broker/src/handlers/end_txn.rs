@@ -1,7 +1,8 @@
 //! EndTxn (key 26): commit or abort. The decision (PrepareCommit or PrepareAbort) is stored
-//! before the answer; the markers to every partition of the transaction, and the final
-//! CompleteCommit or CompleteAbort, follow in the background. Until then the transactional id
-//! answers CONCURRENT_TRANSACTIONS, which clients retry.
+//! first; the markers to every partition of the transaction, and the final CompleteCommit or
+//! CompleteAbort, follow in the background, and the answer waits for them up to two seconds.
+//! Until they are done the transactional id answers CONCURRENT_TRANSACTIONS, which clients
+//! retry.
 
 use std::sync::Arc;
 
@@ -13,6 +14,9 @@ use crate::group::now_ms;
 use crate::txn::state::{self, End};
 use crate::txn::{spawn_complete, start_write};
 use crate::Broker;
+
+/// How long EndTxn waits for the markers before answering anyway.
+const COMPLETION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn handle(broker: &Arc<Broker>, request: EndTxnRequest, version: i16) -> EndTxnResponse {
     let id = request.transactional_id.0.to_string();
@@ -47,7 +51,12 @@ pub async fn handle(broker: &Arc<Broker>, request: EndTxnRequest, version: i16) 
     let epoch = w.coordinator_epoch();
     match w.finish(broker).await {
         Ok(prepared) => {
-            spawn_complete(broker, prepared, epoch);
+            // The decision is durable: success. Kafka answers now, and a client that begins
+            // its next transaction at once then gets CONCURRENT_TRANSACTIONS and backs off
+            // (librdkafka: retry.backoff.ms, 100 ms). Waiting briefly for the markers, a few
+            // milliseconds here, saves that round.
+            let completed = spawn_complete(broker, prepared, epoch);
+            let _ = tokio::time::timeout(COMPLETION_WAIT, completed).await;
             respond(0)
         }
         Err(code) => respond(code),

@@ -129,7 +129,7 @@ async fn init_transactional(
                     transactional_id,
                     "a new producer incarnation aborts the open transaction of the old one"
                 );
-                spawn_complete(broker, prepared, epoch);
+                drop(spawn_complete(broker, prepared, epoch));
                 return Err(ResponseError::ConcurrentTransactions.code());
             }
         }

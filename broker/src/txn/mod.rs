@@ -305,14 +305,29 @@ impl Write {
 /// After PrepareCommit/PrepareAbort is stored: writes the markers to every partition of the
 /// transaction, then CompleteCommit/CompleteAbort. Runs in the background; a coordinator that
 /// loses the partition stops, and its successor finishes the job after loading.
-pub fn spawn_complete(broker: &Arc<Broker>, prepared: TxnMetadata, coordinator_epoch: i32) {
+/// The receiver fires once the transaction is complete (it is dropped if this broker stops
+/// coordinating first).
+pub fn spawn_complete(
+    broker: &Arc<Broker>,
+    prepared: TxnMetadata,
+    coordinator_epoch: i32,
+) -> tokio::sync::oneshot::Receiver<()> {
     let broker = broker.clone();
+    let (done, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        complete_transaction(&broker, prepared, coordinator_epoch).await;
+        if complete_transaction(&broker, prepared, coordinator_epoch).await {
+            let _ = done.send(());
+        }
     });
+    rx
 }
 
-async fn complete_transaction(broker: &Arc<Broker>, prepared: TxnMetadata, coordinator_epoch: i32) {
+/// Writes the markers and the completion; true once the transaction is complete.
+async fn complete_transaction(
+    broker: &Arc<Broker>,
+    prepared: TxnMetadata,
+    coordinator_epoch: i32,
+) -> bool {
     let commit = prepared.state == TxnState::PrepareCommit;
     let id = prepared.transactional_id.clone();
     let started = Instant::now();
@@ -328,7 +343,7 @@ async fn complete_transaction(broker: &Arc<Broker>, prepared: TxnMetadata, coord
                 transactional_id = id,
                 "no longer the coordinator; the next one completes the transaction"
             );
-            return;
+            return false;
         }
         let begun: Vec<_> = remaining
             .iter()
@@ -389,7 +404,7 @@ async fn complete_transaction(broker: &Arc<Broker>, prepared: TxnMetadata, coord
             let target = state::complete(m, now);
             Some(start_write(broker, &mut t, target))
         });
-        let Ok(Some(w)) = write else { return };
+        let Ok(Some(w)) = write else { return false };
         match w.finish(broker).await {
             Ok(m) => {
                 tracing::debug!(
@@ -398,14 +413,14 @@ async fn complete_transaction(broker: &Arc<Broker>, prepared: TxnMetadata, coord
                     ms = started.elapsed().as_millis() as u64,
                     "transaction completed"
                 );
-                return;
+                return true;
             }
             Err(e) if e == code(ResponseError::NotCoordinator) => {
                 tracing::info!(
                     transactional_id = id,
                     "no longer the coordinator; the next one completes the transaction"
                 );
-                return;
+                return false;
             }
             Err(e) => {
                 tracing::warn!(
@@ -565,7 +580,7 @@ fn start_load(
                     if m.state == TxnState::PrepareEpochFence {
                         m.state = TxnState::PrepareAbort;
                     }
-                    spawn_complete(&broker, m, epoch);
+                    drop(spawn_complete(&broker, m, epoch));
                 }
             }
             Err(e) => {
@@ -682,7 +697,7 @@ async fn abort_timed_out(broker: &Arc<Broker>, transactional_id: String) {
                 epoch = prepared.producer_epoch,
                 "aborting a transaction past its timeout"
             );
-            spawn_complete(broker, prepared, epoch);
+            drop(spawn_complete(broker, prepared, epoch));
         }
         Err(e) => tracing::warn!(
             transactional_id,
