@@ -736,7 +736,7 @@ fn run_seeds(default_seeds: u64, steps: u64) {
 
 #[test]
 fn simulated_clusters_keep_committed_writes() {
-    run_seeds(200, 300);
+    run_seeds(100, 300);
 }
 
 #[test]
