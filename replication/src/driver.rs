@@ -1,11 +1,17 @@
-//! The one thread that drives every Raft group of this broker, in the order raft-rs requires:
-//! send messages, apply the snapshot, apply committed entries, persist entries (one fsync),
+//! The driver of every Raft group of this broker, in the order raft-rs requires: send
+//! messages, apply the snapshot, apply committed entries, persist entries (one fsync),
 //! persist hard state, send persisted messages, advance, apply what advance committed.
+//!
+//! [`Driver`] is the logic, steppable one call at a time (a command, a tick, a Ready cycle),
+//! with time from a [`Clock`] and messages to other brokers through a [`Transport`]: a
+//! simulation drives whole clusters with it in one thread. [`start`] runs it on the broker's
+//! `raft-driver` thread, a thin loop over commands and ticks.
 //!
 //! It also runs retention and checkpoints on its logs; compaction runs on its own thread and
 //! takes each log's write lock only to swap cleaned segments in.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -14,14 +20,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message as _;
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
 use runnel_storage::batch::{self, BatchHeader, BatchOptions, NewRecord};
-use runnel_storage::{Log, LogConfig, SystemClock};
+use runnel_storage::{Clock, Log, LogConfig, SystemClock};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::metadata::{MetadataEffect, TopicMetadata};
+use crate::metadata::{ClusterMetadata, MetadataEffect, TopicMetadata};
 use crate::raft_log::{RaftLog, Replica};
+use crate::transport::{Envelope, GroupId, Transport};
 use crate::{
     Command, MetadataRecord, Origin, ProduceAck, ReplicationConfig, ReplicationError, Reply,
     Shared, METADATA_TOPIC,
@@ -84,6 +92,7 @@ struct InFlight {
 }
 
 struct Group {
+    id: GroupId,
     node: RawNode<RaftLog>,
     /// Idempotent batches proposed but not yet persisted, by producer id.
     in_flight: HashMap<i64, Vec<InFlight>>,
@@ -91,27 +100,76 @@ struct Group {
     markers_in_flight: HashMap<i64, (i16, u64)>,
     /// Proposals waiting for persistence or commit, by the index of their last entry.
     pending: BTreeMap<u64, Pending>,
-    metadata: bool,
     was_leader: bool,
 }
 
-struct Driver {
+impl Group {
+    fn is_metadata(&self) -> bool {
+        self.id == GroupId::Metadata
+    }
+}
+
+/// What a group's Raft state machine says of itself (for tests, metrics and admin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupState {
+    /// The current term (Kafka's leader epoch).
+    pub term: u64,
+    /// Raft id of the leader this node knows of, 0 for none.
+    pub leader: u64,
+    pub is_leader: bool,
+    /// Highest index known committed.
+    pub commit: u64,
+    /// Highest index in the log (persisted or not).
+    pub last_index: u64,
+}
+
+/// Every Raft group of one broker and the logic that drives them. Nothing here reads the
+/// wall clock or blocks on a socket: the caller decides when commands arrive, when time
+/// ticks and when Ready cycles run.
+pub struct Driver {
     config: ReplicationConfig,
     raft_id: u64,
     shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
     logger: slog::Logger,
     metadata: Group,
-    partitions: HashMap<(String, i32), Group>,
+    /// Ordered, so that every Ready cycle visits groups (and sends) in the same order.
+    partitions: BTreeMap<(String, i32), Group>,
+    transport: Box<dyn Transport>,
+    /// This Ready cycle's outgoing messages, by destination; sent once the cycle ends.
+    outbox: BTreeMap<u64, Vec<Envelope>>,
+    next_retention_ms: i64,
+    next_checkpoint_ms: i64,
+    next_metrics_ms: i64,
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("node_id", &self.config.node_id)
+            .field("partitions", &self.partitions.len())
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
 }
 
 fn raft_err(e: raft::Error) -> ReplicationError {
     ReplicationError::Raft(e.to_string())
 }
 
-fn raft_id(node_id: i32) -> u64 {
+/// Kafka broker id -> Raft id (Raft ids start at 1).
+pub fn raft_id(node_id: i32) -> u64 {
     node_id as u64 + 1
 }
 
+/// Raft id -> Kafka broker id (-1 for "none").
+fn broker_id(raft_id: u64) -> i32 {
+    if raft_id == 0 {
+        -1
+    } else {
+        (raft_id - 1) as i32
+    }
+}
 /// The offset just past entry `index` (the high watermark once it is committed).
 fn offset_end_of_entry(log: &Log, index: u64) -> Option<u64> {
     let entry = log.entries(index, index + 1, 0).ok()?.pop()?;
@@ -133,46 +191,9 @@ pub(crate) fn start(
     config: ReplicationConfig,
     shared: Arc<Shared>,
     rx: Receiver<Command>,
+    transport: Box<dyn Transport>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, ReplicationError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| ReplicationError::Io(format!("{}: {e}", config.data_dir.display())))?;
-    let logger = slog::Logger::root(TracingDrain, slog::o!());
-    let raft_id = raft_id(config.node_id);
-    // The metadata log: replay what is committed, then join its group.
-    let dir = config.data_dir.join(format!("{METADATA_TOPIC}-0"));
-    let meta_config = LogConfig {
-        retention_ms: -1,
-        segment_bytes: 64 * 1024 * 1024,
-        ..LogConfig::default()
-    };
-    let log = Log::open(&dir, meta_config, Arc::new(SystemClock))?;
-    let replica = Arc::new(Replica::new(
-        METADATA_TOPIC.to_string(),
-        0,
-        Uuid::nil(),
-        log,
-    ));
-    let raft_log = RaftLog::open(replica.clone(), &dir, &[raft_id], config.fsync)?;
-    let commit = raft_log
-        .hard_state()
-        .commit
-        .min(replica.log().next_entry_index().saturating_sub(1));
-    replay_metadata(&shared, &replica, commit)?;
-    replica.reset_high_watermark(recovered_high_watermark(&replica.log(), commit));
-    let metadata = new_group(&config, raft_id, raft_log, commit, true, &logger)?;
-
-    let mut driver = Driver {
-        config,
-        raft_id,
-        shared,
-        logger,
-        metadata,
-        partitions: HashMap::new(),
-    };
-    let topics: Vec<TopicMetadata> = driver.metadata_read().topics.values().cloned().collect();
-    for topic in topics {
-        driver.open_partitions(&topic, 0)?;
-    }
+    let mut driver = Driver::open_shared(config, shared, Arc::new(SystemClock), transport)?;
     let stop = Arc::new(AtomicBool::new(false));
     let cleaner = {
         let shared = driver.shared.clone();
@@ -204,10 +225,10 @@ pub(crate) fn start(
 
 fn new_group(
     config: &ReplicationConfig,
+    id: GroupId,
     raft_id: u64,
     raft_log: RaftLog,
     applied: u64,
-    metadata: bool,
     logger: &slog::Logger,
 ) -> Result<Group, ReplicationError> {
     let single_voter = raft::Storage::initial_state(&raft_log)
@@ -215,10 +236,19 @@ fn new_group(
         .conf_state
         .voters
         == vec![raft_id];
+    let election_tick = config.election_tick.max(2);
     let cfg = raft::Config {
         id: raft_id,
-        election_tick: 10,
+        election_tick,
         heartbeat_tick: 1,
+        // raft-rs draws each election timeout from [min, max) with the thread's RNG; a
+        // deterministic simulation pins it and jitters by ticking nodes unevenly instead.
+        min_election_tick: election_tick,
+        max_election_tick: if config.randomized_election_timeout {
+            2 * election_tick
+        } else {
+            election_tick + 1
+        },
         applied,
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
@@ -227,21 +257,20 @@ fn new_group(
         max_committed_size_per_ready: 16 * 1024 * 1024,
         ..raft::Config::default()
     };
-    let _ = config;
     let mut node = RawNode::new(&cfg, raft_log, logger).map_err(raft_err)?;
+    // A single voter needs nobody's vote: it leads at once, as a single broker always has.
     if single_voter {
         node.campaign().map_err(raft_err)?;
     }
     Ok(Group {
+        id,
         node,
         in_flight: HashMap::new(),
         markers_in_flight: HashMap::new(),
         pending: BTreeMap::new(),
-        metadata,
         was_leader: false,
     })
 }
-
 /// Applies every committed metadata record in the log (startup).
 fn replay_metadata(
     shared: &Shared,
@@ -289,7 +318,224 @@ fn metadata_records(data: &[u8]) -> Vec<MetadataRecord> {
 }
 
 impl Driver {
-    fn metadata_read(&self) -> std::sync::RwLockReadGuard<'_, crate::ClusterMetadata> {
+    /// Opens the metadata log (replaying what is committed) and every replica the metadata
+    /// places on this broker, each group's Raft state recovered from its log.
+    pub fn open(
+        config: ReplicationConfig,
+        clock: Arc<dyn Clock>,
+        transport: Box<dyn Transport>,
+    ) -> Result<Driver, ReplicationError> {
+        Driver::open_shared(config, Arc::new(Shared::default()), clock, transport)
+    }
+
+    pub(crate) fn open_shared(
+        config: ReplicationConfig,
+        shared: Arc<Shared>,
+        clock: Arc<dyn Clock>,
+        transport: Box<dyn Transport>,
+    ) -> Result<Driver, ReplicationError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| ReplicationError::Io(format!("{}: {e}", config.data_dir.display())))?;
+        let logger = slog::Logger::root(TracingDrain, slog::o!());
+        let raft_id = raft_id(config.node_id);
+        // The metadata log: replay what is committed, then join its group.
+        let dir = config.data_dir.join(format!("{METADATA_TOPIC}-0"));
+        let meta_config = LogConfig {
+            retention_ms: -1,
+            segment_bytes: 64 * 1024 * 1024,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&dir, meta_config, clock.clone())?;
+        let replica = Arc::new(Replica::new(
+            METADATA_TOPIC.to_string(),
+            0,
+            Uuid::nil(),
+            log,
+        ));
+        let voters: Vec<u64> = if config.metadata_voters.is_empty() {
+            vec![raft_id]
+        } else {
+            config
+                .metadata_voters
+                .iter()
+                .map(|&v| self::raft_id(v))
+                .collect()
+        };
+        let raft_log = RaftLog::open(replica.clone(), &dir, &voters, config.fsync, clock.clone())?;
+        let commit = raft_log
+            .hard_state()
+            .commit
+            .min(replica.log().next_entry_index().saturating_sub(1));
+        replay_metadata(&shared, &replica, commit)?;
+        replica.reset_high_watermark(recovered_high_watermark(&replica.log(), commit));
+        let metadata = new_group(
+            &config,
+            GroupId::Metadata,
+            raft_id,
+            raft_log,
+            commit,
+            &logger,
+        )?;
+        let now = clock.now_ms();
+        let mut driver = Driver {
+            next_retention_ms: now + duration_ms(config.retention_check_interval),
+            next_checkpoint_ms: now + duration_ms(config.checkpoint_interval),
+            next_metrics_ms: now,
+            config,
+            raft_id,
+            shared,
+            clock,
+            logger,
+            metadata,
+            partitions: BTreeMap::new(),
+            transport,
+            outbox: BTreeMap::new(),
+        };
+        let topics: Vec<TopicMetadata> = driver.metadata_read().topics.values().cloned().collect();
+        for topic in topics {
+            driver.open_partitions(&topic, 0)?;
+        }
+        Ok(driver)
+    }
+
+    /// This broker's Raft id (Kafka broker id + 1).
+    pub fn raft_id(&self) -> u64 {
+        self.raft_id
+    }
+
+    /// The groups this broker hosts: the metadata group first, then partitions in order.
+    pub fn groups(&self) -> Vec<GroupId> {
+        std::iter::once(GroupId::Metadata)
+            .chain(
+                self.partitions
+                    .keys()
+                    .map(|(t, p)| GroupId::partition(t, *p)),
+            )
+            .collect()
+    }
+
+    fn group(&self, id: &GroupId) -> Option<&Group> {
+        match id {
+            GroupId::Metadata => Some(&self.metadata),
+            GroupId::Partition { topic, partition } => {
+                self.partitions.get(&(topic.clone(), *partition))
+            }
+        }
+    }
+
+    fn group_mut(&mut self, id: &GroupId) -> Option<&mut Group> {
+        match id {
+            GroupId::Metadata => Some(&mut self.metadata),
+            GroupId::Partition { topic, partition } => {
+                self.partitions.get_mut(&(topic.clone(), *partition))
+            }
+        }
+    }
+
+    pub fn group_state(&self, id: &GroupId) -> Option<GroupState> {
+        let g = self.group(id)?;
+        let raft = &g.node.raft;
+        Some(GroupState {
+            term: raft.term,
+            leader: raft.leader_id,
+            is_leader: raft.state == StateRole::Leader,
+            commit: raft.raft_log.committed,
+            last_index: raft.raft_log.last_index(),
+        })
+    }
+
+    /// The replica (log, high watermark) of a group this broker hosts.
+    pub fn replica(&self, id: &GroupId) -> Option<Arc<Replica>> {
+        self.group(id).map(|g| g.node.store().replica().clone())
+    }
+
+    /// The metadata as applied here.
+    pub fn metadata(&self) -> ClusterMetadata {
+        self.metadata_read().clone()
+    }
+
+    /// Proposes batches to a partition this broker leads; answers as
+    /// [`Replication::produce`](crate::Replication::produce) does (`acks` 1 or -1).
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batches: Vec<Bytes>,
+        acks: i16,
+    ) -> oneshot::Receiver<Result<ProduceAck, ReplicationError>> {
+        let (reply, rx) = oneshot::channel();
+        self.handle(Command::Produce {
+            topic: topic.to_string(),
+            partition,
+            batches,
+            acks,
+            origin: Origin::Client,
+            guard: None,
+            reply: Some(reply),
+        });
+        rx
+    }
+
+    /// Proposes a metadata record; answers once it is committed and applied here.
+    pub fn propose_metadata(
+        &mut self,
+        record: MetadataRecord,
+    ) -> oneshot::Receiver<Result<(), ReplicationError>> {
+        let (reply, rx) = oneshot::channel();
+        self.handle(Command::Metadata { record, reply });
+        rx
+    }
+
+    /// Feeds messages from broker `from` (a Raft id) to their groups. Messages of groups
+    /// this broker does not host (yet) are dropped: Raft sends them again.
+    pub fn step_raft(&mut self, from: u64, envelopes: Vec<Envelope>) {
+        let me = self.raft_id;
+        for Envelope { group, message } in envelopes {
+            if message.to != me || message.from != from {
+                tracing::debug!(from, to = message.to, claimed = message.from, %group, "dropping a misaddressed raft message");
+                continue;
+            }
+            let Some(g) = self.group_mut(&group) else {
+                tracing::trace!(from, %group, "raft message for a group not hosted here");
+                continue;
+            };
+            if let Err(e) = g.node.step(message) {
+                tracing::debug!(from, %group, error = %e, "raft message refused");
+            }
+        }
+    }
+
+    /// One Raft tick of every group (heartbeats, election timeouts).
+    pub fn tick(&mut self) {
+        self.metadata.node.tick();
+        for g in self.partitions.values_mut() {
+            g.node.tick();
+        }
+    }
+
+    /// Retention, checkpoints and metrics, each when its interval (by the clock) has passed.
+    pub fn run_timers(&mut self) {
+        let now = self.clock.now_ms();
+        if due(
+            &mut self.next_retention_ms,
+            now,
+            self.config.retention_check_interval,
+        ) {
+            self.apply_retention();
+        }
+        if due(&mut self.next_metrics_ms, now, Duration::from_secs(5)) {
+            self.publish_metrics();
+        }
+        if due(
+            &mut self.next_checkpoint_ms,
+            now,
+            self.config.checkpoint_interval,
+        ) {
+            self.checkpoint_all();
+        }
+    }
+
+    fn metadata_read(&self) -> std::sync::RwLockReadGuard<'_, ClusterMetadata> {
         self.shared
             .metadata
             .read()
@@ -316,10 +562,16 @@ impl Driver {
                 .config
                 .data_dir
                 .join(runnel_storage::partition_dir_name(&topic.name, partition));
-            let log = Log::open(&dir, log_config.clone(), Arc::new(SystemClock))?;
+            let log = Log::open(&dir, log_config.clone(), self.clock.clone())?;
             let replica = Arc::new(Replica::new(topic.name.clone(), partition, topic.id, log));
             let voters: Vec<u64> = replicas.iter().map(|&r| raft_id(r)).collect();
-            let raft_log = RaftLog::open(replica.clone(), &dir, &voters, self.config.fsync)?;
+            let raft_log = RaftLog::open(
+                replica.clone(),
+                &dir,
+                &voters,
+                self.config.fsync,
+                self.clock.clone(),
+            )?;
             let commit = raft_log
                 .hard_state()
                 .commit
@@ -330,10 +582,10 @@ impl Driver {
             replica.log_mut().on_high_watermark(hw);
             let group = new_group(
                 &self.config,
+                GroupId::partition(&topic.name, partition),
                 self.raft_id,
                 raft_log,
                 commit,
-                false,
                 &self.logger,
             )?;
             // A single voter leads as soon as it campaigns: say so now, so requests that follow
@@ -352,12 +604,11 @@ impl Driver {
         Ok(())
     }
 
+    /// The broker's driver thread: commands as they come, a tick every `config.tick`, a
+    /// Ready cycle after each wake-up, timers. Returns on shutdown, every log checkpointed.
     fn run(&mut self, rx: Receiver<Command>) {
         let tick = self.config.tick;
         let mut next_tick = Instant::now() + tick;
-        let mut next_retention = Instant::now() + self.config.retention_check_interval;
-        let mut next_checkpoint = Instant::now() + self.config.checkpoint_interval;
-        let mut next_metrics = Instant::now();
         'run: loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(timeout) {
@@ -376,34 +627,21 @@ impl Driver {
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.metadata.node.tick();
-                for g in self.partitions.values_mut() {
-                    g.node.tick();
-                }
+                self.tick();
                 next_tick = now + tick;
             }
             self.process_ready();
-            if now >= next_retention {
-                self.apply_retention();
-                next_retention = now + self.config.retention_check_interval;
-            }
-            if now >= next_metrics {
-                self.publish_metrics();
-                next_metrics = now + Duration::from_secs(5);
-            }
-            if now >= next_checkpoint {
-                self.checkpoint_all();
-                next_checkpoint = now + self.config.checkpoint_interval;
-            }
+            self.run_timers();
         }
         self.checkpoint_all();
         tracing::info!("raft driver stopped; logs checkpointed");
     }
 
     /// Handles one command; false on shutdown.
-    fn handle(&mut self, cmd: Command) -> bool {
+    pub(crate) fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Shutdown => return false,
+            Command::Raft { from, envelopes } => self.step_raft(from, envelopes),
             Command::Produce {
                 topic,
                 partition,
@@ -510,7 +748,7 @@ impl Driver {
             Command::Metadata { record, reply } => {
                 let value = Bytes::from(record.encode_to_vec());
                 let rec = NewRecord {
-                    timestamp: crate::raft_log::now_ms(),
+                    timestamp: self.clock.now_ms(),
                     key: None,
                     value: Some(value),
                     headers: Vec::new(),
@@ -541,10 +779,12 @@ impl Driver {
         true
     }
 
-    fn process_ready(&mut self) {
+    /// One Ready cycle of every group that has one, then the cycle's messages go out, one
+    /// batch per destination.
+    pub fn process_ready(&mut self) {
         let mut effects = Vec::new();
         if self.metadata.node.has_ready() {
-            match on_ready(&mut self.metadata, &self.shared, self.raft_id) {
+            match on_ready(&mut self.metadata, &self.shared, &mut self.outbox) {
                 Ok(mut e) => effects.append(&mut e),
                 Err(e) => tracing::error!(error = %e, "metadata group failed to persist"),
             }
@@ -563,10 +803,13 @@ impl Driver {
         }
         for ((topic, partition), g) in self.partitions.iter_mut() {
             if g.node.has_ready() {
-                if let Err(e) = on_ready(g, &self.shared, self.raft_id) {
+                if let Err(e) = on_ready(g, &self.shared, &mut self.outbox) {
                     tracing::error!(topic, partition, error = %e, "partition failed to persist");
                 }
             }
+        }
+        for (to, batch) in std::mem::take(&mut self.outbox) {
+            self.transport.send(to, batch);
         }
     }
 
@@ -690,14 +933,44 @@ fn fail(pending: Pending, error: ReplicationError) {
     }
 }
 
-/// One Ready cycle of one group. Returns the metadata effects of applied metadata entries.
-fn on_ready(g: &mut Group, shared: &Shared, raft_id: u64) -> Result<Vec<Effect>, ReplicationError> {
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether a timer set for `*next` has fired at `now`; if so (or if the clock went back by
+/// more than an interval), sets it one interval after `now`.
+fn due(next: &mut i64, now: i64, interval: Duration) -> bool {
+    let interval = duration_ms(interval);
+    let fired = now >= *next;
+    if fired || *next - now > interval {
+        *next = now.saturating_add(interval);
+    }
+    fired
+}
+
+fn queue_messages(out: &mut BTreeMap<u64, Vec<Envelope>>, group: &GroupId, messages: Vec<Message>) {
+    for message in messages {
+        out.entry(message.to).or_default().push(Envelope {
+            group: group.clone(),
+            message,
+        });
+    }
+}
+
+/// One Ready cycle of one group; its messages join `out`. Returns the metadata effects of
+/// applied metadata entries.
+fn on_ready(
+    g: &mut Group,
+    shared: &Shared,
+    out: &mut BTreeMap<u64, Vec<Envelope>>,
+) -> Result<Vec<Effect>, ReplicationError> {
     let mut effects = Vec::new();
     let mut ready = g.node.ready();
-    // Single-broker groups have no peers; inter-broker transport arrives with the cluster.
-    drop(ready.take_messages());
+    // A leader's appends and heartbeats may leave before its own entries are persisted (they
+    // leave with the rest of the cycle's messages, after persisting, which is as safe).
+    queue_messages(out, &g.id, ready.take_messages());
     if !ready.snapshot().is_empty() {
-        tracing::warn!("snapshots are not supported yet; ignoring one");
+        tracing::warn!(group = %g.id, "snapshots are not supported yet; ignoring one");
     }
     let committed = ready.take_committed_entries();
     apply_committed(g, shared, &committed, &mut effects);
@@ -717,31 +990,30 @@ fn on_ready(g: &mut Group, shared: &Shared, raft_id: u64) -> Result<Vec<Effect>,
             g.node.mut_store().set_hard_state(hs)?;
         }
     }
-    drop(ready.take_persisted_messages());
+    // Votes and append responses: only once entries and hard state are persisted.
+    queue_messages(out, &g.id, ready.take_persisted_messages());
     let mut light = g.node.advance(ready);
-    drop(light.take_messages());
+    queue_messages(out, &g.id, light.take_messages());
     let committed = light.take_committed_entries();
     apply_committed(g, shared, &committed, &mut effects);
     g.node.advance_apply();
 
     let leader = g.node.raft.state == StateRole::Leader;
     let term = i32::try_from(g.node.raft.term).unwrap_or(i32::MAX);
-    let leader_id = g.node.raft.leader_id;
-    g.node.store().replica().set_leader(
-        if leader_id == 0 {
-            -1
-        } else {
-            leader_id as i32 - 1
-        },
-        term,
-    );
+    g.node
+        .store()
+        .replica()
+        .set_leader(broker_id(g.node.raft.leader_id), term);
     if g.was_leader && !leader {
+        // Entries proposed in the lost term may yet commit under the new leader, or be
+        // truncated: the client cannot know which, as with Kafka's own leader changes.
         for (_, p) in std::mem::take(&mut g.pending) {
             fail(p, ReplicationError::NotLeaderOrFollower);
         }
+        g.in_flight.clear();
+        g.markers_in_flight.clear();
     }
     g.was_leader = leader;
-    let _ = raft_id;
     Ok(effects)
 }
 
@@ -928,7 +1200,7 @@ fn produce_ack(g: &Group, first_index: u64) -> Result<ProduceAck, ReplicationErr
 
 fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &mut Vec<Effect>) {
     let Some(last) = entries.last() else { return };
-    if g.metadata {
+    if g.is_metadata() {
         let mut metadata = shared.metadata.write().unwrap_or_else(|e| e.into_inner());
         for e in entries {
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {

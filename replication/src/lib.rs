@@ -10,13 +10,14 @@
 //!
 //! Raft ids are Kafka broker ids plus one (Kafka ids start at 0, Raft's at 1).
 
-mod driver;
+pub mod driver;
 pub mod metadata;
 pub mod placement;
 mod probe;
 pub mod proto;
 pub mod raft_log;
 pub mod topic_config;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,9 +28,11 @@ use bytes::Bytes;
 use runnel_storage::{CleanerConfig, StorageError};
 use tokio::sync::{oneshot, Notify};
 
+pub use driver::{Driver, GroupState};
 pub use metadata::{BrokerInfo, ClusterMetadata, TopicMetadata};
 pub use proto::MetadataRecord;
 pub use raft_log::Replica;
+pub use transport::{Envelope, GroupId, NoopTransport, Transport};
 
 /// The name of the cluster metadata log (as in KRaft).
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
@@ -80,6 +83,14 @@ pub struct ReplicationConfig {
     /// `producer.id.expiration.ms`: an idempotent producer's state is forgotten after it has
     /// written nothing to a partition for this long.
     pub producer_id_expiration_ms: i64,
+    /// The voters of the cluster metadata group (Kafka's `controller.quorum.voters`), by
+    /// broker id; empty for this broker alone. Read when the group is first created.
+    pub metadata_voters: Vec<i32>,
+    /// Ticks without a leader before a follower campaigns.
+    pub election_tick: usize,
+    /// Draw each election timeout at random from `[election_tick, 2 * election_tick)` (raft-rs
+    /// uses the thread's RNG). Deterministic simulations turn it off and tick nodes unevenly.
+    pub randomized_election_timeout: bool,
 }
 
 impl ReplicationConfig {
@@ -94,6 +105,9 @@ impl ReplicationConfig {
             cleaner_interval: Duration::from_secs(15),
             cleaner: CleanerConfig::default(),
             producer_id_expiration_ms: 24 * 60 * 60 * 1000,
+            metadata_voters: Vec::new(),
+            election_tick: 10,
+            randomized_election_timeout: true,
         }
     }
 }
@@ -130,6 +144,11 @@ pub(crate) enum Command {
     Metadata {
         record: MetadataRecord,
         reply: Reply<()>,
+    },
+    /// Raft messages from broker `from` (a Raft id).
+    Raft {
+        from: u64,
+        envelopes: Vec<Envelope>,
     },
     Shutdown,
 }
@@ -168,10 +187,19 @@ impl Replication {
     /// Opens the metadata log and every local replica (recovering their logs), then starts
     /// the driver thread.
     pub fn start(config: ReplicationConfig) -> Result<Replication, ReplicationError> {
+        Replication::start_with_transport(config, Box::new(NoopTransport))
+    }
+
+    /// Like [`Replication::start`], with messages to other brokers going through `transport`;
+    /// messages from them enter through [`Replication::step_raft`].
+    pub fn start_with_transport(
+        config: ReplicationConfig,
+        transport: Box<dyn Transport>,
+    ) -> Result<Replication, ReplicationError> {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let node_id = config.node_id;
-        let threads = driver::start(config, shared.clone(), rx)?;
+        let threads = driver::start(config, shared.clone(), rx, transport)?;
         Ok(Replication {
             node_id,
             producer_ids: tokio::sync::Mutex::new((0, 0)),
@@ -338,6 +366,11 @@ impl Replication {
         Err(ReplicationError::ProducerIds(
             "lost the race for a block 20 times".into(),
         ))
+    }
+
+    /// Hands Raft messages received from broker `from` (a Raft id) to the driver.
+    pub fn step_raft(&self, from: u64, envelopes: Vec<Envelope>) -> Result<(), ReplicationError> {
+        self.send(Command::Raft { from, envelopes })
     }
 
     fn send(&self, cmd: Command) -> Result<(), ReplicationError> {

@@ -118,3 +118,27 @@ pub struct ProducerIdsBlock {
     #[prost(int32, tag = "3")]
     pub size: i32,
 }
+
+/// Raft messages from one broker to another, sent together (one Ready cycle's worth for one
+/// destination). `eraftpb::Message` carries no group id, so each is wrapped in an envelope.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RaftMessageBatch {
+    /// Raft id of the sender (Kafka broker id + 1).
+    #[prost(uint64, tag = "1")]
+    pub from: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub envelopes: Vec<RaftEnvelope>,
+}
+
+/// One Raft message of one group.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RaftEnvelope {
+    /// The partition's topic; absent for the cluster metadata group.
+    #[prost(string, optional, tag = "1")]
+    pub topic: Option<String>,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    /// The `eraftpb::Message`, in raft-rs's own (rust-protobuf) encoding.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub message: bytes::Bytes,
+}

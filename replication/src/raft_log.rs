@@ -14,7 +14,7 @@ use prost::Message as _;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState as RaftHardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 use runnel_storage::batch::{self, control_type, BatchHeader};
-use runnel_storage::{HardState, HardStateFile, Log, StorageError};
+use runnel_storage::{Clock, HardState, HardStateFile, Log, StorageError};
 
 use crate::proto::GroupMembership;
 use crate::ReplicationError;
@@ -169,6 +169,8 @@ pub struct RaftLog {
     conf_state: ConfState,
     /// fsync after every persisted batch of entries (group commit per Ready).
     fsync: bool,
+    /// Timestamps of the control batches Raft's own entries are stored as.
+    clock: Arc<dyn Clock>,
 }
 
 impl RaftLog {
@@ -178,6 +180,7 @@ impl RaftLog {
         dir: &Path,
         voters: &[u64],
         fsync: bool,
+        clock: Arc<dyn Clock>,
     ) -> Result<RaftLog, ReplicationError> {
         let hard_state = HardStateFile::open(dir)?;
         let path = dir.join(MEMBERSHIP_FILE);
@@ -205,6 +208,7 @@ impl RaftLog {
             hard_state,
             conf_state,
             fsync,
+            clock,
         })
     }
 
@@ -236,7 +240,7 @@ impl RaftLog {
             let epoch = i32::try_from(e.term).map_err(|_| {
                 ReplicationError::Corrupt(format!("term {} overflows a leader epoch", e.term))
             })?;
-            let data = entry_to_batch(e)?;
+            let data = entry_to_batch(e, self.clock.now_ms())?;
             log.append(&data, epoch)?;
         }
         if self.fsync {
@@ -294,12 +298,12 @@ fn write_file_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<(), Repl
 }
 
 /// The stored form of a Raft entry.
-fn entry_to_batch(e: &Entry) -> Result<Bytes, ReplicationError> {
+fn entry_to_batch(e: &Entry, now_ms: i64) -> Result<Bytes, ReplicationError> {
     match e.get_entry_type() {
         EntryType::EntryNormal if e.data.is_empty() => Ok(batch::build_raft_control_batch(
             control_type::LEADER_CHANGE,
             None,
-            now_ms(),
+            now_ms,
         )?),
         EntryType::EntryNormal => Ok(e.data.clone()),
         kind => {
@@ -313,7 +317,7 @@ fn entry_to_batch(e: &Entry) -> Result<Bytes, ReplicationError> {
             Ok(batch::build_raft_control_batch(
                 control_type::KRAFT_VOTERS,
                 Some(value.freeze()),
-                now_ms(),
+                now_ms,
             )?)
         }
     }
@@ -352,13 +356,6 @@ fn control_value(data: &[u8]) -> Option<Bytes> {
     let body = batch::records_body(data, &header, 1 << 20).ok()?;
     let records = batch::parse_records(&body, header.records_count).ok()?;
     records.first()?.value.map(Bytes::copy_from_slice)
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl raft::Storage for RaftLog {

@@ -1,0 +1,746 @@
+//! Deterministic simulation of whole Runnel clusters in one thread: 3 or 5 brokers, each a
+//! [`Driver`] over its own data directory, every partition group (and the metadata group)
+//! with all brokers as voters, a seeded network that drops, delays, reorders and duplicates
+//! batches and cuts links (partitions, a whole AZ isolated), brokers crashing (their driver
+//! dropped, reopened from disk) and a driven clock.
+//!
+//! Checked after every step: committed entries never change (cluster-wide and on each broker's
+//! disk), at most one leader per term, every acknowledged write committed (and, every few
+//! steps, present in the logs of a majority), high watermark = end of the committed entry.
+//! After healing, every broker must converge on one log with a leader.
+//!
+//! Replay one seed: `RUNNEL_SEED=<seed> cargo test -p runnel-replication --test cluster_sim`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use runnel_replication::proto::{self, metadata_record::Record};
+use runnel_replication::transport::sim::{Faults, SimNetwork, SimRng};
+use runnel_replication::{
+    Driver, GroupId, MetadataRecord, ProduceAck, ReplicationConfig, ReplicationError,
+};
+use runnel_storage::batch::{self, BatchHeader, BatchOptions, NewRecord};
+use runnel_storage::ManualClock;
+use tokio::sync::oneshot::{self, error::TryRecvError};
+
+const TOPIC: &str = "orders";
+const TICK_MS: i64 = 100;
+
+/// An entry as every replica must hold it: Raft term and, for data, the stored batch bytes
+/// (offsets included, so replicas also agree on Kafka offsets). Raft's own entries are
+/// control batches whose timestamps are local, so only their kind is compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Digest {
+    term: i32,
+    data: Option<Bytes>,
+}
+
+fn digest(epoch: i32, data: &Bytes) -> Digest {
+    let control = BatchHeader::parse(data).map_or(true, |h| h.is_control());
+    Digest {
+        term: epoch,
+        data: (!control).then(|| data.clone()),
+    }
+}
+
+enum Answer {
+    Produce(oneshot::Receiver<Result<ProduceAck, ReplicationError>>),
+    Metadata(oneshot::Receiver<Result<(), ReplicationError>>),
+}
+
+struct Proposal {
+    group: GroupId,
+    payload: Vec<u8>,
+    answer: Answer,
+}
+
+struct Node {
+    broker: i32,
+    dir: PathBuf,
+    driver: Option<Driver>,
+    down_until: u64,
+    /// Highest index of each group this broker has been seen to have committed: its log must
+    /// hold these entries unchanged forever.
+    committed: HashMap<GroupId, u64>,
+}
+
+struct Sim {
+    seed: u64,
+    step: u64,
+    rng: SimRng,
+    net: SimNetwork,
+    faults: Faults,
+    clock: ManualClock,
+    _tmp: tempfile::TempDir,
+    nodes: Vec<Node>,
+    groups: Vec<GroupId>,
+    proposals: Vec<Proposal>,
+    next_payload: u64,
+    /// Acknowledged writes: (group, payload).
+    acked: Vec<(GroupId, Vec<u8>)>,
+    /// Every committed entry any broker has shown, by group and index.
+    history: HashMap<GroupId, BTreeMap<u64, Digest>>,
+    /// The payloads of `history`.
+    committed_payloads: HashSet<(GroupId, Vec<u8>)>,
+    leaders: HashMap<(GroupId, u64), u64>,
+    crashes: u64,
+}
+
+const PAYLOAD_LEN: usize = 11;
+
+/// The payloads (`<w########>`) written in a stored batch.
+fn payloads_in(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + PAYLOAD_LEN <= data.len() {
+        if data[at] == b'<' && data[at + 1] == b'w' && data[at + PAYLOAD_LEN - 1] == b'>' {
+            out.push(data[at..at + PAYLOAD_LEN].to_vec());
+            at += PAYLOAD_LEN;
+        } else {
+            at += 1;
+        }
+    }
+    out
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let mut rng = SimRng::new(seed);
+        let n = if seed % 5 == 0 { 5 } else { 3 };
+        let faults = Faults {
+            drop: [0.0, 0.02, 0.1, 0.25][rng.below(4) as usize],
+            duplicate: [0.0, 0.05, 0.2][rng.below(3) as usize],
+            max_delay: rng.below(4),
+        };
+        // fsyncs (hard state, truncation) cost nothing on tmpfs.
+        let shm = std::path::Path::new("/dev/shm");
+        let tmp = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("temp dir");
+        let nodes = (0..n)
+            .map(|broker| Node {
+                broker,
+                dir: tmp.path().join(format!("broker-{broker}")),
+                driver: None,
+                down_until: 0,
+                committed: HashMap::new(),
+            })
+            .collect();
+        let mut sim = Sim {
+            seed,
+            step: 0,
+            net: SimNetwork::new(rng.next_u64(), Faults::NONE),
+            rng,
+            faults,
+            clock: ManualClock::new(1_700_000_000_000),
+            _tmp: tmp,
+            nodes,
+            groups: vec![GroupId::Metadata],
+            proposals: Vec::new(),
+            next_payload: 0,
+            acked: Vec::new(),
+            history: HashMap::new(),
+            committed_payloads: HashSet::new(),
+            leaders: HashMap::new(),
+            crashes: 0,
+        };
+        for i in 0..sim.nodes.len() {
+            sim.start_node(i);
+        }
+        sim
+    }
+
+    fn fail(&self, what: impl std::fmt::Display) -> ! {
+        panic!(
+            "cluster simulation failed: seed {} step {}: {what}\n  replay: RUNNEL_SEED={} cargo test -p runnel-replication --test cluster_sim",
+            self.seed, self.step, self.seed
+        )
+    }
+
+    fn raft_ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.broker as u64 + 1).collect()
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let mut config = ReplicationConfig::new(node.broker, node.dir.clone());
+        // A process crash keeps the page cache: fsync only costs time here.
+        config.fsync = false;
+        config.metadata_voters = (0..self.nodes.len() as i32).collect();
+        config.randomized_election_timeout = false;
+        config.checkpoint_interval = Duration::from_secs(3);
+        let transport = Box::new(self.net.transport(node.broker as u64 + 1));
+        match Driver::open(config, Arc::new(self.clock.clone()), transport) {
+            Ok(d) => self.nodes[i].driver = Some(d),
+            Err(e) => self.fail(format!("broker {i} does not reopen: {e}")),
+        }
+        self.verify_disk(i);
+    }
+
+    fn crash(&mut self, i: usize) {
+        let down = 5 + self.rng.below(40);
+        self.crashes += 1;
+        self.nodes[i].driver = None;
+        self.nodes[i].down_until = self.step + down;
+        self.net.drop_to(self.nodes[i].broker as u64 + 1);
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].driver.is_some())
+            .collect()
+    }
+
+    fn payload(&mut self) -> Vec<u8> {
+        self.next_payload += 1;
+        format!("<w{:08}>", self.next_payload).into_bytes()
+    }
+
+    /// Proposes a new write to `group` on broker `i` (which may well not lead it).
+    fn propose(&mut self, i: usize, group: GroupId) {
+        let payload = self.payload();
+        let now = self.clock_now();
+        let Some(driver) = self.nodes[i].driver.as_mut() else {
+            return;
+        };
+        let answer = match &group {
+            GroupId::Metadata => Answer::Metadata(driver.propose_metadata(MetadataRecord {
+                record: Some(Record::RegisterBroker(proto::RegisterBroker {
+                    node_id: 100,
+                    host: String::from_utf8_lossy(&payload).into_owned(),
+                    port: 9092,
+                    rack: None,
+                })),
+            })),
+            GroupId::Partition { topic, partition } => {
+                let record = NewRecord {
+                    timestamp: now,
+                    key: None,
+                    value: Some(Bytes::from(payload.clone())),
+                    headers: Vec::new(),
+                };
+                let data = batch::build_batch(&[record], &BatchOptions::default())
+                    .expect("a batch builds");
+                Answer::Produce(driver.produce(topic, *partition, vec![data], -1))
+            }
+        };
+        self.proposals.push(Proposal {
+            group,
+            payload,
+            answer,
+        });
+    }
+
+    fn clock_now(&self) -> i64 {
+        use runnel_storage::Clock;
+        self.clock.now_ms()
+    }
+
+    /// The broker `i` believes leads `group`, if it is one.
+    fn leader_of(&self, group: &GroupId) -> Vec<usize> {
+        self.live()
+            .into_iter()
+            .filter(|&i| {
+                self.nodes[i]
+                    .driver
+                    .as_ref()
+                    .and_then(|d| d.group_state(group))
+                    .is_some_and(|s| s.is_leader)
+            })
+            .collect()
+    }
+
+    /// One step of the world: faults, deliveries, ticks, proposals, Ready cycles, checks.
+    fn step(&mut self, chaos: bool) {
+        self.step += 1;
+        self.clock.advance(TICK_MS);
+        let ids = self.raft_ids();
+        let n = self.nodes.len();
+        if chaos {
+            if self.rng.chance(0.02) {
+                let mut order: Vec<u64> = ids.clone();
+                for k in (1..order.len()).rev() {
+                    order.swap(k, self.rng.below(k as u64 + 1) as usize);
+                }
+                let cut = 1 + self.rng.below(n as u64 - 1) as usize;
+                let (a, b) = order.split_at(cut);
+                self.net.partition(&[a.to_vec(), b.to_vec()]);
+            }
+            if self.rng.chance(0.02) {
+                let node = ids[self.rng.below(n as u64) as usize];
+                self.net.isolate(node, &ids);
+            }
+            if self.rng.chance(0.04) {
+                self.net.heal();
+            }
+            if self.rng.chance(0.015) {
+                let live = self.live();
+                if !live.is_empty() {
+                    let i = live[self.rng.below(live.len() as u64) as usize];
+                    self.crash(i);
+                }
+            }
+        }
+        for i in 0..n {
+            if self.nodes[i].driver.is_none() && self.step >= self.nodes[i].down_until {
+                self.start_node(i);
+            }
+        }
+        for d in self.net.step() {
+            let Some(i) = self.nodes.iter().position(|n| n.broker as u64 + 1 == d.to) else {
+                continue;
+            };
+            if let Some(driver) = self.nodes[i].driver.as_mut() {
+                driver.step_raft(d.from, d.envelopes);
+            }
+        }
+        for i in 0..n {
+            let tick = self.rng.chance(0.8);
+            if let Some(driver) = self.nodes[i].driver.as_mut() {
+                if tick {
+                    driver.tick();
+                }
+            }
+        }
+        if chaos && self.groups.len() > 1 && self.rng.chance(0.6) {
+            let group = self.groups[self.rng.below(self.groups.len() as u64) as usize].clone();
+            let leaders = self.leader_of(&group);
+            let live = self.live();
+            let target = if !leaders.is_empty() && self.rng.chance(0.85) {
+                Some(leaders[self.rng.below(leaders.len() as u64) as usize])
+            } else if !live.is_empty() {
+                Some(live[self.rng.below(live.len() as u64) as usize])
+            } else {
+                None
+            };
+            if let Some(i) = target {
+                self.propose(i, group);
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(driver) = node.driver.as_mut() {
+                driver.process_ready();
+                driver.run_timers();
+            }
+        }
+        self.collect_answers();
+        self.check();
+    }
+
+    fn collect_answers(&mut self) {
+        let mut still = Vec::new();
+        for mut p in std::mem::take(&mut self.proposals) {
+            let done = match &mut p.answer {
+                Answer::Produce(rx) => match rx.try_recv() {
+                    Ok(Ok(_)) => Some(true),
+                    Ok(Err(_)) | Err(TryRecvError::Closed) => Some(false),
+                    Err(TryRecvError::Empty) => None,
+                },
+                Answer::Metadata(rx) => match rx.try_recv() {
+                    Ok(Ok(())) => Some(true),
+                    Ok(Err(_)) | Err(TryRecvError::Closed) => Some(false),
+                    Err(TryRecvError::Empty) => None,
+                },
+            };
+            match done {
+                Some(true) => self.acked.push((p.group, p.payload)),
+                Some(false) => {}
+                None => still.push(p),
+            }
+        }
+        self.proposals = still;
+    }
+
+    /// Invariants after a step.
+    fn check(&mut self) {
+        let mut seen = Vec::new();
+        for i in self.live() {
+            let driver = self.nodes[i].driver.as_ref().expect("live");
+            for group in driver.groups() {
+                if let (Some(state), Some(replica)) =
+                    (driver.group_state(&group), driver.replica(&group))
+                {
+                    seen.push((i, driver.raft_id(), group, state, replica));
+                }
+            }
+        }
+        for (i, me, group, state, replica) in seen {
+            if state.is_leader {
+                let other = *self
+                    .leaders
+                    .entry((group.clone(), state.term))
+                    .or_insert(me);
+                if other != me {
+                    self.fail(format!(
+                        "{group}: two leaders in term {}: {other} and {me}",
+                        state.term
+                    ));
+                }
+            }
+            let log = replica.log();
+            let last = log.next_entry_index().saturating_sub(1);
+            let commit = state.commit.min(last);
+            let known = self.nodes[i].committed.get(&group).copied().unwrap_or(0);
+            if known > last {
+                self.fail(format!(
+                    "{group} on broker {i}: committed entry {known} lost (log ends at {last})"
+                ));
+            }
+            if commit > known {
+                let entries = log
+                    .entries(known + 1, commit + 1, usize::MAX)
+                    .unwrap_or_else(|e| self.fail(format!("{group} on broker {i}: {e}")));
+                for e in entries {
+                    let d = digest(e.epoch, &e.data);
+                    let before = self.history.get(&group).and_then(|h| h.get(&e.index));
+                    match before {
+                        Some(h) if *h != d => self.fail(format!(
+                            "{group}: committed entry {} differs on broker {i}: {d:?} vs {h:?}",
+                            e.index
+                        )),
+                        Some(_) => {}
+                        None => {
+                            for p in payloads_in(&e.data) {
+                                self.committed_payloads.insert((group.clone(), p));
+                            }
+                            self.history
+                                .entry(group.clone())
+                                .or_default()
+                                .insert(e.index, d);
+                        }
+                    }
+                }
+                self.nodes[i].committed.insert(group.clone(), commit);
+            }
+            // The high watermark is the end of the committed entry.
+            let hw = replica.high_watermark();
+            if hw > log.log_end_offset() {
+                self.fail(format!(
+                    "{group} on broker {i}: high watermark {hw} past the log end {}",
+                    log.log_end_offset()
+                ));
+            }
+            if commit >= log.first_entry_index() && commit > 0 && commit == state.commit {
+                let entry = log
+                    .entries(commit, commit + 1, usize::MAX)
+                    .unwrap_or_else(|e| self.fail(format!("{group} on broker {i}: {e}")));
+                let end = entry
+                    .first()
+                    .and_then(|e| BatchHeader::parse(&e.data).ok())
+                    .map_or(0, |h| h.next_offset().max(0) as u64);
+                if hw != end {
+                    self.fail(format!(
+                        "{group} on broker {i}: high watermark {hw}, but committed entry {commit} ends at {end}"
+                    ));
+                }
+            }
+        }
+        // Every acknowledged write is committed.
+        for (group, payload) in &self.acked {
+            if !self
+                .committed_payloads
+                .contains(&(group.clone(), payload.clone()))
+            {
+                self.fail(format!(
+                    "{group}: acknowledged write {} is not committed",
+                    String::from_utf8_lossy(payload)
+                ));
+            }
+        }
+        if self.step % 25 == 0 {
+            for i in 0..self.nodes.len() {
+                self.verify_disk(i);
+            }
+            self.check_majorities();
+        }
+    }
+
+    /// What broker `i`'s disk holds of the entries it was seen to commit is unchanged.
+    fn verify_disk(&self, i: usize) {
+        let Some(driver) = self.nodes[i].driver.as_ref() else {
+            return;
+        };
+        for (group, &known) in &self.nodes[i].committed {
+            let Some(replica) = driver.replica(group) else {
+                // Not reopened yet: the metadata that places it here is not re-committed.
+                continue;
+            };
+            let log = replica.log();
+            let first = log.first_entry_index();
+            if known + 1 > log.next_entry_index() {
+                self.fail(format!("{group} on broker {i}: committed entry {known} lost after restart (log ends at {})", log.next_entry_index()));
+            }
+            if known < first {
+                continue;
+            }
+            let entries = log
+                .entries(first, known + 1, usize::MAX)
+                .unwrap_or_else(|e| self.fail(format!("{group} on broker {i}: {e}")));
+            let history = self.history.get(group);
+            for e in entries {
+                let d = digest(e.epoch, &e.data);
+                if history.and_then(|h| h.get(&e.index)) != Some(&d) {
+                    self.fail(format!(
+                        "{group} on broker {i}: committed entry {} changed on disk",
+                        e.index
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Every acknowledged write is in the logs (on disk) of a majority of brokers.
+    fn check_majorities(&self) {
+        let mut payloads: HashMap<(usize, GroupId), HashSet<Vec<u8>>> = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            // A crashed broker's disk counts too: read it back through a fresh driver only
+            // when it is up; when down, what it acknowledged is re-checked once it is back.
+            let Some(driver) = node.driver.as_ref() else {
+                continue;
+            };
+            for group in driver.groups() {
+                let Some(replica) = driver.replica(&group) else {
+                    continue;
+                };
+                let log = replica.log();
+                let entries = log
+                    .entries(log.first_entry_index(), log.next_entry_index(), usize::MAX)
+                    .unwrap_or_else(|e| self.fail(format!("{group} on broker {i}: {e}")));
+                payloads.insert(
+                    (i, group),
+                    entries.iter().flat_map(|e| payloads_in(&e.data)).collect(),
+                );
+            }
+        }
+        let live = self.live().len();
+        let majority = self.nodes.len() / 2 + 1;
+        let down = self.nodes.len() - live;
+        for (group, payload) in &self.acked {
+            let holders = (0..self.nodes.len())
+                .filter(|&i| {
+                    payloads
+                        .get(&(i, group.clone()))
+                        .is_some_and(|v| v.contains(payload))
+                })
+                .count();
+            // Brokers down (or not yet hosting the group again) may be among the holders.
+            let unknown = down
+                + (0..self.nodes.len())
+                    .filter(|&i| {
+                        self.nodes[i].driver.is_some()
+                            && !payloads.contains_key(&(i, group.clone()))
+                    })
+                    .count();
+            if holders + unknown < majority {
+                self.fail(format!(
+                    "{group}: acknowledged write {} is on {holders} of {} brokers",
+                    String::from_utf8_lossy(payload),
+                    self.nodes.len()
+                ));
+            }
+        }
+    }
+
+    /// Faults off until the metadata group has a leader and the topic exists everywhere.
+    fn bootstrap(&mut self, partitions: usize) {
+        let n = self.nodes.len() as i32;
+        let mut proposed = false;
+        for _ in 0..600 {
+            self.step(false);
+            if !proposed {
+                if let Some(&i) = self.leader_of(&GroupId::Metadata).first() {
+                    let mut id = [0u8; 16];
+                    id[..8].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+                    id[8..].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+                    let record = MetadataRecord {
+                        record: Some(Record::CreateTopic(proto::CreateTopic {
+                            name: TOPIC.into(),
+                            topic_id: id.to_vec(),
+                            partitions: (0..partitions as i32)
+                                .map(|p| proto::PartitionAssignment {
+                                    replicas: (0..n).map(|r| (r + p) % n).collect(),
+                                })
+                                .collect(),
+                            configs: Vec::new(),
+                        })),
+                    };
+                    let driver = self.nodes[i].driver.as_mut().expect("leader is live");
+                    drop(driver.propose_metadata(record));
+                    proposed = true;
+                }
+            }
+            let hosted = self.nodes.iter().all(|node| {
+                node.driver
+                    .as_ref()
+                    .is_some_and(|d| d.groups().len() == partitions + 1)
+            });
+            if hosted {
+                self.groups = self.nodes[0].driver.as_ref().expect("up").groups();
+                self.net.faults = self.faults;
+                return;
+            }
+        }
+        self.fail("the cluster did not bootstrap without faults");
+    }
+
+    /// Heals everything and runs until every broker holds the same log, with one leader per
+    /// group, every acknowledged write on every broker.
+    fn converge(&mut self) {
+        self.net.heal();
+        self.net.faults = Faults::NONE;
+        for node in &mut self.nodes {
+            node.down_until = 0;
+        }
+        for _ in 0..3000 {
+            // Uneven ticks still: in lockstep, equal election timeouts split every vote.
+            self.step(false);
+            if self.converged() {
+                for i in 0..self.nodes.len() {
+                    self.verify_disk(i);
+                }
+                for (group, payload) in &self.acked {
+                    for (i, node) in self.nodes.iter().enumerate() {
+                        let replica = node
+                            .driver
+                            .as_ref()
+                            .and_then(|d| d.replica(group))
+                            .unwrap_or_else(|| self.fail(format!("{group} gone on broker {i}")));
+                        let log = replica.log();
+                        let entries = log
+                            .entries(log.first_entry_index(), log.next_entry_index(), usize::MAX)
+                            .unwrap_or_else(|e| self.fail(format!("{group} on broker {i}: {e}")));
+                        if !entries
+                            .iter()
+                            .any(|e| payloads_in(&e.data).contains(payload))
+                        {
+                            self.fail(format!(
+                                "{group}: acknowledged write {} missing on broker {i} after healing",
+                                String::from_utf8_lossy(payload)
+                            ));
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| match &node.driver {
+                None => "down".to_string(),
+                Some(d) => format!(
+                    "{:?}",
+                    d.groups()
+                        .iter()
+                        .map(|g| (g.to_string(), d.group_state(g)))
+                        .collect::<Vec<_>>()
+                ),
+            })
+            .collect();
+        self.fail(format!(
+            "no convergence after healing: {}",
+            states.join("\n  ")
+        ));
+    }
+
+    fn converged(&self) -> bool {
+        self.groups.iter().all(|group| {
+            let states: Vec<_> = self
+                .nodes
+                .iter()
+                .map(|n| n.driver.as_ref().and_then(|d| d.group_state(group)))
+                .collect();
+            let Some(Some(first)) = states.first().copied() else {
+                return false;
+            };
+            first.leader != 0
+                && first.commit == first.last_index
+                && states.iter().all(|s| {
+                    s.is_some_and(|s| {
+                        s.leader == first.leader
+                            && s.term == first.term
+                            && s.commit == first.commit
+                            && s.last_index == first.last_index
+                    })
+                })
+        })
+    }
+}
+
+fn run_seed(seed: u64, steps: u64) -> Stats {
+    let outcome = std::panic::catch_unwind(|| {
+        let mut sim = Sim::new(seed);
+        sim.bootstrap(2);
+        for _ in 0..steps {
+            sim.step(true);
+        }
+        sim.converge();
+        Stats {
+            proposed: sim.next_payload,
+            acked: sim.acked.len() as u64,
+            terms: sim.leaders.len() as u64,
+            crashes: sim.crashes,
+        }
+    });
+    match outcome {
+        Ok(stats) => stats,
+        Err(e) => {
+            eprintln!("cluster simulation: seed {seed} failed; replay with RUNNEL_SEED={seed}");
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    proposed: u64,
+    acked: u64,
+    /// Distinct (group, term) leaderships.
+    terms: u64,
+    crashes: u64,
+}
+
+fn run_seeds(default_seeds: u64, steps: u64) {
+    if let Some(seed) = std::env::var("RUNNEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        let stats = run_seed(seed, steps);
+        eprintln!("cluster simulation: seed {seed}: {stats:?}");
+        return;
+    }
+    let seeds = std::env::var("RUNNEL_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_seeds);
+    let started = Instant::now();
+    let mut total = Stats::default();
+    for seed in 0..seeds {
+        let s = run_seed(seed, steps);
+        total.proposed += s.proposed;
+        total.acked += s.acked;
+        total.terms += s.terms;
+        total.crashes += s.crashes;
+    }
+    eprintln!(
+        "cluster simulation: {seeds} seeds x {steps} steps in {:?}: {total:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn simulated_clusters_keep_committed_writes() {
+    run_seeds(100, 300);
+}
+
+#[test]
+#[ignore = "soak: thousands of seeds, minutes"]
+fn simulated_clusters_soak() {
+    run_seeds(5000, 600);
+}
