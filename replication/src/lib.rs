@@ -16,6 +16,7 @@ pub mod placement;
 mod probe;
 pub mod proto;
 pub mod raft_log;
+pub mod tcp;
 pub mod topic_config;
 pub mod transport;
 
