@@ -100,6 +100,10 @@ struct Group {
     markers_in_flight: HashMap<i64, (i16, u64)>,
     /// Proposals waiting for persistence or commit, by the index of their last entry.
     pending: BTreeMap<u64, Pending>,
+    /// Metadata proposals this follower forwarded to the leader (raft-rs forwards them), by
+    /// the token in their record key: answered when they are applied here, or failed at the
+    /// deadline (clock ms) so the caller retries.
+    forwarded: HashMap<u64, (Reply<()>, i64)>,
     was_leader: bool,
 }
 
@@ -141,6 +145,8 @@ pub struct Driver {
     next_retention_ms: i64,
     next_checkpoint_ms: i64,
     next_metrics_ms: i64,
+    /// Tokens of forwarded metadata proposals.
+    next_token: u64,
 }
 
 impl fmt::Debug for Driver {
@@ -268,6 +274,7 @@ fn new_group(
         in_flight: HashMap::new(),
         markers_in_flight: HashMap::new(),
         pending: BTreeMap::new(),
+        forwarded: HashMap::new(),
         was_leader: false,
     })
 }
@@ -294,6 +301,23 @@ fn replay_metadata(
         index = entries.last().map_or(commit + 1, |e| e.index + 1);
     }
     Ok(())
+}
+
+/// How long a follower waits for a forwarded metadata proposal to come back applied.
+const FORWARD_TIMEOUT_MS: i64 = 5_000;
+
+/// The (proposer Raft id, token) a follower put in the key of a metadata record it forwarded.
+fn proposal_token(data: &[u8]) -> Option<(u64, u64)> {
+    let h = BatchHeader::parse(data).ok()?;
+    if h.is_control() {
+        return None;
+    }
+    let body = batch::records_body(data, &h, 64 * 1024 * 1024).ok()?;
+    let records = batch::parse_records(&body, h.records_count).ok()?;
+    let key = records.first()?.key?;
+    let proposer = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let token = u64::from_be_bytes(key.get(8..16)?.try_into().ok()?);
+    Some((proposer, token))
 }
 
 /// The metadata records in a stored metadata batch (none for control batches).
@@ -381,6 +405,7 @@ impl Driver {
             next_retention_ms: now + duration_ms(config.retention_check_interval),
             next_checkpoint_ms: now + duration_ms(config.checkpoint_interval),
             next_metrics_ms: now,
+            next_token: 0,
             config,
             raft_id,
             shared,
@@ -516,6 +541,19 @@ impl Driver {
     /// Retention, checkpoints and metrics, each when its interval (by the clock) has passed.
     pub fn run_timers(&mut self) {
         let now = self.clock.now_ms();
+        // Forwarded proposals lost with a leader change fail, so their callers retry.
+        let expired: Vec<u64> = self
+            .metadata
+            .forwarded
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in expired {
+            if let Some((reply, _)) = self.metadata.forwarded.remove(&t) {
+                let _ = reply.send(Err(ReplicationError::NotLeaderOrFollower));
+            }
+        }
         if due(
             &mut self.next_retention_ms,
             now,
@@ -747,9 +785,23 @@ impl Driver {
             }
             Command::Metadata { record, reply } => {
                 let value = Bytes::from(record.encode_to_vec());
+                let group = &mut self.metadata;
+                let leads = group.node.raft.state == StateRole::Leader;
+                // A follower's proposal travels to the leader inside raft-rs; its record key
+                // (this broker's Raft id and a token) lets it recognise its record on apply.
+                let token = (!leads).then(|| {
+                    self.next_token += 1;
+                    self.next_token
+                });
+                let key = token.map(|t| {
+                    let mut k = Vec::with_capacity(16);
+                    k.extend_from_slice(&self.raft_id.to_be_bytes());
+                    k.extend_from_slice(&t.to_be_bytes());
+                    Bytes::from(k)
+                });
                 let rec = NewRecord {
                     timestamp: self.clock.now_ms(),
-                    key: None,
+                    key,
                     value: Some(value),
                     headers: Vec::new(),
                 };
@@ -760,9 +812,20 @@ impl Driver {
                         return true;
                     }
                 };
-                let group = &mut self.metadata;
-                if group.node.raft.state != StateRole::Leader {
-                    let _ = reply.send(Err(ReplicationError::NotLeaderOrFollower));
+                if let Some(token) = token {
+                    if group.node.raft.leader_id == raft::INVALID_ID {
+                        let _ = reply.send(Err(ReplicationError::NotLeaderOrFollower));
+                        return true;
+                    }
+                    match group.node.propose(Vec::new(), data.to_vec()) {
+                        Ok(()) => {
+                            let deadline = self.clock.now_ms() + FORWARD_TIMEOUT_MS;
+                            group.forwarded.insert(token, (reply, deadline));
+                        }
+                        Err(_) => {
+                            let _ = reply.send(Err(ReplicationError::NotLeaderOrFollower));
+                        }
+                    }
                     return true;
                 }
                 match group.node.propose(Vec::new(), data.to_vec()) {
@@ -1206,6 +1269,13 @@ fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 for record in metadata_records(&e.data) {
                     effects.push(Effect::Apply(metadata.apply(&record)));
+                }
+                if let Some((proposer, token)) = proposal_token(&e.data) {
+                    if proposer == g.node.raft.id {
+                        if let Some((reply, _)) = g.forwarded.remove(&token) {
+                            effects.push(Effect::Reply(reply));
+                        }
+                    }
                 }
             }
             metadata.applied_index = e.index;

@@ -1,5 +1,6 @@
 //! Three brokers' replication layers in one process, talking Raft over real TCP connections
-//! on loopback: the metadata group elects a leader among three voters, a topic whose
+//! on loopback: the metadata group elects a leader among three voters, followers' metadata
+//! proposals are forwarded to it, a topic whose
 //! partition has three replicas is created through it, acknowledged writes reach every
 //! replica, a stopped follower does not stop writes, and it catches up when it restarts.
 
@@ -171,6 +172,39 @@ fn three_brokers_replicate_over_tcp_and_a_restarted_follower_catches_up() {
             })),
         },
     );
+    // Every broker registers itself through its own replication layer: followers' proposals
+    // travel to the metadata leader and are answered once applied locally.
+    let rt = runtime();
+    for n in nodes.values() {
+        let id = n.replication.node_id();
+        let register = MetadataRecord {
+            record: Some(Record::RegisterBroker(proto::RegisterBroker {
+                node_id: id,
+                host: "127.0.0.1".into(),
+                port: 9000 + id,
+                rack: Some(format!("az-{id}")),
+            })),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match rt.block_on(n.replication.propose_metadata(register.clone())) {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "node {id} cannot register: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        assert!(
+            n.replication.metadata().brokers.contains_key(&id),
+            "node {id}'s registration is applied when its proposal returns"
+        );
+    }
+    wait_for("every broker to know all three", || {
+        nodes
+            .values()
+            .all(|n| n.replication.metadata().brokers.len() == 3)
+    });
     wait_for("every broker to open its replica", || {
         nodes
             .values()
