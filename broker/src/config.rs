@@ -36,6 +36,12 @@ pub struct BrokerConfig {
     pub txn: crate::txn::TxnConfig,
     /// `producer.id.expiration.ms`.
     pub producer_id_expiration_ms: i64,
+    /// `controller.quorum.voters`: the brokers (id and Raft address) of the cluster metadata
+    /// group. Empty: this broker alone.
+    pub controller_voters: Vec<(i32, SocketAddr)>,
+    /// Where this broker listens for other brokers' Raft traffic (its own entry of
+    /// `controller_voters` by default).
+    pub raft_listen: Option<SocketAddr>,
 }
 
 impl BrokerConfig {
@@ -57,6 +63,8 @@ impl BrokerConfig {
             group: crate::group::GroupConfig::default(),
             txn: crate::txn::TxnConfig::default(),
             producer_id_expiration_ms: 86_400_000,
+            controller_voters: Vec::new(),
+            raft_listen: None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod txn;
 use std::sync::Arc;
 
 use runnel_replication::proto::{metadata_record::Record, RegisterBroker};
+use runnel_replication::tcp;
 use runnel_replication::{MetadataRecord, Replication, ReplicationConfig, ReplicationError};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -48,6 +49,63 @@ pub struct Broker {
     /// The transaction coordinator for the `__transaction_state` partitions it leads.
     pub txns: txn::TransactionCoordinator,
     fetch_sessions: fetch_session::FetchSessionCache,
+    /// Raft traffic to and from other brokers (clustered brokers only).
+    pub raft_stats: Option<Arc<tcp::TcpStats>>,
+    _raft_listener: Option<tcp::TcpListenerHandle>,
+}
+
+/// The listener for other brokers' Raft traffic, and its counters.
+type RaftListener = (tcp::TcpListenerHandle, Arc<tcp::TcpStats>);
+
+/// Replication of a broker in a cluster: Raft over TCP to the controller voters, which (for
+/// now) are every broker of the cluster.
+fn start_clustered(
+    config: &BrokerConfig,
+    mut rc: ReplicationConfig,
+) -> Result<(Replication, Option<RaftListener>), BrokerError> {
+    let raft_id = |node: i32| node as u64 + 1;
+    rc.metadata_voters = config.controller_voters.iter().map(|(id, _)| *id).collect();
+    let listen = config
+        .raft_listen
+        .or_else(|| {
+            config
+                .controller_voters
+                .iter()
+                .find(|(id, _)| *id == config.node_id)
+                .map(|(_, a)| *a)
+        })
+        .ok_or_else(|| {
+            BrokerError::Config(format!(
+                "broker {} is not among the controller voters: give it --raft-listen",
+                config.node_id
+            ))
+        })?;
+    let stats = Arc::new(tcp::TcpStats::default());
+    let inbox: Arc<std::sync::OnceLock<runnel_replication::RaftInbox>> =
+        Arc::new(std::sync::OnceLock::new());
+    let deliver = {
+        let inbox = inbox.clone();
+        move |from: u64, envelopes| {
+            if let Some(i) = inbox.get() {
+                i.deliver(from, envelopes);
+            }
+        }
+    };
+    let listener = tcp::listen(listen, stats.clone(), deliver).map_err(|source| {
+        BrokerError::Config(format!(
+            "cannot listen for Raft traffic on {listen}: {source} (is another broker using it? pick --raft-listen)"
+        ))
+    })?;
+    let peers = config
+        .controller_voters
+        .iter()
+        .map(|(id, addr)| (raft_id(*id), *addr))
+        .collect();
+    let transport = tcp::TcpTransport::new(raft_id(config.node_id), peers, stats.clone());
+    let replication = Replication::start_with_transport(rc, Box::new(transport))?;
+    let _ = inbox.set(replication.raft_inbox());
+    tracing::info!(%listen, voters = config.controller_voters.len(), "raft listening for other brokers");
+    Ok((replication, Some((listener, stats))))
 }
 
 /// `meta.properties`, as Kafka writes it: the cluster id and node id this data dir belongs to.
@@ -83,7 +141,24 @@ fn load_or_create_meta(config: &BrokerConfig) -> Result<String, BrokerError> {
             return Ok(id);
         }
     }
-    let cluster_id = base64_url(uuid::Uuid::new_v4().as_bytes());
+    // Brokers of one cluster must report one cluster id: derive it from the controller
+    // voters when there are some.
+    let cluster_id = if config.controller_voters.is_empty() {
+        base64_url(uuid::Uuid::new_v4().as_bytes())
+    } else {
+        let spec: String = config
+            .controller_voters
+            .iter()
+            .map(|(id, a)| format!("{id}@{a},"))
+            .collect();
+        let a = crc32c::crc32c(spec.as_bytes());
+        let b = crc32c::crc32c_append(a, spec.as_bytes());
+        let c = crc32c::crc32c_append(b, b"runnel");
+        let d = crc32c::crc32c_append(c, spec.as_bytes());
+        let hi = (u64::from(a) << 32) | u64::from(b);
+        let lo = (u64::from(c) << 32) | u64::from(d);
+        base64_url(uuid::Uuid::from_u64_pair(hi, lo).as_bytes())
+    };
     let text = format!(
         "version=1\ncluster.id={cluster_id}\nnode.id={}\n",
         config.node_id
@@ -121,7 +196,11 @@ impl Broker {
         rc.producer_id_expiration_ms = config.producer_id_expiration_ms;
         rc.retention_check_interval =
             std::time::Duration::from_millis(config.retention_check_interval_ms.max(10));
-        let replication = Replication::start(rc)?;
+        let (replication, raft_listener) = if config.controller_voters.is_empty() {
+            (Replication::start(rc)?, None)
+        } else {
+            start_clustered(&config, rc)?
+        };
         Ok(Broker {
             groups: group::GroupCoordinator::new(config.group.clone()),
             txns: txn::TransactionCoordinator::new(config.txn.clone()),
@@ -129,6 +208,8 @@ impl Broker {
             replication,
             cluster_id,
             fetch_sessions: fetch_session::FetchSessionCache::default(),
+            raft_stats: raft_listener.as_ref().map(|(_, stats)| stats.clone()),
+            _raft_listener: raft_listener.map(|(l, _)| l),
         })
     }
 
@@ -157,8 +238,9 @@ impl Broker {
                 };
                 match self.replication.propose_metadata(record).await {
                     Ok(()) => break,
-                    // The metadata group elects itself within a tick or two of starting.
-                    Err(ReplicationError::NotLeaderOrFollower) if attempts < 100 => {
+                    // A lone broker's metadata group elects itself within a tick or two; a
+                    // cluster's takes an election timeout once enough voters are up.
+                    Err(ReplicationError::NotLeaderOrFollower) if attempts < 3000 => {
                         attempts += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }

@@ -60,6 +60,14 @@ pub(crate) struct ServeArgs {
     /// (`transaction.abort.timed.out.transaction.cleanup.interval.ms`, default 10000).
     #[arg(long, env = "RUNNEL_TRANSACTION_ABORT_INTERVAL_MS")]
     transaction_abort_timed_out_transaction_cleanup_interval_ms: Option<u64>,
+    /// The cluster's brokers as `id@host:port,...` (Kafka's `controller.quorum.voters`), their
+    /// addresses being where each listens for Raft traffic. Absent: a single broker.
+    #[arg(long, env = "RUNNEL_CONTROLLER_QUORUM_VOTERS")]
+    controller_quorum_voters: Option<String>,
+    /// Where to listen for other brokers' Raft traffic (default: this broker's address in
+    /// --controller-quorum-voters).
+    #[arg(long, env = "RUNNEL_RAFT_LISTEN")]
+    raft_listen: Option<String>,
 }
 
 /// Reads `name` from the properties as a number, if set.
@@ -188,6 +196,24 @@ fn txn_config(
     Ok(c)
 }
 
+/// `1@host:port,2@host:port,...`.
+fn parse_voters(spec: &str) -> anyhow::Result<Vec<(i32, SocketAddr)>> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('@')
+            .with_context(|| format!("controller voter {part:?}: expected id@host:port"))?;
+        let id: i32 = id
+            .parse()
+            .with_context(|| format!("controller voter {part:?}: the id must be an integer"))?;
+        if out.iter().any(|(other, _)| *other == id) {
+            bail!("controller voter {id} is listed twice");
+        }
+        out.push((id, resolve(addr)?));
+    }
+    Ok(out)
+}
+
 fn read_properties(path: &PathBuf) -> anyhow::Result<HashMap<String, String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -310,6 +336,24 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<(BrokerConfig, Option<Socket
     }
     config.group = group_config(args, &props)?;
     config.txn = txn_config(args, &props)?;
+    if let Some(spec) = args
+        .controller_quorum_voters
+        .clone()
+        .or_else(|| prop("controller.quorum.voters"))
+    {
+        config.controller_voters = parse_voters(&spec)?;
+        if !config
+            .controller_voters
+            .iter()
+            .any(|(id, _)| *id == node_id)
+            && args.raft_listen.is_none()
+        {
+            bail!("node {node_id} is not in --controller-quorum-voters {spec}: every broker is a voter for now");
+        }
+    }
+    if let Some(addr) = &args.raft_listen {
+        config.raft_listen = Some(resolve(addr)?);
+    }
     if let Some(v) = number(&props, "producer.id.expiration.ms")? {
         config.producer_id_expiration_ms = v;
     }

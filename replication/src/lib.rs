@@ -173,6 +173,16 @@ impl Shared {
     }
 }
 
+/// Delivers Raft messages from other brokers to the driver (see [`Replication::raft_inbox`]).
+#[derive(Debug, Clone)]
+pub struct RaftInbox(std::sync::mpsc::Sender<Command>);
+
+impl RaftInbox {
+    pub fn deliver(&self, from: u64, envelopes: Vec<Envelope>) {
+        let _ = self.0.send(Command::Raft { from, envelopes });
+    }
+}
+
 /// The broker's handle on replication.
 #[derive(Debug)]
 pub struct Replication {
@@ -372,6 +382,12 @@ impl Replication {
     /// Hands Raft messages received from broker `from` (a Raft id) to the driver.
     pub fn step_raft(&self, from: u64, envelopes: Vec<Envelope>) -> Result<(), ReplicationError> {
         self.send(Command::Raft { from, envelopes })
+    }
+
+    /// A handle that feeds other brokers' Raft messages to this broker's driver (what the
+    /// TCP listener calls), usable from any thread.
+    pub fn raft_inbox(&self) -> RaftInbox {
+        RaftInbox(self.tx.clone())
     }
 
     fn send(&self, cmd: Command) -> Result<(), ReplicationError> {

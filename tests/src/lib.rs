@@ -37,6 +37,7 @@ pub struct Broker {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    node_id: i32,
     extra_args: Vec<String>,
 }
 
@@ -48,11 +49,17 @@ impl Broker {
 
     /// Like [`Broker::start`], on a port the caller chose.
     pub fn start_at(port: u16, extra_args: &[&str]) -> anyhow::Result<Broker> {
+        Broker::start_node(1, port, extra_args)
+    }
+
+    /// Broker `node_id` of a cluster (its peers in `extra_args`), on `port`.
+    pub fn start_node(node_id: i32, port: u16, extra_args: &[&str]) -> anyhow::Result<Broker> {
         let dir = tempfile::Builder::new().prefix("runnel-e2e").tempdir()?;
         let mut broker = Broker {
             child: None,
             dir,
             port,
+            node_id,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         broker.spawn()?;
@@ -66,11 +73,12 @@ impl Broker {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let listen = format!("127.0.0.1:{}", self.port);
+        let node_id = self.node_id.to_string();
         let child = Command::new(runnel_bin()?)
             .args([
                 "serve",
                 "--node-id",
-                "1",
+                &node_id,
                 "--listen",
                 &listen,
                 "--metrics-listen",
