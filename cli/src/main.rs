@@ -2,6 +2,7 @@
 
 mod client;
 mod consume;
+mod dev;
 mod group;
 mod produce;
 mod serve;
@@ -50,6 +51,8 @@ struct ClientArgs {
 enum Command {
     /// Start a broker (a cluster of one unless peers are given).
     Serve(serve::ServeArgs),
+    /// Start a whole multi-AZ cluster on this machine (`--brokers 3 --azs 3`).
+    Dev(dev::DevArgs),
     /// Create, list, describe, delete topics and change their configs.
     Topic {
         #[command(flatten)]
@@ -91,6 +94,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Dev(args) => dev::run(args),
         Command::Topic { client, args } => {
             block_on(topic::run(args, &client.bootstrap_server, client.output))
         }

@@ -341,3 +341,105 @@ fn group_offsets_are_reset_described_with_lag_and_deleted() {
     let listed = stdout(&runnel(&server, &["group", "list"], None));
     assert!(!listed.contains("cli-group"), "{listed}");
 }
+
+/// A base port with base..base+2 and base+100..base+102 free.
+fn free_base_port() -> u16 {
+    for attempt in 0..200u16 {
+        let base = 30_000 + (std::process::id() as u16 % 200) * 100 + attempt * 7 % 5000;
+        let free = (0..3)
+            .flat_map(|i| [base + i, base + 100 + i])
+            .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+#[test]
+fn dev_starts_a_three_az_cluster_that_replicates_and_stops_it_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_base_port();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["dev", "--no-fsync", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn runnel dev");
+    let mut stdout = std::io::BufReader::new(dev.stdout.take().expect("stdout"));
+    let mut bootstrap = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bootstrap.is_empty() {
+        assert!(Instant::now() < deadline, "runnel dev printed no bootstrap");
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).expect("read") == 0 {
+            panic!("runnel dev exited: {:?}", dev.try_wait());
+        }
+        if let Some(b) = line.trim().strip_prefix("bootstrap.servers=") {
+            bootstrap = b.to_string();
+        }
+    }
+    assert_eq!(bootstrap.split(',').count(), 3, "{bootstrap}");
+    let first = bootstrap.split(',').next().expect("a broker").to_string();
+    let server = Server(
+        Command::new("true").spawn().expect("placeholder"),
+        tempfile::tempdir().expect("tempdir"),
+        first,
+    );
+    // Brokers register through the quorum just after they accept connections.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = runnel(
+            &server,
+            &[
+                "topic",
+                "create",
+                "spread",
+                "--partitions",
+                "3",
+                "--replication-factor",
+                "3",
+            ],
+            None,
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "topic create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = runnel(
+        &server,
+        &["topic", "describe", "spread", "--output", "json"],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for replicas in ["[1,2,3]", "[2,3,1]", "[3,1,2]"] {
+        assert!(
+            text.replace(' ', "").contains(replicas),
+            "each partition on all three AZs, leaders spread ({replicas}): {text}"
+        );
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = dev.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "runnel dev did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", base)).is_err(),
+        "the brokers are gone"
+    );
+}
