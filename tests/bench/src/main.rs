@@ -48,6 +48,9 @@ struct Args {
     acks: String,
     #[arg(long, default_value_t = 1)]
     partitions: i32,
+    /// Replication factor of the benchmark topic (3 against a `runnel dev` cluster).
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
     #[arg(long, default_value_t = 5)]
     linger_ms: u32,
     /// none, gzip, snappy, lz4, zstd.
@@ -303,8 +306,8 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!("# runnel-bench: {} messages of {} bytes, acks={}, partitions={}, linger.ms={}, compression={}{}",
-        args.messages, args.size, args.acks, args.partitions, args.linger_ms, args.compression,
+    println!("# runnel-bench: {} messages of {} bytes, acks={}, partitions={}, replication factor={}, linger.ms={}, compression={}{}",
+        args.messages, args.size, args.acks, args.partitions, args.replication_factor, args.linger_ms, args.compression,
         if args.no_fsync { ", broker --no-fsync" } else { "" });
     if let Some(b) = &own {
         println!(
@@ -324,7 +327,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let new = NewTopic::new(&topic, args.partitions, TopicReplication::Fixed(1));
+    let new = NewTopic::new(
+        &topic,
+        args.partitions,
+        TopicReplication::Fixed(args.replication_factor),
+    );
     for r in runtime.block_on(admin.create_topics([&new], &AdminOptions::new()))? {
         r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
