@@ -58,6 +58,7 @@ pub(crate) async fn run(args: ConsumeArgs, bootstrap: &str, output: Output) -> a
     }
     let mut client = Client::connect(bootstrap).await?;
     let leaders = client.leaders(&args.topic, false).await?;
+    let leader_of: BTreeMap<i32, String> = leaders.iter().cloned().collect();
     let partitions: Vec<i32> = match args.partition {
         Some(p) if leaders.iter().any(|(q, _)| *q == p) => vec![p],
         Some(p) => bail!("topic {} has no partition {p}", args.topic),
@@ -91,26 +92,34 @@ pub(crate) async fn run(args: ConsumeArgs, bootstrap: &str, output: Output) -> a
             if missing.is_empty() {
                 break;
             }
-            let request =
-                ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
-                    .with_name(topic_name(&args.topic))
-                    .with_partitions(
-                        missing
-                            .iter()
-                            .map(|p| {
-                                ListOffsetsPartition::default()
-                                    .with_partition_index(*p)
-                                    .with_timestamp(target)
-                            })
-                            .collect(),
-                    )]);
-            let ResponseKind::ListOffsets(r) = client
-                .call(ApiKey::ListOffsets, RequestKind::ListOffsets(request))
-                .await?
-            else {
-                bail!("unexpected answer to ListOffsets");
-            };
-            for p in r.topics.iter().flat_map(|t| t.partitions.iter()) {
+            let mut answers = Vec::new();
+            for (leader, missing) in by_leader(&leader_of, &missing, bootstrap) {
+                let request =
+                    ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+                        .with_name(topic_name(&args.topic))
+                        .with_partitions(
+                            missing
+                                .iter()
+                                .map(|p| {
+                                    ListOffsetsPartition::default()
+                                        .with_partition_index(*p)
+                                        .with_timestamp(target)
+                                })
+                                .collect(),
+                        )]);
+                let (_, ResponseKind::ListOffsets(r)) = client
+                    .call_at(
+                        Some(&leader),
+                        ApiKey::ListOffsets,
+                        RequestKind::ListOffsets(request),
+                    )
+                    .await?
+                else {
+                    bail!("unexpected answer to ListOffsets");
+                };
+                answers.extend(r.topics.into_iter().flat_map(|t| t.partitions));
+            }
+            for p in &answers {
                 if p.error_code != 0 {
                     bail!(
                         "partition {}: {}",
@@ -125,36 +134,44 @@ pub(crate) async fn run(args: ConsumeArgs, bootstrap: &str, output: Output) -> a
     }
     let mut printed = 0u64;
     let mut last_data = Instant::now();
+    let fetched: Vec<i32> = positions.keys().copied().collect();
+    let groups = by_leader(&leader_of, &fetched, bootstrap);
+    // Each leader is fetched in turn: together they wait about half a second when idle.
+    let max_wait = (500 / groups.len().max(1) as i32).max(50);
     loop {
-        let fetch = FetchRequest::default()
-            .with_max_wait_ms(500)
-            .with_min_bytes(1)
-            .with_max_bytes(16 * 1024 * 1024)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(topic_name(&args.topic))
-                .with_partitions(
-                    positions
-                        .iter()
-                        .map(|(p, o)| {
-                            FetchPartition::default()
-                                .with_partition(*p)
-                                .with_fetch_offset(*o)
-                                .with_partition_max_bytes(4 * 1024 * 1024)
-                        })
-                        .collect(),
-                )]);
-        let ResponseKind::Fetch(r) = client
-            .call(ApiKey::Fetch, RequestKind::Fetch(fetch))
-            .await?
-        else {
-            bail!("unexpected answer to Fetch");
-        };
-        if r.error_code != 0 {
-            bail!("fetch: {}", error_text(r.error_code));
+        let mut responses = Vec::new();
+        for (leader, partitions) in &groups {
+            let fetch = FetchRequest::default()
+                .with_max_wait_ms(max_wait)
+                .with_min_bytes(1)
+                .with_max_bytes(16 * 1024 * 1024)
+                .with_session_epoch(-1)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(topic_name(&args.topic))
+                    .with_partitions(
+                        partitions
+                            .iter()
+                            .map(|p| {
+                                FetchPartition::default()
+                                    .with_partition(*p)
+                                    .with_fetch_offset(positions.get(p).copied().unwrap_or(0))
+                                    .with_partition_max_bytes(4 * 1024 * 1024)
+                            })
+                            .collect(),
+                    )]);
+            let (_, ResponseKind::Fetch(r)) = client
+                .call_at(Some(leader), ApiKey::Fetch, RequestKind::Fetch(fetch))
+                .await?
+            else {
+                bail!("unexpected answer to Fetch");
+            };
+            if r.error_code != 0 {
+                bail!("fetch: {}", error_text(r.error_code));
+            }
+            responses.extend(r.responses.into_iter().flat_map(|t| t.partitions));
         }
         let mut got = false;
-        for p in r.responses.iter().flat_map(|t| t.partitions.iter()) {
+        for p in &responses {
             if p.error_code != 0 {
                 bail!(
                     "partition {}: {}",
@@ -210,4 +227,21 @@ pub(crate) async fn run(args: ConsumeArgs, bootstrap: &str, output: Output) -> a
             return Ok(());
         }
     }
+}
+
+/// `partitions` grouped by the address of their leader (the bootstrap broker when unknown).
+fn by_leader(
+    leader_of: &BTreeMap<i32, String>,
+    partitions: &[i32],
+    bootstrap: &str,
+) -> Vec<(String, Vec<i32>)> {
+    let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for p in partitions {
+        let leader = leader_of
+            .get(p)
+            .cloned()
+            .unwrap_or_else(|| bootstrap.to_string());
+        out.entry(leader).or_default().push(*p);
+    }
+    out.into_iter().collect()
 }

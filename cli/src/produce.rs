@@ -128,48 +128,65 @@ pub(crate) async fn run(args: ProduceArgs, bootstrap: &str, output: Output) -> a
         if n == 0 {
             break;
         }
-        let mut partitions = Vec::new();
+        // One request per partition leader (the bootstrap broker when a leader is unknown).
+        let mut by_leader: BTreeMap<String, Vec<PartitionProduceData>> = BTreeMap::new();
         for (p, records) in &block {
             let mut data = Vec::new();
             for chunk in records.chunks(args.batch_size.max(1)) {
                 data.extend_from_slice(&build_batch(chunk, &BatchOptions::default())?);
             }
-            partitions.push(
+            let leader = leaders
+                .iter()
+                .find(|(q, _)| q == p)
+                .map_or_else(|| bootstrap.to_string(), |(_, a)| a.clone());
+            by_leader.entry(leader).or_default().push(
                 PartitionProduceData::default()
                     .with_index(*p)
                     .with_records(Some(Bytes::from(data))),
             );
         }
-        let request = ProduceRequest::default()
-            .with_acks(acks)
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(&args.topic))
-                .with_partition_data(partitions)]);
-        if acks == 0 {
-            // No answer comes for acks=0; send on the bootstrap connection and move on.
-            let _ = client
-                .call_at(None, ApiKey::Produce, RequestKind::Produce(request))
-                .await;
-            sent += n as u64;
-            continue;
-        }
-        let ResponseKind::Produce(r) = client
-            .call(ApiKey::Produce, RequestKind::Produce(request))
-            .await?
-        else {
-            bail!("unexpected answer to Produce");
-        };
-        for t in &r.responses {
-            for p in &t.partition_responses {
-                let records = block.get(&p.index).map_or(0, Vec::len) as u64;
-                if p.error_code == 0 {
-                    sent += records;
-                } else {
-                    failed += records;
-                    eprintln!("partition {}: {}", p.index, error_text(p.error_code));
+        for (leader, partitions) in by_leader {
+            let request = ProduceRequest::default()
+                .with_acks(acks)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(topic_name(&args.topic))
+                    .with_partition_data(partitions)]);
+            if acks == 0 {
+                // No answer comes for acks=0: send and move on.
+                let _ = client
+                    .call_at(
+                        Some(&leader),
+                        ApiKey::Produce,
+                        RequestKind::Produce(request),
+                    )
+                    .await;
+                continue;
+            }
+            let (_, ResponseKind::Produce(r)) = client
+                .call_at(
+                    Some(&leader),
+                    ApiKey::Produce,
+                    RequestKind::Produce(request),
+                )
+                .await?
+            else {
+                bail!("unexpected answer to Produce");
+            };
+            for t in &r.responses {
+                for p in &t.partition_responses {
+                    let records = block.get(&p.index).map_or(0, Vec::len) as u64;
+                    if p.error_code == 0 {
+                        sent += records;
+                    } else {
+                        failed += records;
+                        eprintln!("partition {}: {}", p.index, error_text(p.error_code));
+                    }
                 }
             }
+        }
+        if acks == 0 {
+            sent += n as u64;
         }
     }
     match output {

@@ -426,6 +426,47 @@ fn dev_starts_a_three_az_cluster_that_replicates_and_stops_it_on_sigterm() {
             "each partition on all three AZs, leaders spread ({replicas}): {text}"
         );
     }
+    // Each partition elects its leader (an election timeout, 1-2 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = runnel(
+            &server,
+            &["topic", "describe", "spread", "--output", "json"],
+            None,
+        );
+        if !String::from_utf8_lossy(&out.stdout).contains("\"leader\":-1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "partitions without a leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The client subcommands send each partition's requests to its leader.
+    let lines: String = (0..300).map(|i| format!("line-{i}\n")).collect();
+    let out = runnel(&server, &["produce", "spread"], Some(&lines));
+    assert!(
+        out.status.success(),
+        "produce to a 3-broker cluster: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = runnel(
+        &server,
+        &[
+            "consume",
+            "spread",
+            "--from",
+            "earliest",
+            "--timeout-ms",
+            "2000",
+        ],
+        None,
+    );
+    let consumed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        consumed.lines().count(),
+        300,
+        "every line back from the three leaders: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &dev.id().to_string()])
         .status();
