@@ -405,7 +405,8 @@ impl Driver {
             next_retention_ms: now + duration_ms(config.retention_check_interval),
             next_checkpoint_ms: now + duration_ms(config.checkpoint_interval),
             next_metrics_ms: now,
-            next_token: 0,
+            // Unique across restarts: a proposal forwarded before a crash may commit after it.
+            next_token: (now.max(0) as u64) << 20,
             config,
             raft_id,
             shared,
@@ -618,7 +619,7 @@ impl Driver {
             replica.reset_high_watermark(hw);
             // Transactions decided before the restart stop holding the LSO back.
             replica.log_mut().on_high_watermark(hw);
-            let group = new_group(
+            let mut group = new_group(
                 &self.config,
                 GroupId::partition(&topic.name, partition),
                 self.raft_id,
@@ -626,6 +627,17 @@ impl Driver {
                 commit,
                 &self.logger,
             )?;
+            // A new partition's preferred leader (its first replica) campaigns at once, so
+            // leaders start where placement spread them, without waiting an election
+            // timeout. Never on a restart (term > 0): that would only disturb a live leader.
+            if replicas.len() > 1
+                && replicas.first() == Some(&self.config.node_id)
+                && group.node.raft.term == 0
+            {
+                if let Err(e) = group.node.campaign() {
+                    tracing::debug!(topic = topic.name, partition, error = %e, "preferred leader could not campaign");
+                }
+            }
             // A single voter leads as soon as it campaigns: say so now, so requests that follow
             // CreateTopics's answer find a leader instead of NOT_LEADER_OR_FOLLOWER.
             if group.node.raft.state == StateRole::Leader {
