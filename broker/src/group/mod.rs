@@ -610,6 +610,27 @@ pub fn offset_tombstones<'a>(
         .collect()
 }
 
+/// Offset commit records of a group's commits: key and value, in the order given.
+pub fn offset_records(
+    group_id: &str,
+    commits: &[((String, i32), OffsetCommitValue)],
+) -> Vec<Record> {
+    commits
+        .iter()
+        .map(|((topic, partition), value)| {
+            (
+                RecordKey::OffsetCommit {
+                    group: group_id.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                }
+                .encode(),
+                Some(value.encode()),
+            )
+        })
+        .collect()
+}
+
 /// The tombstone of a group's metadata record.
 pub fn group_tombstone(group_id: &str) -> Record {
     (

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use runnel_protocol::kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -14,8 +13,8 @@ use runnel_protocol::kafka_protocol::messages::{OffsetCommitRequest, OffsetCommi
 use runnel_protocol::kafka_protocol::ResponseError;
 
 use crate::group::classic::{ClassicGroup, CommittedOffset};
-use crate::group::records::{OffsetCommitValue, RecordKey};
-use crate::group::{append, forget_if_unused, now_ms};
+use crate::group::records::OffsetCommitValue;
+use crate::group::{append, forget_if_unused, now_ms, offset_records};
 use crate::Broker;
 
 fn respond(
@@ -146,20 +145,7 @@ pub async fn handle(
         }
     }
     if !commits.is_empty() {
-        let records: Vec<(Bytes, Option<Bytes>)> = commits
-            .iter()
-            .map(|((topic, partition), value)| {
-                (
-                    RecordKey::OffsetCommit {
-                        group: group_id.clone(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                    }
-                    .encode(),
-                    Some(value.encode()),
-                )
-            })
-            .collect();
+        let records = offset_records(&group_id, &commits);
         match append(broker, p, records, true).await {
             Ok(first) => {
                 let settings = broker.groups.config().groups.clone();

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use runnel_protocol::kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
 };
@@ -14,8 +13,8 @@ use runnel_protocol::kafka_protocol::messages::{TxnOffsetCommitRequest, TxnOffse
 use runnel_protocol::kafka_protocol::ResponseError;
 
 use crate::group::classic::{ClassicGroup, CommittedOffset};
-use crate::group::records::{OffsetCommitValue, RecordKey};
-use crate::group::{begin_append_to, forget_if_unused, now_ms, OFFSETS_TOPIC};
+use crate::group::records::OffsetCommitValue;
+use crate::group::{begin_append_to, forget_if_unused, now_ms, offset_records, OFFSETS_TOPIC};
 use crate::Broker;
 
 fn respond(
@@ -161,20 +160,7 @@ pub async fn handle(
                 .unwrap_or(0)
         });
     }
-    let records: Vec<(Bytes, Option<Bytes>)> = commits
-        .iter()
-        .map(|((topic, partition), value)| {
-            (
-                RecordKey::OffsetCommit {
-                    group: group_id.clone(),
-                    topic: topic.clone(),
-                    partition: *partition,
-                }
-                .encode(),
-                Some(value.encode()),
-            )
-        })
-        .collect();
+    let records = offset_records(&group_id, &commits);
     let appended = begin_append_to(
         broker,
         OFFSETS_TOPIC,
