@@ -194,6 +194,12 @@ impl Broker {
         let mut rc = ReplicationConfig::new(config.node_id, config.data_dir.clone());
         rc.fsync = config.fsync;
         rc.producer_id_expiration_ms = config.producer_id_expiration_ms;
+        rc.auto_leader_rebalance = config.auto_leader_rebalance;
+        rc.leader_imbalance_check_interval =
+            std::time::Duration::from_millis(config.leader_imbalance_check_interval_ms.max(1));
+        rc.leader_imbalance_per_broker_percentage = config.leader_imbalance_per_broker_percentage;
+        rc.replica_lag_time_max_ms = config.replica_lag_time_max_ms;
+        rc.broker_session_timeout_ms = config.broker_session_timeout_ms;
         rc.retention_check_interval =
             std::time::Duration::from_millis(config.retention_check_interval_ms.max(10));
         let (replication, raft_listener) = if config.controller_voters.is_empty() {
@@ -289,6 +295,87 @@ impl Broker {
 }
 
 /// Kafka's internal topics: only their coordinators write them, and Metadata flags them.
+/// Who leads a partition, as well as this broker knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView {
+    /// Broker id of the leader, -1 while there is none (an election).
+    pub leader: i32,
+    pub leader_epoch: i32,
+    /// In-sync replicas, leader included (empty without a leader).
+    pub isr: Vec<i32>,
+}
+
+impl Broker {
+    /// A partition's leader, epoch and ISR: from the local replica when this broker hosts it
+    /// (its Raft state is the freshest), else from what the leader last reported to the
+    /// metadata log, whichever has the newer epoch.
+    pub fn leader_view(
+        &self,
+        md: &runnel_replication::ClusterMetadata,
+        topic: &str,
+        partition: i32,
+    ) -> LeaderView {
+        let replicas: &[i32] = md
+            .topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+            .map_or(&[], |r| r.as_slice());
+        let recorded = md.partition_leaders.get(&(topic.to_string(), partition));
+        let local = self.replication.replica(topic, partition);
+        if let Some(r) = &local {
+            if r.leader_id() == self.config.node_id {
+                let mut isr = r.isr();
+                if isr.is_empty() {
+                    // Elected moments ago: the first ISR sample is not taken yet.
+                    isr = replicas.to_vec();
+                }
+                return LeaderView {
+                    leader: r.leader_id(),
+                    leader_epoch: r.leader_epoch(),
+                    isr,
+                };
+            }
+        }
+        let from_record = |rec: &runnel_replication::PartitionLeaderState| LeaderView {
+            leader: rec.leader,
+            leader_epoch: rec.leader_epoch,
+            isr: rec.isr.clone(),
+        };
+        match (local, recorded) {
+            (Some(r), Some(rec)) if rec.leader_epoch >= r.leader_epoch() => from_record(rec),
+            (Some(r), rec) => {
+                let leader = r.leader_id();
+                let isr = if leader < 0 {
+                    Vec::new()
+                } else {
+                    let mut isr = rec.map_or_else(|| replicas.to_vec(), |rec| rec.isr.clone());
+                    if !isr.contains(&leader) {
+                        isr.insert(0, leader);
+                    }
+                    isr
+                };
+                LeaderView {
+                    leader,
+                    leader_epoch: r.leader_epoch(),
+                    isr,
+                }
+            }
+            (None, Some(rec)) => from_record(rec),
+            (None, None) => LeaderView {
+                leader: -1,
+                leader_epoch: -1,
+                isr: Vec::new(),
+            },
+        }
+    }
+
+    /// [`Broker::leader_view`], taking the metadata lock itself.
+    pub fn partition_leader(&self, topic: &str, partition: i32) -> LeaderView {
+        let md = self.replication.metadata();
+        self.leader_view(&md, topic, partition)
+    }
+}
+
 pub fn is_internal_topic(name: &str) -> bool {
     name == group::OFFSETS_TOPIC || name == txn::TRANSACTION_STATE_TOPIC
 }

@@ -105,6 +105,18 @@ struct Group {
     /// deadline (clock ms) so the caller retries.
     forwarded: HashMap<u64, (Reply<()>, i64)>,
     was_leader: bool,
+    /// While leading: when each follower was last caught up, for the ISR.
+    isr: Option<IsrTracker>,
+}
+
+/// Kafka's ISR rule over Raft progress: a follower is in sync while it has caught up with
+/// the leader's log end within `replica.lag.time.max.ms`. Sampled: a follower whose matched
+/// index reached the last index of the previous sample was caught up at that sample's time.
+struct IsrTracker {
+    term: u64,
+    sample_ms: i64,
+    sample_index: u64,
+    caught_up_ms: BTreeMap<u64, i64>,
 }
 
 impl Group {
@@ -147,6 +159,13 @@ pub struct Driver {
     next_metrics_ms: i64,
     /// Tokens of forwarded metadata proposals.
     next_token: u64,
+    next_leader_report_ms: i64,
+    next_rebalance_ms: i64,
+    /// The leader report proposed and not yet applied, with its deadline (clock ms).
+    leader_report: Option<(oneshot::Receiver<Result<(), ReplicationError>>, i64)>,
+    /// While this broker leads the metadata group: when each voter was last heard from.
+    heard_ms: BTreeMap<u64, i64>,
+    fence_report: Option<(oneshot::Receiver<Result<(), ReplicationError>>, i64)>,
 }
 
 impl fmt::Debug for Driver {
@@ -276,6 +295,7 @@ fn new_group(
         pending: BTreeMap::new(),
         forwarded: HashMap::new(),
         was_leader: false,
+        isr: None,
     })
 }
 /// Applies every committed metadata record in the log (startup).
@@ -305,6 +325,12 @@ fn replay_metadata(
 
 /// How long a follower waits for a forwarded metadata proposal to come back applied.
 const FORWARD_TIMEOUT_MS: i64 = 5_000;
+
+/// How often leaders refresh their ISR and report changes to the metadata log.
+const LEADER_REPORT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Partitions in one leader report at most (the rest go in the next).
+const MAX_LEADER_REPORT: usize = 5_000;
 
 /// The (proposer Raft id, token) a follower put in the key of a metadata record it forwarded.
 fn proposal_token(data: &[u8]) -> Option<(u64, u64)> {
@@ -407,6 +433,11 @@ impl Driver {
             next_metrics_ms: now,
             // Unique across restarts: a proposal forwarded before a crash may commit after it.
             next_token: (now.max(0) as u64) << 20,
+            next_leader_report_ms: now,
+            next_rebalance_ms: now + duration_ms(config.leader_imbalance_check_interval),
+            leader_report: None,
+            heard_ms: BTreeMap::new(),
+            fence_report: None,
             config,
             raft_id,
             shared,
@@ -562,6 +593,19 @@ impl Driver {
         ) {
             self.apply_retention();
         }
+        if due(&mut self.next_leader_report_ms, now, LEADER_REPORT_INTERVAL) {
+            self.report_leaders(now);
+            self.fence_brokers(now);
+        }
+        if self.config.auto_leader_rebalance
+            && due(
+                &mut self.next_rebalance_ms,
+                now,
+                self.config.leader_imbalance_check_interval,
+            )
+        {
+            self.rebalance_leaders();
+        }
         if due(&mut self.next_metrics_ms, now, Duration::from_secs(5)) {
             self.publish_metrics();
         }
@@ -571,6 +615,219 @@ impl Driver {
             self.config.checkpoint_interval,
         ) {
             self.checkpoint_all();
+        }
+    }
+
+    /// Updates the ISR of every partition this broker leads, and proposes to the metadata
+    /// log the leaders and ISRs that differ from what it records (one record, one in flight
+    /// at a time; anything lost is simply found different again next time).
+    fn report_leaders(&mut self, now: i64) {
+        if let Some((rx, deadline)) = &mut self.leader_report {
+            let done = !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+            if done || *deadline <= now {
+                self.leader_report = None;
+            }
+        }
+        let lag_max = self.config.replica_lag_time_max_ms;
+        let me = self.raft_id;
+        let mut changed = Vec::new();
+        {
+            let metadata = self
+                .shared
+                .metadata
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            for (key, g) in self.partitions.iter_mut() {
+                if g.node.raft.state != StateRole::Leader {
+                    if g.isr.take().is_some() {
+                        g.node.store().replica().set_isr(Vec::new());
+                    }
+                    continue;
+                }
+                let term = g.node.raft.term;
+                let last_index = g.node.raft.raft_log.last_index();
+                let tracker = match &mut g.isr {
+                    Some(t) if t.term == term => t,
+                    _ => {
+                        // A new leader starts with every replica in sync, as Kafka's new
+                        // leader keeps the ISR it was elected with.
+                        let caught_up_ms =
+                            g.node.raft.prs().iter().map(|(&id, _)| (id, now)).collect();
+                        g.isr.insert(IsrTracker {
+                            term,
+                            sample_ms: now,
+                            sample_index: last_index,
+                            caught_up_ms,
+                        })
+                    }
+                };
+                for (&id, pr) in g.node.raft.prs().iter() {
+                    if id == me || pr.matched >= tracker.sample_index {
+                        let at = if id == me { now } else { tracker.sample_ms };
+                        let e = tracker.caught_up_ms.entry(id).or_insert(at);
+                        *e = (*e).max(at);
+                    }
+                }
+                tracker.sample_ms = now;
+                tracker.sample_index = last_index;
+                let mut isr: Vec<i32> = vec![broker_id(me)];
+                for (&id, &at) in &tracker.caught_up_ms {
+                    // A fenced broker leaves every ISR at once, as KRaft's controller does.
+                    if id != me
+                        && now - at <= lag_max
+                        && g.node.raft.prs().get(id).is_some()
+                        && !metadata.is_fenced(broker_id(id))
+                    {
+                        isr.push(broker_id(id));
+                    }
+                }
+                isr[1..].sort_unstable();
+                let replica = g.node.store().replica();
+                if replica.isr() != isr {
+                    replica.set_isr(isr.clone());
+                }
+                let epoch = i32::try_from(term).unwrap_or(i32::MAX);
+                let recorded = metadata.partition_leaders.get(key);
+                let same = recorded.is_some_and(|r| {
+                    r.leader == broker_id(me) && r.leader_epoch == epoch && r.isr == isr
+                });
+                if !same && changed.len() < MAX_LEADER_REPORT {
+                    changed.push(crate::proto::PartitionLeader {
+                        topic_id: replica.topic_id.as_bytes().to_vec(),
+                        partition: key.1,
+                        leader: broker_id(me),
+                        leader_epoch: epoch,
+                        isr,
+                    });
+                }
+            }
+        }
+        if changed.is_empty() || self.leader_report.is_some() {
+            return;
+        }
+        let record = crate::proto::metadata_record::Record::PartitionLeaders(
+            crate::proto::PartitionLeaders {
+                partitions: changed,
+            },
+        );
+        self.leader_report = Some(self.propose_internal(record, now));
+    }
+
+    /// The driver's own metadata proposal; the receiver answers once it is applied here.
+    fn propose_internal(
+        &mut self,
+        record: crate::proto::metadata_record::Record,
+        now: i64,
+    ) -> (oneshot::Receiver<Result<(), ReplicationError>>, i64) {
+        let (reply, rx) = oneshot::channel();
+        let record = MetadataRecord {
+            record: Some(record),
+        };
+        self.handle(Command::Metadata { record, reply });
+        (rx, now + FORWARD_TIMEOUT_MS)
+    }
+
+    /// On the metadata leader: fences voters not heard from for `broker.session.timeout.ms`
+    /// and unfences them when they are heard again (one change in flight at a time).
+    fn fence_brokers(&mut self, now: i64) {
+        if let Some((rx, deadline)) = &mut self.fence_report {
+            let done = !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+            if done || *deadline <= now {
+                self.fence_report = None;
+            }
+        }
+        if self.metadata.node.raft.state != StateRole::Leader {
+            self.heard_ms.clear();
+            return;
+        }
+        let me = self.raft_id;
+        for (&id, pr) in self.metadata.node.raft.prs().iter() {
+            if id == me || pr.recent_active {
+                self.heard_ms.insert(id, now);
+            } else {
+                // A new leader gives everyone a full session before fencing.
+                self.heard_ms.entry(id).or_insert(now);
+            }
+        }
+        if self.fence_report.is_some() {
+            return;
+        }
+        let change = {
+            let md = self.metadata_read();
+            self.heard_ms.iter().find_map(|(&id, &at)| {
+                let node = broker_id(id);
+                let fenced = now - at > self.config.broker_session_timeout_ms;
+                (fenced != md.is_fenced(node)).then_some((node, fenced))
+            })
+        };
+        if let Some((node_id, fenced)) = change {
+            tracing::info!(
+                node_id,
+                fenced,
+                "{} broker {node_id}",
+                if fenced { "fencing" } else { "unfencing" }
+            );
+            let record =
+                crate::proto::metadata_record::Record::FenceBroker(crate::proto::FenceBroker {
+                    node_id,
+                    fenced,
+                });
+            self.fence_report = Some(self.propose_internal(record, now));
+        }
+    }
+
+    /// `auto.leader.rebalance.enable`: when more than
+    /// `leader.imbalance.per.broker.percentage` of the partitions whose preferred leader
+    /// (first replica) is this broker are led elsewhere, asks their leaders to hand
+    /// leadership back (a Raft leader transfer, which the leader performs once this replica
+    /// has caught up).
+    fn rebalance_leaders(&mut self) {
+        let me = self.config.node_id;
+        let mut preferred = 0usize;
+        let mut imbalanced = 0usize;
+        let mut elsewhere = Vec::new();
+        let metadata = self.metadata_read();
+        for (key, g) in &self.partitions {
+            let first = metadata
+                .topics
+                .get(&key.0)
+                .and_then(|t| t.partitions.get(key.1 as usize))
+                .and_then(|r| r.first().copied());
+            if first != Some(me) {
+                continue;
+            }
+            preferred += 1;
+            let leader = g.node.raft.leader_id;
+            // Only once the leader counts this replica in sync (Kafka elects a preferred
+            // leader only from the ISR): a transfer to a lagging replica would stall writes
+            // until it timed out.
+            let in_sync = metadata
+                .partition_leaders
+                .get(key)
+                .is_some_and(|l| l.leader == broker_id(leader) && l.isr.contains(&me));
+            if g.node.raft.state != StateRole::Leader && leader != raft::INVALID_ID {
+                imbalanced += 1;
+                if in_sync {
+                    elsewhere.push(key.clone());
+                }
+            }
+        }
+        drop(metadata);
+        if elsewhere.is_empty()
+            || imbalanced * 100
+                <= preferred * self.config.leader_imbalance_per_broker_percentage as usize
+        {
+            return;
+        }
+        tracing::info!(
+            partitions = elsewhere.len(),
+            preferred,
+            "leader imbalance: asking for preferred leadership back"
+        );
+        for key in elsewhere {
+            if let Some(g) = self.partitions.get_mut(&key) {
+                g.node.transfer_leader(self.raft_id);
+            }
         }
     }
 

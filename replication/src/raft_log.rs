@@ -41,6 +41,9 @@ pub struct Replica {
     /// with the guard still in place (Kafka's `VerificationGuard`).
     verification_guards: std::sync::Mutex<std::collections::HashMap<i64, (i16, u64)>>,
     next_guard: AtomicU64,
+    /// While this replica leads: the in-sync replicas (broker ids, leader first), the
+    /// followers that caught up with the leader within `replica.lag.time.max.ms`.
+    isr: std::sync::Mutex<Vec<i32>>,
 }
 
 impl Replica {
@@ -55,6 +58,7 @@ impl Replica {
             leader_id: AtomicI32::new(-1),
             verification_guards: std::sync::Mutex::new(std::collections::HashMap::new()),
             next_guard: AtomicU64::new(1),
+            isr: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -140,6 +144,15 @@ impl Replica {
 
     pub(crate) fn clear_verification_guard(&self, producer_id: i64) {
         self.guards().remove(&producer_id);
+    }
+
+    /// The in-sync replicas while this replica leads (empty otherwise).
+    pub fn isr(&self) -> Vec<i32> {
+        self.isr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_isr(&self, isr: Vec<i32>) {
+        *self.isr.lock().unwrap_or_else(|e| e.into_inner()) = isr;
     }
 
     pub(crate) fn set_leader(&self, leader_id: i32, epoch: i32) {

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_protocol::kafka_protocol::messages::fetch_response::{
-    AbortedTransaction, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
 use runnel_protocol::kafka_protocol::messages::{
-    FetchRequest, FetchResponse, ProducerId, TopicName,
+    BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName,
 };
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
@@ -72,10 +72,20 @@ fn read_partition(
         return done(error_partition(*partition, code), 0);
     };
     let Some(replica) = broker.replication.replica(&name, *partition) else {
-        return done(
-            error_partition(*partition, ResponseError::UnknownTopicOrPartition.code()),
-            0,
-        );
+        // A partition that exists but lives on other brokers (Kafka's
+        // `getPartitionOrError`): the client should ask its leader.
+        let exists = broker
+            .replication
+            .metadata()
+            .topics
+            .get(&name)
+            .is_some_and(|t| (*partition as usize) < t.partitions.len() && *partition >= 0);
+        let code = if exists {
+            ResponseError::NotLeaderOrFollower.code()
+        } else {
+            ResponseError::UnknownTopicOrPartition.code()
+        };
+        return done(error_partition(*partition, code), 0);
     };
     let epoch = replica.leader_epoch();
     if p.current_leader_epoch >= 0 && p.current_leader_epoch < epoch {
@@ -327,7 +337,60 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
             t.partitions.push(read.data);
         }
     }
+    let node_endpoints = if version >= 12 {
+        leader_hints(broker, &mut topics, version)
+    } else {
+        Vec::new()
+    };
     FetchResponse::default()
         .with_session_id(session_id)
         .with_responses(topics)
+        .with_node_endpoints(node_endpoints)
+}
+
+/// KIP-951: partitions answered NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH carry the
+/// leader this broker knows of, and (v16+) the response carries those leaders' endpoints.
+fn leader_hints(
+    broker: &Broker,
+    topics: &mut [FetchableTopicResponse],
+    version: i16,
+) -> Vec<NodeEndpoint> {
+    let not_leader = ResponseError::NotLeaderOrFollower.code();
+    let fenced = ResponseError::FencedLeaderEpoch.code();
+    let md = broker.replication.metadata();
+    let mut leaders = Vec::new();
+    for t in topics.iter_mut() {
+        let name = if t.topic.0.is_empty() {
+            md.topic_by_id(&t.topic_id).map(|t| t.name.clone())
+        } else {
+            Some(t.topic.0.to_string())
+        };
+        let Some(name) = name else { continue };
+        for p in &mut t.partitions {
+            if p.error_code != not_leader && p.error_code != fenced {
+                continue;
+            }
+            let view = broker.leader_view(&md, &name, p.partition_index);
+            p.current_leader = LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(view.leader))
+                .with_leader_epoch(view.leader_epoch);
+            if view.leader >= 0 && !leaders.contains(&view.leader) {
+                leaders.push(view.leader);
+            }
+        }
+    }
+    if version < 16 {
+        return Vec::new();
+    }
+    leaders
+        .iter()
+        .filter_map(|id| md.brokers.get(id))
+        .map(|b| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(b.port)
+                .with_rack(b.rack.clone().map(StrBytes::from_string))
+        })
+        .collect()
 }

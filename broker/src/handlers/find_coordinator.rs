@@ -114,11 +114,8 @@ async fn find(broker: &Arc<Broker>, key: &str, key_type: i8) -> Found {
             )
         }
     };
-    let leader = broker
-        .replication
-        .replica(topic, partition)
-        .map_or(-1, |r| r.leader_id());
     let md = broker.replication.metadata();
+    let leader = broker.leader_view(&md, topic, partition).leader;
     match md.brokers.get(&leader) {
         Some(b) => Found {
             error: 0,
