@@ -624,3 +624,99 @@ fn every_broker_knows_the_leaders_of_partitions_it_does_not_host() {
             .all(|p| p.offline_replicas.is_empty() && p.leader_id.0 >= 1)
     });
 }
+
+/// `min.insync.replicas`: once a dead follower has left the ISR, acks=all writes to a topic
+/// that needs three in-sync replicas are refused with NOT_ENOUGH_REPLICAS, while acks=1 ones
+/// still succeed; when the follower is back in the ISR, acks=all works again.
+#[test]
+fn acks_all_is_refused_with_not_enough_replicas_below_min_insync_replicas() {
+    let mut brokers = cluster_with(&["--replica-lag-time-max-ms", "1000"]);
+    let all = bootstrap(&brokers);
+    create_topic(&all, "strict", 1, 3);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .create()
+        .expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config =
+        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic("strict"))
+            .set("min.insync.replicas", "3");
+    for r in rt
+        .block_on(admin.alter_configs([&config], &AdminOptions::new()))
+        .expect("alter")
+    {
+        r.expect("min.insync.replicas set");
+    }
+    let leader = leaders(&all, "strict")[&0];
+    let victim = leader % 3 + 1;
+    brokers[(victim - 1) as usize].kill_9();
+    let live = brokers[(leader - 1) as usize].bootstrap();
+    wait_for(Duration::from_secs(15), "the ISR shrinks to two", || {
+        partitions(&live, "strict")
+            .get(&0)
+            .is_some_and(|i| i.isr.len() == 2)
+    });
+    let produce = |acks: i16| {
+        let mut raw = Raw::connect(&live);
+        let request = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("strict")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(one_record_batch()))])]);
+        let ResponseKind::Produce(r) = raw.call(ApiKey::Produce, 9, RequestKind::Produce(request))
+        else {
+            panic!("not a produce response");
+        };
+        r.responses[0].partition_responses[0].error_code
+    };
+    assert_eq!(produce(-1), 19, "acks=all: NOT_ENOUGH_REPLICAS");
+    assert_eq!(produce(1), 0, "acks=1 needs only the leader");
+    brokers[(victim - 1) as usize].restart().expect("restart");
+    wait_for(Duration::from_secs(20), "the ISR is whole again", || {
+        partitions(&live, "strict")
+            .get(&0)
+            .is_some_and(|i| i.isr.len() == 3)
+    });
+    assert_eq!(produce(-1), 0, "acks=all with three in-sync replicas");
+}
+
+/// One record batch (magic 2) holding one record, encoded by kafka-protocol's own encoder.
+fn one_record_batch() -> bytes::Bytes {
+    use runnel_protocol::kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        key: None,
+        value: Some(bytes::Bytes::from_static(b"x")),
+        headers: Default::default(),
+    };
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        [&record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode");
+    buf.freeze()
+}
