@@ -12,6 +12,7 @@ pub mod error;
 mod fetch_session;
 pub mod group;
 pub mod handlers;
+mod inter_broker;
 pub mod probe;
 pub mod txn;
 
@@ -49,6 +50,8 @@ pub struct Broker {
     /// The transaction coordinator for the `__transaction_state` partitions it leads.
     pub txns: txn::TransactionCoordinator,
     fetch_sessions: fetch_session::FetchSessionCache,
+    /// Connections to other brokers for inter-broker requests.
+    peers: inter_broker::Peers,
     /// Raft traffic to and from other brokers (clustered brokers only).
     pub raft_stats: Option<Arc<tcp::TcpStats>>,
     _raft_listener: Option<tcp::TcpListenerHandle>,
@@ -214,6 +217,7 @@ impl Broker {
             replication,
             cluster_id,
             fetch_sessions: fetch_session::FetchSessionCache::default(),
+            peers: inter_broker::Peers::default(),
             raft_stats: raft_listener.as_ref().map(|(_, stats)| stats.clone()),
             _raft_listener: raft_listener.map(|(l, _)| l),
         })

@@ -720,3 +720,90 @@ fn one_record_batch() -> bytes::Bytes {
     .expect("encode");
     buf.freeze()
 }
+
+/// Transactions in a cluster: the partitions of one transaction are led by different
+/// brokers, so the coordinator writes most markers through WriteTxnMarkers to their leaders.
+/// read_committed consumers see exactly the committed transactions, read_uncommitted ones
+/// see everything.
+#[test]
+fn a_transaction_spanning_partitions_led_by_three_brokers_commits_and_aborts_atomically() {
+    use rdkafka::producer::BaseProducer;
+    let brokers = cluster();
+    let all = bootstrap(&brokers);
+    create_topic(&all, "txn-spread", 3, 3);
+    let led = leaders(&all, "txn-spread");
+    let mut distinct: Vec<i32> = led.values().copied().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(distinct.len() > 1, "leaders spread over brokers: {led:?}");
+    let t = Duration::from_secs(30);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .set("transactional.id", "spread-1")
+        .create()
+        .expect("producer");
+    producer.init_transactions(t).expect("init_transactions");
+    let mut committed = Vec::new();
+    for round in 0..6 {
+        producer.begin_transaction().expect("begin");
+        for p in 0..3 {
+            let value = format!("{round}-{p}");
+            producer
+                .send(
+                    BaseRecord::<(), _>::to("txn-spread")
+                        .payload(&value)
+                        .partition(p),
+                )
+                .map_err(|(e, _)| e)
+                .expect("send");
+            if round % 2 == 0 {
+                committed.push(value);
+            }
+        }
+        // BaseProducer: delivery reports are served by polling, which flush does.
+        producer.flush(t).expect("flush");
+        if round % 2 == 0 {
+            producer.commit_transaction(t).expect("commit");
+        } else {
+            producer.abort_transaction(t).expect("abort");
+        }
+    }
+    let read = |isolation: &str, want: usize| {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &all)
+            .set("group.id", format!("reader-{isolation}"))
+            .set("isolation.level", isolation)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset("txn-spread", p, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && got.len() < want {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+        }
+        // A little longer, to catch anything that should not be there.
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+        }
+        got.sort();
+        got
+    };
+    committed.sort();
+    assert_eq!(read("read_committed", committed.len()), committed);
+    assert_eq!(
+        read("read_uncommitted", 18).len(),
+        18,
+        "every record, aborted ones too"
+    );
+}
