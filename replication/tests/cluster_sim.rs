@@ -175,6 +175,11 @@ impl Sim {
         config.metadata_voters = (0..self.nodes.len() as i32).collect();
         config.randomized_election_timeout = false;
         config.checkpoint_interval = Duration::from_secs(3);
+        // Leader transfers back to preferred leaders, ISR changes and broker fencing all
+        // happen within a run, under the same faults.
+        config.leader_imbalance_check_interval = Duration::from_secs(1);
+        config.replica_lag_time_max_ms = 2_000;
+        config.broker_session_timeout_ms = 2_000;
         let transport = Box::new(self.net.transport(node.broker as u64 + 1));
         match Driver::open(config, Arc::new(self.clock.clone()), transport) {
             Ok(d) => self.nodes[i].driver = Some(d),
@@ -626,6 +631,7 @@ impl Sim {
                         }
                     }
                 }
+                self.await_preferred_leaders();
                 return;
             }
         }
@@ -649,6 +655,36 @@ impl Sim {
         ));
     }
 
+    /// `auto.leader.rebalance.enable`: once healed, every partition goes back to its
+    /// preferred leader (its first replica) within a few check intervals.
+    fn await_preferred_leaders(&mut self) {
+        let partitions: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|g| matches!(g, GroupId::Partition { .. }))
+            .cloned()
+            .collect();
+        for _ in 0..600 {
+            let back = partitions.iter().all(|g| {
+                let GroupId::Partition { topic, partition } = g else {
+                    return true;
+                };
+                let preferred = self.nodes.iter().find_map(|n| {
+                    let md = n.driver.as_ref()?.metadata();
+                    md.topics.get(topic)?.partitions.get(*partition as usize)?.first().copied()
+                });
+                let leaders = self.leader_of(g);
+                leaders.len() == 1
+                    && preferred.is_some_and(|p| self.nodes[leaders[0]].broker == p)
+            });
+            if back {
+                return;
+            }
+            self.step(false);
+        }
+        self.fail("partitions did not return to their preferred leaders after healing".to_string());
+    }
+
     fn converged(&self) -> bool {
         self.groups.iter().all(|group| {
             let states: Vec<_> = self
@@ -659,7 +695,23 @@ impl Sim {
             let Some(Some(first)) = states.first().copied() else {
                 return false;
             };
+            // Every broker's metadata names the leader (reported through the metadata log)
+            // and fences nobody.
+            let reported = match group {
+                GroupId::Metadata => true,
+                GroupId::Partition { topic, partition } => self.nodes.iter().all(|n| {
+                    n.driver.as_ref().is_some_and(|d| {
+                        let md = d.metadata();
+                        md.fenced_brokers.is_empty()
+                            && md
+                                .partition_leaders
+                                .get(&(topic.clone(), *partition))
+                                .is_some_and(|l| l.leader as u64 + 1 == first.leader)
+                    })
+                }),
+            };
             first.leader != 0
+                && reported
                 && first.commit == first.last_index
                 && states.iter().all(|s| {
                     s.is_some_and(|s| {
