@@ -52,6 +52,10 @@ pub struct BrokerConfig {
     pub replica_lag_time_max_ms: i64,
     /// `broker.session.timeout.ms`.
     pub broker_session_timeout_ms: i64,
+    /// `replica.selector.class` is `RackAwareReplicaSelector` (KIP-392): consumers that send
+    /// `client.rack` are sent to an in-sync replica in their AZ. Runnel's default, since
+    /// cross-AZ traffic is what it costs on AWS; Kafka's default is leader-only.
+    pub rack_aware_replica_selector: bool,
 }
 
 impl BrokerConfig {
@@ -80,6 +84,7 @@ impl BrokerConfig {
             leader_imbalance_per_broker_percentage: 10,
             replica_lag_time_max_ms: 30_000,
             broker_session_timeout_ms: 9_000,
+            rack_aware_replica_selector: true,
         }
     }
 }

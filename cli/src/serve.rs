@@ -403,6 +403,13 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<(BrokerConfig, Option<Socket
         }
         config.replica_lag_time_max_ms = v;
     }
+    if let Some(v) = prop("replica.selector.class") {
+        config.rack_aware_replica_selector = match v.trim() {
+            "" | "org.apache.kafka.common.replica.LeaderSelector" => false,
+            "org.apache.kafka.common.replica.RackAwareReplicaSelector" => true,
+            other => bail!("replica.selector.class {other:?} is not supported: use org.apache.kafka.common.replica.RackAwareReplicaSelector or org.apache.kafka.common.replica.LeaderSelector"),
+        };
+    }
     if let Some(v) = args
         .broker_session_timeout_ms
         .or(number(&props, "broker.session.timeout.ms")?)

@@ -671,11 +671,15 @@ impl Sim {
                 };
                 let preferred = self.nodes.iter().find_map(|n| {
                     let md = n.driver.as_ref()?.metadata();
-                    md.topics.get(topic)?.partitions.get(*partition as usize)?.first().copied()
+                    md.topics
+                        .get(topic)?
+                        .partitions
+                        .get(*partition as usize)?
+                        .first()
+                        .copied()
                 });
                 let leaders = self.leader_of(g);
-                leaders.len() == 1
-                    && preferred.is_some_and(|p| self.nodes[leaders[0]].broker == p)
+                leaders.len() == 1 && preferred.is_some_and(|p| self.nodes[leaders[0]].broker == p)
             });
             if back {
                 return;

@@ -807,3 +807,111 @@ fn a_transaction_spanning_partitions_led_by_three_brokers_commits_and_aborts_ato
         "every record, aborted ones too"
     );
 }
+
+/// KIP-392: the leader sends a consumer whose `client.rack` is another AZ to the in-sync
+/// follower there (`preferred_read_replica`, no records), the follower serves the consumer's
+/// fetches up to its high watermark, and librdkafka with `client.rack` reads everything.
+#[test]
+fn consumers_fetch_from_the_in_sync_replica_in_their_own_az() {
+    let brokers = cluster();
+    let all = bootstrap(&brokers);
+    create_topic(&all, "racks", 1, 3);
+    let producer: ThreadedProducer<Acks> = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .set("acks", "all")
+        .create_with_context(Acks(Arc::new(Mutex::new(Vec::new()))))
+        .expect("producer");
+    for i in 0..100 {
+        let value = format!("{i}");
+        producer
+            .send(
+                BaseRecord::<(), _>::to("racks")
+                    .payload(&value)
+                    .partition(0),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let leader = leaders(&all, "racks")[&0];
+    let follower = leader % 3 + 1;
+    let follower_az = format!("az-{follower}");
+    let mut raw = Raw::connect(&brokers[(leader - 1) as usize].bootstrap());
+    let topic_id = raw.metadata("racks").topics[0].topic_id;
+    // Wait for the follower to be reported in sync.
+    wait_for(Duration::from_secs(10), "the follower in the ISR", || {
+        partitions(&all, "racks")
+            .get(&0)
+            .is_some_and(|i| i.isr.contains(&follower))
+    });
+    let fetch = |raw: &mut Raw, rack: &str| {
+        let request = FetchRequest::default()
+            .with_replica_id(runnel_protocol::kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_rack_id(StrBytes::from_string(rack.to_string()))
+            .with_topics(vec![FetchTopic::default()
+                .with_topic_id(topic_id)
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_current_leader_epoch(-1)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let ResponseKind::Fetch(r) = raw.call(ApiKey::Fetch, 13, RequestKind::Fetch(request))
+        else {
+            panic!("not a fetch response");
+        };
+        r.responses[0].partitions[0].clone()
+    };
+    let at_leader = fetch(&mut raw, &follower_az);
+    assert_eq!(at_leader.error_code, 0);
+    assert_eq!(
+        at_leader.preferred_read_replica.0, follower,
+        "the leader names the replica in the consumer's AZ"
+    );
+    assert!(
+        at_leader.records.as_ref().is_none_or(|r| r.is_empty()),
+        "no records with a redirect"
+    );
+    let own_az = fetch(&mut raw, &format!("az-{leader}"));
+    assert_eq!(
+        own_az.preferred_read_replica.0, -1,
+        "the leader serves its own AZ"
+    );
+    assert!(own_az.records.as_ref().is_some_and(|r| !r.is_empty()));
+    let mut at_follower = Raw::connect(&brokers[(follower - 1) as usize].bootstrap());
+    let served = fetch(&mut at_follower, &follower_az);
+    assert_eq!(served.error_code, 0, "the follower serves consumers");
+    assert_eq!(served.high_watermark, 100);
+    assert!(served.records.as_ref().is_some_and(|r| !r.is_empty()));
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .set("group.id", "rack-reader")
+        .set("client.rack", &follower_az)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("racks", 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&tpl).expect("assign");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 100 && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            got.push(
+                String::from_utf8_lossy(m.payload().unwrap_or_default())
+                    .parse::<u32>()
+                    .expect("value"),
+            );
+        }
+    }
+    assert_eq!(
+        got,
+        (0..100).collect::<Vec<u32>>(),
+        "every record once, in order"
+    );
+}

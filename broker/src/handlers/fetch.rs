@@ -28,6 +28,8 @@ struct Read {
     key: PartitionKey,
     data: PartitionData,
     bytes: usize,
+    /// Sent elsewhere (a preferred read replica): answer at once.
+    redirect: bool,
 }
 
 fn error_partition(partition: i32, code: i16) -> PartitionData {
@@ -40,6 +42,32 @@ fn error_partition(partition: i32, code: i16) -> PartitionData {
         .with_records(Some(Bytes::new()))
 }
 
+/// Who is fetching, as far as choosing a replica goes.
+struct Fetcher {
+    /// A consumer speaking Fetch v11+ (KIP-392): followers serve it too.
+    may_read_follower: bool,
+    /// Its `client.rack`, if it sent one.
+    rack: Option<String>,
+}
+
+/// KIP-392 on the leader (Kafka's `RackAwareReplicaSelector`): an in-sync follower in the
+/// consumer's AZ, unless the leader is in that AZ itself.
+fn preferred_read_replica(
+    broker: &Broker,
+    replica: &runnel_replication::Replica,
+    rack: &str,
+) -> Option<i32> {
+    if !broker.config.rack_aware_replica_selector || broker.config.rack.as_deref() == Some(rack) {
+        return None;
+    }
+    let md = broker.replication.metadata();
+    replica
+        .isr()
+        .into_iter()
+        .filter(|&r| r != broker.config.node_id && !md.is_fenced(r))
+        .find(|r| md.brokers.get(r).and_then(|b| b.rack.as_deref()) == Some(rack))
+}
+
 /// Reads one partition within `budget` bytes.
 fn read_partition(
     broker: &Broker,
@@ -48,12 +76,14 @@ fn read_partition(
     budget: usize,
     min_one: bool,
     isolation: i8,
+    fetcher: &Fetcher,
 ) -> Read {
     let (topic, topic_id, partition) = key;
     let done = |data: PartitionData, bytes: usize| Read {
         key: key.clone(),
         data,
         bytes,
+        redirect: false,
     };
     let known = {
         let md = broker.replication.metadata();
@@ -100,7 +130,8 @@ fn read_partition(
             0,
         );
     }
-    if replica.leader_id() != broker.config.node_id {
+    let leads = replica.leader_id() == broker.config.node_id;
+    if !leads && !fetcher.may_read_follower {
         return done(
             error_partition(*partition, ResponseError::NotLeaderOrFollower.code()),
             0,
@@ -126,7 +157,23 @@ fn read_partition(
         } else {
             None
         })
-        .with_preferred_read_replica(runnel_protocol::kafka_protocol::messages::BrokerId(-1));
+        .with_preferred_read_replica(BrokerId(-1));
+    if let Some(preferred) = fetcher
+        .rack
+        .as_deref()
+        .filter(|_| leads)
+        .and_then(|rack| preferred_read_replica(broker, &replica, rack))
+    {
+        // No records: the consumer moves to the replica in its AZ.
+        return Read {
+            key: key.clone(),
+            data: base
+                .with_preferred_read_replica(BrokerId(preferred))
+                .with_records(Some(Bytes::new())),
+            bytes: 0,
+            redirect: true,
+        };
+    }
     if p.fetch_offset < 0 {
         return done(
             base.with_error_code(ResponseError::OffsetOutOfRange.code())
@@ -261,6 +308,19 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
             }
         };
 
+    let replica_id = if version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
+    let fetcher = Fetcher {
+        may_read_follower: version >= 11 && replica_id < 0,
+        rack: if version >= 11 {
+            Some(request.rack_id.to_string()).filter(|r| !r.is_empty())
+        } else {
+            None
+        },
+    };
     let max_bytes = if request.max_bytes <= 0 {
         usize::MAX
     } else {
@@ -277,9 +337,17 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         let mut any_error = false;
         for (key, p) in &partitions {
             let budget = max_bytes.saturating_sub(total);
-            let read = read_partition(broker, key, p, budget, total == 0, request.isolation_level);
+            let read = read_partition(
+                broker,
+                key,
+                p,
+                budget,
+                total == 0,
+                request.isolation_level,
+                &fetcher,
+            );
             total += read.bytes;
-            any_error |= read.data.error_code != 0;
+            any_error |= read.data.error_code != 0 || read.redirect;
             reads.push(read);
         }
         let now = Instant::now();
