@@ -1300,9 +1300,33 @@ fn on_ready(
     let mut ready = g.node.ready();
     // A leader's appends and heartbeats may leave before its own entries are persisted (they
     // leave with the rest of the cycle's messages, after persisting, which is as safe).
-    queue_messages(out, &g.id, ready.take_messages());
+    let messages = ready.take_messages();
+    // Runnel's snapshots are a few bytes inside the message itself: count one as delivered
+    // once sent. If it is lost, the follower rejects the next append and gets another.
+    let snapshots_to: Vec<u64> = messages
+        .iter()
+        .filter(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+        .map(|m| m.to)
+        .collect();
+    queue_messages(out, &g.id, messages);
     if !ready.snapshot().is_empty() {
-        tracing::warn!(group = %g.id, "snapshots are not supported yet; ignoring one");
+        if g.is_metadata() {
+            // The metadata log is never trimmed, so no leader sends one.
+            tracing::error!("ignoring a snapshot of the cluster metadata log");
+        } else {
+            let snapshot = ready.snapshot().clone();
+            let next_offset = g.node.mut_store().apply_snapshot(&snapshot)?;
+            let replica = g.node.store().replica();
+            replica.reset_high_watermark(next_offset);
+            replica.log_mut().on_high_watermark(next_offset);
+            tracing::info!(
+                group = %g.id,
+                index = snapshot.get_metadata().index,
+                next_offset,
+                "behind the leader's log start: restarted the log from the leader's snapshot"
+            );
+            shared.data_changed.notify_waiters();
+        }
     }
     let committed = ready.take_committed_entries();
     apply_committed(g, shared, &committed, &mut effects);
@@ -1329,6 +1353,9 @@ fn on_ready(
     let committed = light.take_committed_entries();
     apply_committed(g, shared, &committed, &mut effects);
     g.node.advance_apply();
+    for to in snapshots_to {
+        g.node.report_snapshot(to, raft::SnapshotStatus::Finish);
+    }
 
     let leader = g.node.raft.state == StateRole::Leader;
     let term = i32::try_from(g.node.raft.term).unwrap_or(i32::MAX);

@@ -159,6 +159,20 @@ pub struct FenceBroker {
     pub fenced: bool,
 }
 
+/// The data of a partition's Raft snapshot. Runnel's partition snapshots carry no records:
+/// a follower whose next entry the leader no longer holds (retention or `DeleteRecords`
+/// removed it) empties its log and restarts it where the leader's entries begin, as Kafka's
+/// follower does when it falls below the leader's log start (`truncateFullyAndStartAt`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartitionSnapshot {
+    /// The offset of the leader's first entry after the snapshot.
+    #[prost(uint64, tag = "1")]
+    pub next_offset: u64,
+    /// The leader's log start offset.
+    #[prost(uint64, tag = "2")]
+    pub log_start_offset: u64,
+}
+
 /// Raft messages from one broker to another, sent together (one Ready cycle's worth for one
 /// destination). `eraftpb::Message` carries no group id, so each is wrapped in an envelope.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -16,7 +16,7 @@ use raft::{GetEntriesContext, RaftState};
 use runnel_storage::batch::{self, control_type, BatchHeader};
 use runnel_storage::{Clock, HardState, HardStateFile, Log, StorageError};
 
-use crate::proto::GroupMembership;
+use crate::proto::{GroupMembership, PartitionSnapshot};
 use crate::ReplicationError;
 
 const MEMBERSHIP_FILE: &str = "raft-membership";
@@ -283,6 +283,25 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Installs a snapshot from the leader: the log restarts empty at the snapshot's next
+    /// offset, numbering entries after the snapshot's index. Returns that offset (the new
+    /// high watermark: everything up to the snapshot is committed).
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<u64, ReplicationError> {
+        let meta = snapshot.get_metadata();
+        let data = PartitionSnapshot::decode(snapshot.data.as_ref())
+            .map_err(|e| ReplicationError::Corrupt(format!("snapshot data: {e}")))?;
+        let epoch = i32::try_from(meta.term)
+            .map_err(|_| ReplicationError::Corrupt(format!("snapshot term {}", meta.term)))?;
+        self.replica
+            .log_mut()
+            .reset(data.next_offset, meta.index + 1, epoch)?;
+        self.set_membership(meta.get_conf_state())?;
+        let mut state = self.hard_state.get();
+        state.commit = state.commit.max(meta.index);
+        self.hard_state.store(state)?;
+        Ok(data.next_offset)
+    }
+
     pub fn set_membership(&mut self, cs: &ConfState) -> Result<(), ReplicationError> {
         let m = GroupMembership {
             voters: cs.voters.clone(),
@@ -411,10 +430,13 @@ impl raft::Storage for RaftLog {
         let log = self.replica.log();
         let first = log.first_entry_index();
         if idx + 1 == first {
-            // The entry before the first available one: its term survives in the epoch cache
-            // (0 for an empty log).
+            // The entry before the first available one: recorded when it went (retention,
+            // a snapshot), else the epoch cache's oldest (0 for an empty log).
             if idx == 0 {
                 return Ok(0);
+            }
+            if let Some(epoch) = log.prev_entry_epoch() {
+                return Ok(epoch.max(0) as u64);
             }
             return Ok(log
                 .leader_epochs()
@@ -438,9 +460,46 @@ impl raft::Storage for RaftLog {
         Ok(self.replica.log().next_entry_index().saturating_sub(1))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(
-            raft::StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// A snapshot at the entry before the first one held: its term, the membership and
+    /// where the leader's entries start (see [`PartitionSnapshot`]).
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || {
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ))
+        };
+        let log = self.replica.log();
+        let first = log.first_entry_index();
+        let Some(prev_epoch) = log.prev_entry_epoch() else {
+            return unavailable();
+        };
+        let next_offset = if first < log.next_entry_index() {
+            log.entry_offset(first).map_err(storage_err)?
+        } else {
+            log.log_end_offset()
+        };
+        if log.log_start_offset() < next_offset {
+            // Records before the first entry that survive only in compacted segments: a
+            // snapshot without them would lose them on the follower.
+            tracing::warn!(
+                topic = self.replica.topic,
+                partition = self.replica.partition,
+                follower = to,
+                "a follower is behind the compacted part of the log; it cannot catch up until snapshots carry records"
+            );
+            return unavailable();
+        }
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = first - 1;
+        meta.term = prev_epoch.max(0) as u64;
+        meta.set_conf_state(self.conf_state.clone());
+        snapshot.data = PartitionSnapshot {
+            next_offset,
+            log_start_offset: log.log_start_offset(),
+        }
+        .encode_to_vec()
+        .into();
+        Ok(snapshot)
     }
 }
