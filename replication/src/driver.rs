@@ -1052,6 +1052,12 @@ impl Driver {
                     );
                 }
             }
+            Command::DeleteRecords {
+                topic,
+                partition,
+                offset,
+                reply,
+            } => self.delete_records(&topic, partition, offset, reply),
             Command::Metadata { record, reply } => {
                 let value = Bytes::from(record.encode_to_vec());
                 let group = &mut self.metadata;
@@ -1109,6 +1115,71 @@ impl Driver {
             }
         }
         true
+    }
+
+    /// Proposes a new log start offset (`DeleteRecords`) to a partition this broker leads.
+    fn delete_records(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: u64,
+        reply: Reply<ProduceAck>,
+    ) {
+        let Some(g) = self.partitions.get_mut(&(topic.to_string(), partition)) else {
+            let _ = reply.send(Err(ReplicationError::UnknownTopicOrPartition));
+            return;
+        };
+        if g.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(ReplicationError::NotLeaderOrFollower));
+            return;
+        }
+        let replica = g.node.store().replica().clone();
+        let hw = replica.high_watermark();
+        let log_start = replica.log().log_start_offset();
+        if offset > hw {
+            let _ = reply.send(Err(ReplicationError::Storage(
+                runnel_storage::StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: log_start,
+                    log_end_offset: hw,
+                },
+            )));
+            return;
+        }
+        if offset <= log_start {
+            let _ = reply.send(Ok(ProduceAck {
+                base_offset: hw,
+                log_start_offset: log_start,
+            }));
+            return;
+        }
+        let data = match batch::build_raft_control_batch(
+            batch::control_type::LOG_START_OFFSET,
+            Some(Bytes::copy_from_slice(&offset.to_be_bytes())),
+            self.clock.now_ms(),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        if let Err(e) = g.node.propose(Vec::new(), data.to_vec()) {
+            let _ = reply.send(Err(match e {
+                raft::Error::ProposalDropped => ReplicationError::NotLeaderOrFollower,
+                other => raft_err(other),
+            }));
+            return;
+        }
+        let last = g.node.raft.raft_log.last_index();
+        g.pending.insert(
+            last,
+            Pending::Produce {
+                first_index: last,
+                acks: -1,
+                reply,
+            },
+        );
     }
 
     /// One Ready cycle of every group that has one, then the cycle's messages go out, one
@@ -1578,6 +1649,13 @@ fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &
         }
     }
     let replica = g.node.store().replica().clone();
+    for e in entries {
+        if let Some(offset) = batch::parse_log_start_offset(&e.data) {
+            if let Err(err) = replica.delete_records_before(offset) {
+                tracing::warn!(topic = replica.topic, partition = replica.partition, offset, error = %err, "could not move the log start offset");
+            }
+        }
+    }
     let end = offset_end_of_entry(&replica.log(), last.index);
     if let Some(end) = end {
         replica.set_high_watermark(end);

@@ -169,6 +169,14 @@ pub(crate) enum Command {
         record: MetadataRecord,
         reply: Reply<()>,
     },
+    /// `DeleteRecords` on a partition this broker leads: the new log start offset goes
+    /// through the partition's Raft group, so every replica moves it.
+    DeleteRecords {
+        topic: String,
+        partition: i32,
+        offset: u64,
+        reply: Reply<ProduceAck>,
+    },
     /// Raft messages from broker `from` (a Raft id).
     Raft {
         from: u64,
@@ -362,6 +370,26 @@ impl Replication {
             reply: Some(reply),
         })?;
         Ok(Some(rx))
+    }
+
+    /// `DeleteRecords`: moves the partition's log start offset to `offset` (at most its high
+    /// watermark) on every replica, through Raft. Returns the leader's new log start offset
+    /// once the change is committed and applied here.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: u64,
+    ) -> Result<u64, ReplicationError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::DeleteRecords {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            reply,
+        })?;
+        let ack = rx.await.map_err(|_| ReplicationError::ShuttingDown)??;
+        Ok(ack.log_start_offset)
     }
 
     /// Proposes a metadata change and waits until it is committed and applied here.

@@ -68,20 +68,11 @@ impl Replica {
         self.log.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `DeleteRecords`: moves the log start offset forward (never past the high watermark).
-    /// Single-broker only for now: with followers this must go through the partition's Raft
-    /// group so replicas agree.
-    pub fn delete_records_before(&self, offset: u64) -> Result<u64, StorageError> {
-        let hw = self.high_watermark();
-        if offset > hw {
-            let log = self.log();
-            return Err(StorageError::OffsetOutOfRange {
-                offset,
-                log_start_offset: log.log_start_offset(),
-                log_end_offset: hw,
-            });
-        }
+    /// Applies a committed `DeleteRecords`: moves the log start offset forward to `offset`
+    /// (the leader checked it against its high watermark before proposing it).
+    pub(crate) fn delete_records_before(&self, offset: u64) -> Result<u64, StorageError> {
         let mut log = self.log_mut();
+        let offset = offset.min(log.log_end_offset());
         log.advance_log_start_offset(offset)?;
         Ok(log.log_start_offset())
     }
@@ -375,6 +366,8 @@ fn batch_to_entry(index: u64, term: u64, data: Bytes) -> Entry {
                 });
                 e.data = value.slice(1.min(value.len())..);
             }
+            // Replicated state changes keep their batch: every replica applies it.
+            Some(control_type::LOG_START_OFFSET) => e.data = data,
             _ => e.data = Bytes::new(),
         }
         return e;

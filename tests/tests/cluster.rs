@@ -915,3 +915,75 @@ fn consumers_fetch_from_the_in_sync_replica_in_their_own_az() {
         "every record once, in order"
     );
 }
+
+/// DeleteRecords goes through the partition's Raft group: after the leader is killed, the
+/// new leader (a former follower) reports the same low watermark and serves nothing below it.
+#[test]
+fn delete_records_moves_the_log_start_on_every_replica() {
+    let mut brokers = cluster();
+    let all = bootstrap(&brokers);
+    create_topic(&all, "trimmed", 1, 3);
+    let producer: ThreadedProducer<Acks> = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .set("acks", "all")
+        .create_with_context(Acks(Arc::new(Mutex::new(Vec::new()))))
+        .expect("producer");
+    for i in 0..100 {
+        let value = format!("{i}");
+        producer
+            .send(
+                BaseRecord::<(), _>::to("trimmed")
+                    .payload(&value)
+                    .partition(0),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .create()
+        .expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("trimmed", 0, Offset::Offset(60))
+        .expect("partition");
+    let result = rt
+        .block_on(admin.delete_records(&tpl, &AdminOptions::new()))
+        .expect("delete records");
+    let low = result.elements()[0].offset();
+    assert_eq!(low, Offset::Offset(60), "the new low watermark: {result:?}");
+    // Give the followers a moment to apply the committed change, then fail over.
+    std::thread::sleep(Duration::from_millis(500));
+    let leader = leaders(&all, "trimmed")[&0];
+    brokers[(leader - 1) as usize].kill_9();
+    let live = brokers[(leader % 3) as usize].bootstrap();
+    wait_for(Duration::from_secs(15), "a new leader", || {
+        leaders(&live, "trimmed")
+            .get(&0)
+            .is_some_and(|&l| l >= 1 && l != leader)
+    });
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &live)
+        .create()
+        .expect("consumer");
+    let mut watermarks = (-1, -1);
+    wait_for(
+        Duration::from_secs(15),
+        "watermarks from the new leader",
+        || {
+            watermarks = consumer
+                .fetch_watermarks("trimmed", 0, Duration::from_secs(5))
+                .unwrap_or((-1, -1));
+            watermarks.1 == 100
+        },
+    );
+    assert_eq!(
+        watermarks,
+        (60, 100),
+        "the new leader's log starts at 60 too"
+    );
+}

@@ -255,7 +255,7 @@ pub async fn handle(broker: &Arc<Broker>, request: Request, peer: std::net::Sock
             ResponseKind::DeleteTopics(delete_topics::handle(broker, r, version).await)
         }
         RequestKind::DeleteRecords(r) => {
-            ResponseKind::DeleteRecords(delete_records::handle(broker, r, version))
+            ResponseKind::DeleteRecords(delete_records::handle(broker, r, version).await)
         }
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(broker, r, version))
