@@ -38,7 +38,12 @@ fn cluster() -> Vec<Broker> {
 
 /// [`cluster`] with extra `runnel serve` arguments for every broker.
 fn cluster_with(extra: &[&str]) -> Vec<Broker> {
-    let ports: Vec<(u16, u16)> = (0..3)
+    cluster_of(3, 3, extra)
+}
+
+/// Brokers 1..=`brokers`, broker i in AZ `az-((i - 1) % azs + 1)`, all controller voters.
+fn cluster_of(brokers: usize, azs: usize, extra: &[&str]) -> Vec<Broker> {
+    let ports: Vec<(u16, u16)> = (0..brokers)
         .map(|_| (free_port().expect("port"), free_port().expect("port")))
         .collect();
     let voters: String = ports
@@ -51,7 +56,7 @@ fn cluster_with(extra: &[&str]) -> Vec<Broker> {
         .iter()
         .enumerate()
         .map(|(i, (kafka, _))| {
-            let az = format!("az-{}", i + 1);
+            let az = format!("az-{}", i % azs + 1);
             let mut args = vec![
                 "--no-fsync",
                 "--az",
@@ -986,4 +991,72 @@ fn delete_records_moves_the_log_start_on_every_replica() {
         (60, 100),
         "the new leader's log starts at 60 too"
     );
+}
+
+/// A whole AZ fails: six brokers in three AZs, every partition with one replica per AZ; both
+/// brokers of az-1 are killed at once under load. Every partition keeps a majority, so
+/// writes go on; the AZ returns, its brokers rejoin, preferred leaders take their
+/// partitions back, and every acknowledged write is there exactly once, in order.
+#[test]
+fn losing_a_whole_az_loses_no_acknowledged_write() {
+    let mut brokers = cluster_of(6, 3, &["--leader-imbalance-check-interval-seconds", "2"]);
+    let all = bootstrap(&brokers);
+    let count = 6;
+    create_topic(&all, "azs", count, 3);
+    let az_of = |broker: i32| (broker - 1) % 3 + 1;
+    for (p, info) in partitions(&all, "azs") {
+        let mut zones: Vec<i32> = info.replicas.iter().map(|&r| az_of(r)).collect();
+        zones.sort_unstable();
+        assert_eq!(
+            zones,
+            [1, 2, 3],
+            "partition {p}: one replica per AZ ({:?})",
+            info.replicas
+        );
+    }
+    let load = Load::start(&all, "azs", count);
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("killing az-1: brokers 1 and 4");
+    brokers[0].kill_9();
+    brokers[3].kill_9();
+    let live = brokers[1].bootstrap();
+    let took = wait_for(
+        Duration::from_secs(20),
+        "every partition led outside az-1",
+        || {
+            let now = partitions(&live, "azs");
+            now.len() == count as usize
+                && now.values().all(|i| i.leader >= 1 && az_of(i.leader) != 1)
+        },
+    );
+    eprintln!(
+        "az-1 down: all partitions led elsewhere after {} ms",
+        took.as_millis()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    brokers[0].restart().expect("restart broker 1");
+    brokers[3].restart().expect("restart broker 4");
+    let took = wait_for(
+        Duration::from_secs(40),
+        "every partition back with its preferred leader and a full ISR",
+        || {
+            let now = partitions(&all, "azs");
+            now.len() == count as usize
+                && now
+                    .values()
+                    .all(|i| i.replicas.first() == Some(&i.leader) && i.isr.len() == 3)
+        },
+    );
+    eprintln!(
+        "az-1 back: preferred leaders and full ISRs after {} ms",
+        took.as_millis()
+    );
+    let (sent, acked) = load.finish();
+    assert!(
+        acked.len() > 1000,
+        "only {} of {sent} acknowledged",
+        acked.len()
+    );
+    let read = verify_exactly_once(&all, "azs", count, &acked);
+    eprintln!("sent {sent}, acknowledged {}, read {read}", acked.len());
 }
