@@ -1060,3 +1060,58 @@ fn losing_a_whole_az_loses_no_acknowledged_write() {
     let read = verify_exactly_once(&all, "azs", count, &acked);
     eprintln!("sent {sent}, acknowledged {}, read {read}", acked.len());
 }
+
+/// `runnel produce` started the moment a partition's leader is killed: its first request
+/// finds the dead leader (or a follower), and it retries against the new leader instead of
+/// failing, so every line is written once.
+#[test]
+fn the_cli_producer_rides_out_a_leader_election() {
+    let mut brokers = cluster();
+    let all = bootstrap(&brokers);
+    create_topic(&all, "cli-failover", 1, 3);
+    let leader = leaders(&all, "cli-failover")[&0];
+    let live = brokers[(leader % 3) as usize].bootstrap();
+    brokers[(leader - 1) as usize].kill_9();
+    let lines: String = (0..50).map(|i| format!("line-{i}\n")).collect();
+    let mut child = std::process::Command::new(runnel_tests::runnel_bin().expect("runnel binary"))
+        .args([
+            "produce",
+            "cli-failover",
+            "--acks",
+            "all",
+            "--bootstrap-server",
+            &live,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn runnel produce");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(lines.as_bytes()).expect("write lines");
+    }
+    let out = child.wait_with_output().expect("runnel produce");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "runnel produce failed: {stderr}");
+    assert!(stderr.contains("produced 50"), "{stderr}");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &live)
+        .set("group.id", "cli-reader")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("cli-failover", 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&tpl).expect("assign");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 50 && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    let want: Vec<String> = (0..50).map(|i| format!("line-{i}")).collect();
+    assert_eq!(got, want, "every line once, in order");
+}

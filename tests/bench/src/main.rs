@@ -71,6 +71,10 @@ struct Args {
     /// Records per transaction with --transactions.
     #[arg(long, default_value_t = 100)]
     txn_records: usize,
+    /// Produce at this many messages/s instead of as fast as possible, so the latency
+    /// percentiles are the cluster's own rather than queueing in the client (0: unpaced).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Bytes for the raw disk and loopback measurements.
     #[arg(long, default_value_t = 1024 * 1024 * 1024)]
     raw_bytes: usize,
@@ -306,9 +310,10 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!("# runnel-bench: {} messages of {} bytes, acks={}, partitions={}, replication factor={}, linger.ms={}, compression={}{}",
+    println!("# runnel-bench: {} messages of {} bytes, acks={}, partitions={}, replication factor={}, linger.ms={}, compression={}{}{}",
         args.messages, args.size, args.acks, args.partitions, args.replication_factor, args.linger_ms, args.compression,
-        if args.no_fsync { ", broker --no-fsync" } else { "" });
+        if args.no_fsync { ", broker --no-fsync" } else { "" },
+        if args.rate > 0 { format!(", paced at {} msgs/s", args.rate) } else { String::new() });
     if let Some(b) = &own {
         println!(
             "broker ready (port accepting) {} ms after spawn",
@@ -352,6 +357,13 @@ fn main() -> anyhow::Result<()> {
     let before = pid.and_then(proc_usage);
     let start = Instant::now();
     for i in 0..args.messages {
+        if args.rate > 0 {
+            let due = start + Duration::from_secs_f64(i as f64 / args.rate as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
         let mut record: BaseRecord<'_, (), [u8], Box<Instant>> =
             BaseRecord::with_opaque_to(&topic, Box::new(Instant::now())).payload(&payload[..]);
         if args.partitions > 1 {
