@@ -84,6 +84,10 @@ pub(crate) struct ServeArgs {
     /// reports its replicas offline, in ms (`broker.session.timeout.ms`, default 9000).
     #[arg(long, env = "RUNNEL_BROKER_SESSION_TIMEOUT_MS")]
     broker_session_timeout_ms: Option<i64>,
+    /// One-way delay, in ms, added to Raft traffic to brokers in other AZs (simulated
+    /// inter-AZ latency; `runnel dev --az-latency-ms`).
+    #[arg(long, env = "RUNNEL_AZ_LATENCY_MS", default_value_t = 0)]
+    az_latency_ms: u64,
 }
 
 /// Reads `name` from the properties as a number, if set.
@@ -463,7 +467,12 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         let listener = runnel_broker::bind(&config)
             .await
             .context("is another broker already running? use --listen to pick another port")?;
-        let broker = Arc::new(Broker::open(config.clone()).context("cannot open the data dir")?);
+        let transport = runnel_broker::TransportOptions {
+            az_latency: std::time::Duration::from_millis(args.az_latency_ms),
+        };
+        let broker = Arc::new(
+            Broker::open_with(config.clone(), transport).context("cannot open the data dir")?,
+        );
         broker
             .register()
             .await
@@ -486,6 +495,14 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = serving.await;
         // Stops the Raft driver, which checkpoints every log.
         broker.replication.shutdown();
+        if !config.controller_voters.is_empty() {
+            println!(
+                "runnel: broker {} ({}) cross-AZ traffic: {}",
+                config.node_id,
+                config.rack.as_deref().unwrap_or("-"),
+                broker.cross_az_bytes()
+            );
+        }
         anyhow::Ok(())
     })?;
     Ok(())

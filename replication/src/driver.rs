@@ -9,8 +9,23 @@
 //!
 //! It also runs retention and checkpoints on its logs; compaction runs on its own thread and
 //! takes each log's write lock only to swap cleaned segments in.
+//!
+//! Idle partitions cost next to nothing, for thousands of them per broker:
+//! - A Ready cycle visits only the groups marked dirty (stepped, proposed to, ticked into
+//!   action, woken), never every group.
+//! - Quiescence (as CockroachDB's): a leader with nothing in flight whose live followers hold
+//!   its whole log sends them one last heartbeat marked [`QUIESCE`] and stops ticking; a
+//!   follower whose log ends at that heartbeat's commit stops ticking too. Any other message,
+//!   and any proposal, wakes a group. A quiesced follower cannot time out on its own, so
+//!   liveness moves up to brokers: every broker sends every peer a batch each tick (an empty
+//!   one if it has nothing else), and a peer silent for an election timeout counts as down:
+//!   quiesced followers of its leaders wake with their election timer as if they had been
+//!   ticking (so they campaign within the usual randomized timeout), quiesced leaders that no
+//!   longer hear a majority wake (so check-quorum can depose them), and a peer heard again
+//!   wakes the quiesced groups it follows so their leaders catch it up. Quiescence only stops
+//!   timers; it never changes what Raft decides. `tests/cluster_sim.rs` covers it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
 use runnel_storage::batch::{self, BatchHeader, BatchOptions, NewRecord};
 use runnel_storage::{Clock, Log, LogConfig, SystemClock};
@@ -105,6 +120,10 @@ struct Group {
     /// deadline (clock ms) so the caller retries.
     forwarded: HashMap<u64, (Reply<()>, i64)>,
     was_leader: bool,
+    /// Not ticked: an idle partition whose leader told its followers so (see [`quiesce`]).
+    quiesced: bool,
+    /// (last index, its term, commit) at the last checkpoint of the log.
+    checkpointed: Option<(u64, u64, u64)>,
     /// While leading: when each follower was last caught up, for the ISR.
     isr: Option<IsrTracker>,
 }
@@ -137,6 +156,8 @@ pub struct GroupState {
     pub commit: u64,
     /// Highest index in the log (persisted or not).
     pub last_index: u64,
+    /// Idle and not ticked (see the module's notes on quiescence).
+    pub quiesced: bool,
 }
 
 /// Every Raft group of one broker and the logic that drives them. Nothing here reads the
@@ -166,6 +187,21 @@ pub struct Driver {
     /// While this broker leads the metadata group: when each voter was last heard from.
     heard_ms: BTreeMap<u64, i64>,
     fence_report: Option<(oneshot::Receiver<Result<(), ReplicationError>>, i64)>,
+    /// Partitions that may have a Ready (stepped, proposed to, ticked into action, woken):
+    /// a Ready cycle visits only these, not thousands of idle groups.
+    dirty: BTreeSet<(String, i32)>,
+    /// The other brokers this one shares a group with, by Raft id.
+    peers: BTreeMap<u64, PeerLiveness>,
+    ticks: u64,
+}
+
+/// Whether another broker is alive, as far as quiesced groups care: it is while batches (at
+/// least the empty one every broker sends each peer every tick) keep coming from it.
+#[derive(Debug, Clone, Copy, Default)]
+struct PeerLiveness {
+    /// Clock ms of the last batch from it.
+    last_heard: Option<i64>,
+    live: bool,
 }
 
 impl fmt::Debug for Driver {
@@ -296,6 +332,8 @@ fn new_group(
         forwarded: HashMap::new(),
         was_leader: false,
         isr: None,
+        quiesced: false,
+        checkpointed: None,
     })
 }
 /// Applies every committed metadata record in the log (startup).
@@ -447,7 +485,25 @@ impl Driver {
             partitions: BTreeMap::new(),
             transport,
             outbox: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            ticks: 0,
         };
+        let me = driver.raft_id;
+        let voters: Vec<u64> = driver
+            .metadata
+            .node
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&v| v != me)
+            .collect();
+        for v in voters {
+            driver.peers.entry(v).or_default();
+        }
         let topics: Vec<TopicMetadata> = driver.metadata_read().topics.values().cloned().collect();
         for topic in topics {
             driver.open_partitions(&topic, 0)?;
@@ -480,15 +536,6 @@ impl Driver {
         }
     }
 
-    fn group_mut(&mut self, id: &GroupId) -> Option<&mut Group> {
-        match id {
-            GroupId::Metadata => Some(&mut self.metadata),
-            GroupId::Partition { topic, partition } => {
-                self.partitions.get_mut(&(topic.clone(), *partition))
-            }
-        }
-    }
-
     pub fn group_state(&self, id: &GroupId) -> Option<GroupState> {
         let g = self.group(id)?;
         let raft = &g.node.raft;
@@ -498,6 +545,7 @@ impl Driver {
             is_leader: raft.state == StateRole::Leader,
             commit: raft.raft_log.committed,
             last_index: raft.raft_log.last_index(),
+            quiesced: g.quiesced,
         })
     }
 
@@ -544,29 +592,119 @@ impl Driver {
     }
 
     /// Feeds messages from broker `from` (a Raft id) to their groups. Messages of groups
-    /// this broker does not host (yet) are dropped: Raft sends them again.
+    /// this broker does not host (yet) are dropped: Raft sends them again. Any batch, even
+    /// an empty one, shows that `from` is alive.
     pub fn step_raft(&mut self, from: u64, envelopes: Vec<Envelope>) {
         let me = self.raft_id;
+        self.heard_from(from);
         for Envelope { group, message } in envelopes {
             if message.to != me || message.from != from {
                 tracing::debug!(from, to = message.to, claimed = message.from, %group, "dropping a misaddressed raft message");
                 continue;
             }
-            let Some(g) = self.group_mut(&group) else {
-                tracing::trace!(from, %group, "raft message for a group not hosted here");
+            let GroupId::Partition { topic, partition } = group else {
+                if let Err(e) = self.metadata.node.step(message) {
+                    tracing::debug!(from, group = %GroupId::Metadata, error = %e, "raft message refused");
+                }
                 continue;
             };
+            let key = (topic, partition);
+            let Some(g) = self.partitions.get_mut(&key) else {
+                tracing::trace!(
+                    from,
+                    topic = key.0,
+                    partition,
+                    "raft message for a group not hosted here"
+                );
+                continue;
+            };
+            let quiesce = is_quiesce_heartbeat(&message);
+            let (kind, term, commit) = (message.get_msg_type(), message.term, message.commit);
             if let Err(e) = g.node.step(message) {
-                tracing::debug!(from, %group, error = %e, "raft message refused");
+                tracing::debug!(from, topic = key.0, partition, error = %e, "raft message refused");
             }
+            if quiesce {
+                g.quiesced = follower_may_quiesce(g, from, term, commit);
+            } else if g.quiesced {
+                // A caught-up follower answering the heartbeat that quiesced its leader
+                // leaves it quiesced; anything else is activity.
+                let answer = kind == MessageType::MsgHeartbeatResponse
+                    && g.node.raft.state == StateRole::Leader
+                    && !g.node.has_ready();
+                g.quiesced = answer;
+            }
+            self.dirty.insert(key);
         }
     }
 
-    /// One Raft tick of every group (heartbeats, election timeouts).
+    /// One Raft tick of every group that is not quiesced (heartbeats, election timeouts);
+    /// idle partitions whose followers are all caught up quiesce instead, and quiesced ones
+    /// wake when a broker they depend on stops being heard from. Every peer gets a batch in
+    /// this cycle, if only an empty one: that is what tells it this broker is alive.
     pub fn tick(&mut self) {
         self.metadata.node.tick();
-        for g in self.partitions.values_mut() {
-            g.node.tick();
+        let now = self.clock.now_ms();
+        let timeout = self.liveness_timeout_ms();
+        for p in self.peers.values_mut() {
+            p.live = p.last_heard.is_some_and(|t| now - t < timeout);
+        }
+        let me = self.raft_id;
+        let peers = &self.peers;
+        let live = |id: u64| id == me || peers.get(&id).is_some_and(|p| p.live);
+        self.ticks += 1;
+        // Once a second, quiesced groups are looked at too, so that one changed where nobody
+        // marked it dirty still gets its Ready cycle.
+        let sweep = self.ticks % 10 == 0;
+        for (key, g) in self.partitions.iter_mut() {
+            if g.quiesced {
+                if !must_wake(g, &live) {
+                    if sweep && g.node.has_ready() {
+                        self.dirty.insert(key.clone());
+                    }
+                    continue;
+                }
+                wake(g);
+            }
+            if leader_may_quiesce(g, &live) {
+                quiesce(g, &live, &mut self.outbox);
+                continue;
+            }
+            if g.node.tick() || g.node.has_ready() {
+                self.dirty.insert(key.clone());
+            }
+        }
+        for &id in self.peers.keys() {
+            self.outbox.entry(id).or_default();
+        }
+    }
+
+    /// How long a broker may stay silent before quiesced groups stop counting on it: one
+    /// election timeout, so that a quiesced follower notices a dead leader as fast as a
+    /// ticking one would.
+    fn liveness_timeout_ms(&self) -> i64 {
+        duration_ms(self.config.tick).saturating_mul(self.config.election_tick.max(2) as i64)
+    }
+
+    /// Records a batch from `from`; a broker heard from again wakes the quiesced groups it
+    /// follows here, so their leaders catch it up (or learn it moved on).
+    fn heard_from(&mut self, from: u64) {
+        let now = self.clock.now_ms();
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        peer.last_heard = Some(now);
+        if peer.live {
+            return;
+        }
+        peer.live = true;
+        for (key, g) in self.partitions.iter_mut() {
+            if g.quiesced
+                && g.node.raft.state == StateRole::Leader
+                && g.node.raft.prs().conf().voters().contains(from)
+            {
+                g.quiesced = false;
+                self.dirty.insert(key.clone());
+            }
         }
     }
 
@@ -827,6 +965,8 @@ impl Driver {
         for key in elsewhere {
             if let Some(g) = self.partitions.get_mut(&key) {
                 g.node.transfer_leader(self.raft_id);
+                g.quiesced = false;
+                self.dirty.insert(key);
             }
         }
     }
@@ -901,7 +1041,13 @@ impl Driver {
                 let term = i32::try_from(group.node.raft.term).unwrap_or(i32::MAX);
                 replica.set_leader(self.config.node_id, term);
             }
+            for &v in &voters {
+                if v != self.raft_id {
+                    self.peers.entry(v).or_default();
+                }
+            }
             self.partitions.insert(key.clone(), group);
+            self.dirty.insert(key.clone());
             self.shared
                 .replicas
                 .write()
@@ -958,7 +1104,8 @@ impl Driver {
                 guard,
                 reply,
             } => {
-                let Some(group) = self.partitions.get_mut(&(topic, partition)) else {
+                let key = (topic, partition);
+                let Some(group) = self.partitions.get_mut(&key) else {
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(ReplicationError::UnknownTopicOrPartition));
                     }
@@ -1027,6 +1174,8 @@ impl Driver {
                             });
                     }
                 }
+                group.quiesced = false;
+                self.dirty.insert(key);
                 for b in batches {
                     if let Err(e) = group.node.propose(Vec::new(), b.to_vec()) {
                         if let Some(reply) = reply {
@@ -1180,10 +1329,12 @@ impl Driver {
                 reply,
             },
         );
+        g.quiesced = false;
+        self.dirty.insert((topic.to_string(), partition));
     }
 
-    /// One Ready cycle of every group that has one, then the cycle's messages go out, one
-    /// batch per destination.
+    /// One Ready cycle of every group that may have one (the metadata group and the dirty
+    /// partitions, in order), then the cycle's messages go out, one batch per destination.
     pub fn process_ready(&mut self) {
         let mut effects = Vec::new();
         if self.metadata.node.has_ready() {
@@ -1204,10 +1355,17 @@ impl Driver {
                 tracing::error!(error = %e, "applying a metadata change to local replicas failed");
             }
         }
-        for ((topic, partition), g) in self.partitions.iter_mut() {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(g) = self.partitions.get_mut(&key) else {
+                continue;
+            };
             if g.node.has_ready() {
                 if let Err(e) = on_ready(g, &self.shared, &mut self.outbox) {
-                    tracing::error!(topic, partition, error = %e, "partition failed to persist");
+                    tracing::error!(topic = key.0, partition = key.1, error = %e, "partition failed to persist");
+                }
+                // Committed entries beyond one cycle's budget are left for the next.
+                if g.node.has_ready() {
+                    self.dirty.insert(key);
                 }
             }
         }
@@ -1228,6 +1386,7 @@ impl Driver {
             MetadataEffect::TopicDeleted(t) => {
                 for p in 0..t.partitions.len() as i32 {
                     let key = (t.name.clone(), p);
+                    self.dirty.remove(&key);
                     if let Some(mut g) = self.partitions.remove(&key) {
                         for (_, pending) in std::mem::take(&mut g.pending) {
                             fail(pending, ReplicationError::UnknownTopicOrPartition);
@@ -1305,15 +1464,29 @@ impl Driver {
         crate::probe::partition_counts(self.partitions.len(), leaders);
     }
 
+    /// Checkpoints every log written to since its last checkpoint (an idle log's checkpoint
+    /// would only repeat its fsyncs: thousands of them a minute for thousands of partitions).
     fn checkpoint_all(&mut self) {
         for g in std::iter::once(&mut self.metadata).chain(self.partitions.values_mut()) {
-            let commit = g.node.raft.raft_log.committed;
+            let raft_log = &g.node.raft.raft_log;
+            let commit = raft_log.committed;
+            // Every append or truncation moves the last index or its term.
+            let mark = (raft_log.last_index(), raft_log.last_term(), commit);
+            if g.checkpointed == Some(mark) {
+                continue;
+            }
             let store = g.node.mut_store();
+            let mut ok = true;
             if let Err(e) = store.replica().log_mut().checkpoint() {
                 tracing::warn!(error = %e, "checkpoint failed");
+                ok = false;
             }
             if let Err(e) = store.set_commit(commit) {
                 tracing::warn!(error = %e, "storing commit index failed");
+                ok = false;
+            }
+            if ok {
+                g.checkpointed = Some(mark);
             }
         }
     }
@@ -1357,6 +1530,111 @@ fn queue_messages(out: &mut BTreeMap<u64, Vec<Envelope>>, group: &GroupId, messa
             group: group.clone(),
             message,
         });
+    }
+}
+
+/// The `context` of the heartbeat with which an idle leader tells a follower that it stops
+/// ticking (raft-rs echoes a heartbeat's context in the response and ignores it otherwise).
+const QUIESCE: &[u8] = b"runnel-quiesce";
+
+fn is_quiesce_heartbeat(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgHeartbeat && m.get_context() == QUIESCE
+}
+
+/// Whether a leader may stop ticking: nothing proposed, pending, uncommitted or unapplied, no
+/// leadership transfer or configuration change under way, a majority of its voters alive, and
+/// every live follower holding the whole log. Followers that are down are caught up when they
+/// are heard from again (which wakes the group).
+fn leader_may_quiesce(g: &Group, live: &impl Fn(u64) -> bool) -> bool {
+    let raft = &g.node.raft;
+    if raft.state != StateRole::Leader
+        || g.is_metadata()
+        || !g.pending.is_empty()
+        || !g.in_flight.is_empty()
+        || !g.markers_in_flight.is_empty()
+        || raft.lead_transferee.is_some()
+    {
+        return false;
+    }
+    let log = &raft.raft_log;
+    let last = log.last_index();
+    if log.committed != last || log.applied != last || raft.pending_conf_index > last {
+        return false;
+    }
+    if g.node.has_ready() {
+        return false;
+    }
+    let voters = raft.prs().conf().voters().ids();
+    let mut alive = 0;
+    for id in voters.iter() {
+        if !live(id) {
+            continue;
+        }
+        alive += 1;
+        if id != raft.id && raft.prs().get(id).is_none_or(|pr| pr.matched != last) {
+            return false;
+        }
+    }
+    2 * alive > voters.len()
+}
+
+/// Quiesces a leader: one last heartbeat, carrying the commit index and the quiesce mark, to
+/// every live follower, which quiesces too if its log matches.
+fn quiesce(g: &mut Group, live: &impl Fn(u64) -> bool, out: &mut BTreeMap<u64, Vec<Envelope>>) {
+    let raft = &g.node.raft;
+    for (&id, pr) in raft.prs().iter() {
+        if id == raft.id || !live(id) {
+            continue;
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.to = id;
+        m.from = raft.id;
+        m.term = raft.term;
+        m.commit = pr.matched.min(raft.raft_log.committed);
+        m.context = Bytes::from_static(QUIESCE);
+        out.entry(id).or_default().push(Envelope {
+            group: g.id.clone(),
+            message: m,
+        });
+    }
+    g.quiesced = true;
+}
+
+/// After stepping a quiesce heartbeat: a follower quiesces only if it follows that leader in
+/// that term and its log ends exactly at the leader's commit index.
+fn follower_may_quiesce(g: &Group, from: u64, term: u64, commit: u64) -> bool {
+    let raft = &g.node.raft;
+    raft.state == StateRole::Follower
+        && raft.leader_id == from
+        && raft.term == term
+        && raft.raft_log.committed == commit
+        && raft.raft_log.last_index() == commit
+}
+
+/// Whether a quiesced group must tick again: a follower whose leader's broker went silent, a
+/// leader that no longer hears from a majority (so that check-quorum can depose it).
+fn must_wake(g: &Group, live: &impl Fn(u64) -> bool) -> bool {
+    let raft = &g.node.raft;
+    match raft.state {
+        StateRole::Leader => {
+            let voters = raft.prs().conf().voters().ids();
+            let alive = voters.iter().filter(|&id| live(id)).count();
+            2 * alive <= voters.len()
+        }
+        _ => raft.leader_id == raft::INVALID_ID || !live(raft.leader_id),
+    }
+}
+
+/// Wakes a quiesced group because a broker went silent. A follower's election timer resumes
+/// as if it had been ticking since it last heard from its leader (one liveness timeout ago),
+/// so it campaigns within its usual randomized timeout instead of a whole new one.
+fn wake(g: &mut Group) {
+    g.quiesced = false;
+    let raft = &mut g.node.raft;
+    if raft.state != StateRole::Leader {
+        let timeout = raft.election_timeout().saturating_sub(1);
+        raft.election_elapsed = raft.election_elapsed.max(timeout);
     }
 }
 

@@ -87,6 +87,12 @@ struct Sim {
     committed_payloads: HashSet<(GroupId, Vec<u8>)>,
     leaders: HashMap<(GroupId, u64), u64>,
     crashes: u64,
+    /// `auto.leader.rebalance.enable` on every broker.
+    rebalance: bool,
+    /// No proposals before this step: idle stretches, in which idle groups quiesce.
+    quiet_until: u64,
+    /// Partition groups seen quiesced (summed over steps and brokers).
+    quiesced_seen: u64,
 }
 
 const PAYLOAD_LEN: usize = 11;
@@ -108,6 +114,10 @@ fn payloads_in(data: &[u8]) -> Vec<Vec<u8>> {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::new_with(seed, true)
+    }
+
+    fn new_with(seed: u64, rebalance: bool) -> Sim {
         let mut rng = SimRng::new(seed);
         let n = if seed % 5 == 0 { 5 } else { 3 };
         let faults = Faults {
@@ -149,6 +159,9 @@ impl Sim {
             committed_payloads: HashSet::new(),
             leaders: HashMap::new(),
             crashes: 0,
+            rebalance,
+            quiet_until: 0,
+            quiesced_seen: 0,
         };
         for i in 0..sim.nodes.len() {
             sim.start_node(i);
@@ -177,7 +190,8 @@ impl Sim {
         config.checkpoint_interval = Duration::from_secs(3);
         // Leader transfers back to preferred leaders, ISR changes and broker fencing all
         // happen within a run, under the same faults.
-        config.leader_imbalance_check_interval = Duration::from_secs(1);
+        config.leader_imbalance_check_interval = Duration::from_secs(3);
+        config.auto_leader_rebalance = self.rebalance;
         config.replica_lag_time_max_ms = 2_000;
         config.broker_session_timeout_ms = 2_000;
         config.retention_check_interval = Duration::from_secs(1);
@@ -314,7 +328,10 @@ impl Sim {
                 }
             }
         }
-        if chaos && self.groups.len() > 1 && self.rng.chance(0.6) {
+        if chaos && self.step >= self.quiet_until && self.rng.chance(0.02) {
+            self.quiet_until = self.step + 20 + self.rng.below(60);
+        }
+        if chaos && self.step >= self.quiet_until && self.groups.len() > 1 && self.rng.chance(0.6) {
             let group = self.groups[self.rng.below(self.groups.len() as u64) as usize].clone();
             let leaders = self.leader_of(&group);
             let live = self.live();
@@ -377,6 +394,12 @@ impl Sim {
             }
         }
         for (i, me, group, state, replica) in seen {
+            if state.quiesced {
+                if group == GroupId::Metadata {
+                    self.fail(format!("the metadata group quiesced on broker {i}"));
+                }
+                self.quiesced_seen += 1;
+            }
             if state.is_leader {
                 let other = *self
                     .leaders
@@ -676,6 +699,9 @@ impl Sim {
     /// `auto.leader.rebalance.enable`: once healed, every partition goes back to its
     /// preferred leader (its first replica) within a few check intervals.
     fn await_preferred_leaders(&mut self) {
+        if !self.rebalance {
+            return;
+        }
         let partitions: Vec<GroupId> = self
             .groups
             .iter()
@@ -760,6 +786,7 @@ fn run_seed(seed: u64, steps: u64) -> Stats {
             acked: sim.acked.len() as u64,
             terms: sim.leaders.len() as u64,
             crashes: sim.crashes,
+            quiesced: sim.quiesced_seen,
         }
     });
     match outcome {
@@ -778,6 +805,8 @@ struct Stats {
     /// Distinct (group, term) leaderships.
     terms: u64,
     crashes: u64,
+    /// Partition groups seen quiesced, summed over brokers and steps.
+    quiesced: u64,
 }
 
 fn run_seeds(default_seeds: u64, steps: u64) {
@@ -801,6 +830,7 @@ fn run_seeds(default_seeds: u64, steps: u64) {
         total.acked += s.acked;
         total.terms += s.terms;
         total.crashes += s.crashes;
+        total.quiesced += s.quiesced;
     }
     eprintln!(
         "cluster simulation: {seeds} seeds x {steps} steps in {:?}: {total:?}",
@@ -904,4 +934,158 @@ fn simulated_clusters_keep_committed_writes() {
 #[ignore = "soak: thousands of seeds, minutes"]
 fn simulated_clusters_soak() {
     run_seeds(5000, 600);
+}
+
+impl Sim {
+    /// Partition groups quiesced on broker `i`, and how many it hosts.
+    fn quiesced_on(&self, i: usize) -> (usize, usize) {
+        let Some(d) = self.nodes[i].driver.as_ref() else {
+            return (0, 0);
+        };
+        let partitions: Vec<GroupId> = d
+            .groups()
+            .into_iter()
+            .filter(|g| *g != GroupId::Metadata)
+            .collect();
+        let quiesced = partitions
+            .iter()
+            .filter(|g| d.group_state(g).is_some_and(|s| s.quiesced))
+            .count();
+        (quiesced, partitions.len())
+    }
+
+    fn all_quiesced(&self) -> bool {
+        self.live().into_iter().all(|i| {
+            let (q, n) = self.quiesced_on(i);
+            q == n
+        })
+    }
+
+    /// Runs fault-free-of-crashes steps until `done`, failing after `limit` steps.
+    fn run_until(&mut self, limit: u64, what: &str, mut done: impl FnMut(&Sim) -> bool) -> u64 {
+        for n in 0..limit {
+            if done(self) {
+                return n;
+            }
+            self.step(false);
+        }
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| match &node.driver {
+                None => "down".to_string(),
+                Some(d) => format!(
+                    "{:?}",
+                    d.groups()
+                        .iter()
+                        .map(|g| (g.to_string(), d.group_state(g)))
+                        .collect::<Vec<_>>()
+                ),
+            })
+            .collect();
+        self.fail(format!(
+            "{what}: not within {limit} steps (faults {:?}):\n  {}",
+            self.faults,
+            states.join("\n  ")
+        ))
+    }
+}
+
+/// Idle partitions quiesce (no ticks, no heartbeats) and still fail over: with the network's
+/// seeded drops, delays and duplicates but no crashes, every partition group quiesces on every
+/// broker; the broker leading most partitions then crashes and stays down, and every
+/// partition must elect a leader among the others and acknowledge a write; the broker comes
+/// back and the cluster converges. Steps are 100 ms of the driven clock.
+fn quiesce_and_fail_over(seed: u64) -> (u64, u64) {
+    // Leader transfers (auto.leader.rebalance.enable) keep partitions busy on a lossy
+    // network; this scenario is about quiescence, the chaos runs cover transfers.
+    let mut sim = Sim::new_with(seed, false);
+    sim.bootstrap(6);
+    let quiesce = sim.run_until(1000, "every partition quiesces", Sim::all_quiesced);
+    // While nothing happens they stay quiesced, or (when the lossy network made a broker look
+    // silent for a whole election timeout) quiesce again.
+    for _ in 0..30 {
+        sim.step(false);
+    }
+    sim.run_until(200, "every partition quiesces again", Sim::all_quiesced);
+    let partitions: Vec<GroupId> = sim
+        .groups
+        .iter()
+        .filter(|g| **g != GroupId::Metadata)
+        .cloned()
+        .collect();
+    let victim = (0..sim.nodes.len())
+        .max_by_key(|&i| {
+            partitions
+                .iter()
+                .filter(|g| sim.leader_of(g).contains(&i))
+                .count()
+        })
+        .expect("brokers");
+    let led: Vec<GroupId> = partitions
+        .iter()
+        .filter(|g| sim.leader_of(g).contains(&victim))
+        .cloned()
+        .collect();
+    sim.crash(victim);
+    sim.nodes[victim].down_until = u64::MAX;
+    let failover = sim.run_until(600, "a new leader for every partition", |sim| {
+        led.iter().all(|g| !sim.leader_of(g).is_empty())
+    });
+    // A write to each of them, retried (a leader may lose its term before it commits).
+    let before = sim.acked.len();
+    let mut written: HashSet<GroupId> = HashSet::new();
+    for _ in 0..600 {
+        written.extend(sim.acked[before..].iter().map(|(g, _)| g.clone()));
+        if written.len() == led.len() {
+            break;
+        }
+        for g in &led {
+            if written.contains(g) || sim.proposals.iter().any(|p| p.group == *g) {
+                continue;
+            }
+            if let Some(&leader) = sim.leader_of(g).first() {
+                sim.propose(leader, g.clone());
+            }
+        }
+        sim.step(false);
+    }
+    if written.len() != led.len() {
+        sim.run_until(0, "writes acknowledged by the new leaders", |_| false);
+    }
+    sim.nodes[victim].down_until = 0;
+    sim.converge();
+    (quiesce, failover)
+}
+
+#[test]
+fn quiesced_partitions_fail_over_when_their_leader_dies() {
+    let seeds: Vec<u64> = match std::env::var("RUNNEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(seed) => vec![seed],
+        None => (0..std::env::var("RUNNEL_SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(40u64))
+            .collect(),
+    };
+    let mut worst = (0, 0);
+    for seed in seeds {
+        let outcome = std::panic::catch_unwind(|| quiesce_and_fail_over(seed));
+        match outcome {
+            Ok((q, f)) => worst = (worst.0.max(q), worst.1.max(f)),
+            Err(e) => {
+                eprintln!(
+                    "quiescence simulation: seed {seed} failed; replay with RUNNEL_SEED={seed}"
+                );
+                std::panic::resume_unwind(e);
+            }
+        }
+    }
+    eprintln!(
+        "quiescence simulation: slowest quiescence {} steps, slowest failover {} steps (100 ms each)",
+        worst.0, worst.1
+    );
 }

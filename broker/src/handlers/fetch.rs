@@ -363,6 +363,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         }
     };
 
+    broker.count_fetch_bytes(&request.rack_id, reads.iter().map(|r| r.bytes).sum());
     let mut topics: Vec<FetchableTopicResponse> = Vec::new();
     for read in reads {
         let (name, id, _) = &read.key;
