@@ -8,13 +8,17 @@
 //! [`MAX_BATCH_BYTES`](crate::transport::MAX_BATCH_BYTES) and hands each decoded batch to a
 //! callback (the broker's [`Replication::step_raft`](crate::Replication::step_raft)).
 //!
+//! Peer addresses are `host:port` strings resolved at every connection attempt, not once at
+//! start: in a container network a peer's name exists only once its container runs, and its
+//! address may change when it is restarted or reconnected.
+//!
 //! Frame: `u32` big-endian length, then a [`RaftMessageBatch`](crate::proto::RaftMessageBatch).
 //! Peers are not authenticated: run brokers on a private network (rust-protobuf's
 //! RUSTSEC-2024-0437 makes that a requirement, not only advice).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -52,8 +56,9 @@ pub struct TcpTransport {
 }
 
 impl TcpTransport {
-    /// A transport from broker `from` (a Raft id) to `peers` (Raft id -> address).
-    pub fn new(from: u64, peers: HashMap<u64, SocketAddr>, stats: Arc<TcpStats>) -> TcpTransport {
+    /// A transport from broker `from` (a Raft id) to `peers` (Raft id -> `host:port`, a name
+    /// or an IP address).
+    pub fn new(from: u64, peers: HashMap<u64, String>, stats: Arc<TcpStats>) -> TcpTransport {
         let stop = Arc::new(AtomicBool::new(false));
         let peers = peers
             .into_iter()
@@ -113,7 +118,7 @@ impl Transport for TcpTransport {
 }
 
 /// Connects on demand, writes queued frames, reconnects with backoff after errors.
-fn run_writer(addr: SocketAddr, rx: Receiver<Vec<u8>>, stats: &TcpStats, stop: &AtomicBool) {
+fn run_writer(addr: String, rx: Receiver<Vec<u8>>, stats: &TcpStats, stop: &AtomicBool) {
     let mut conn: Option<TcpStream> = None;
     let mut backoff = Duration::from_millis(10);
     while !stop.load(Ordering::Acquire) {
@@ -131,7 +136,7 @@ fn run_writer(addr: SocketAddr, rx: Receiver<Vec<u8>>, stats: &TcpStats, stop: &
             frames += 1;
         }
         if conn.is_none() {
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            match connect(&addr) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
                     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
@@ -162,6 +167,22 @@ fn run_writer(addr: SocketAddr, rx: Receiver<Vec<u8>>, stats: &TcpStats, stop: &
             }
         }
     }
+}
+
+/// Resolves `addr` now (a peer's name may appear or move at any time) and connects to the
+/// first of its addresses that answers.
+fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{addr} resolves to no address"),
+    );
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Incoming half: accepts peers' connections and hands every decoded batch to `deliver`.

@@ -51,7 +51,10 @@ fn start(id: i32, dir: &Path, addrs: &HashMap<i32, SocketAddr>) -> Node {
             Err(e) => panic!("bind {}: {e}", addrs[&id]),
         }
     };
-    let peers = addrs.iter().map(|(n, a)| (raft_id(*n), *a)).collect();
+    let peers = addrs
+        .iter()
+        .map(|(n, a)| (raft_id(*n), a.to_string()))
+        .collect();
     let transport = TcpTransport::new(raft_id(id), peers, stats);
     let mut config = ReplicationConfig::new(id, dir.to_path_buf());
     config.fsync = false;
@@ -183,6 +186,7 @@ fn three_brokers_replicate_over_tcp_and_a_restarted_follower_catches_up() {
                 host: "127.0.0.1".into(),
                 port: 9000 + id,
                 rack: Some(format!("az-{id}")),
+                endpoints: Vec::new(),
             })),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
