@@ -4,6 +4,7 @@ mod client;
 mod consume;
 mod dev;
 mod group;
+mod health;
 mod produce;
 mod serve;
 mod topic;
@@ -81,6 +82,8 @@ enum Command {
         #[command(flatten)]
         args: consume::ConsumeArgs,
     },
+    /// Check that a broker answers (ApiVersions and Metadata): exit 0 if healthy, 1 if not.
+    Health(health::HealthArgs),
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
@@ -107,6 +110,7 @@ fn main() -> std::process::ExitCode {
         Command::Consume { client, args } => {
             block_on(consume::run(args, &client.bootstrap_server, client.output))
         }
+        Command::Health(args) => block_on(health::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
