@@ -16,6 +16,6 @@ for i in $(seq 1 "$runs"); do
   t1=$(date +%s%N)
   ready=$(docker logs "$name" 2>&1 | sed -n 's/.*ready in \([0-9]*\) ms.*/\1/p' | head -1)
   echo "run $i: answering $(( (t1 - t0) / 1000000 )) ms after docker run (broker: ready in ${ready} ms)"
-  docker rm -f "$name" >/dev/null
+  docker rm -f -v "$name" >/dev/null
 done
 docker image inspect -f 'image {{.RepoTags}}: {{.Size}} bytes' "$image"

@@ -105,6 +105,10 @@ struct Group {
     /// deadline (clock ms) so the caller retries.
     forwarded: HashMap<u64, (Reply<()>, i64)>,
     was_leader: bool,
+    /// Why the last Ready cycle could not persist (a full or failing disk), until one can.
+    /// Meanwhile the unpersisted entries stay in Raft's unstable log and every cycle retries
+    /// them; new writes are refused with the error (KAFKA_STORAGE_ERROR) instead of piling up.
+    persist_failure: Option<String>,
 }
 
 impl Group {
@@ -276,6 +280,7 @@ fn new_group(
         pending: BTreeMap::new(),
         forwarded: HashMap::new(),
         was_leader: false,
+        persist_failure: None,
     })
 }
 /// Applies every committed metadata record in the log (startup).
@@ -713,6 +718,12 @@ impl Driver {
                     }
                     return true;
                 }
+                if let Some(failure) = &group.persist_failure {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(ReplicationError::Io(failure.clone())));
+                    }
+                    return true;
+                }
                 let count = batches.len() as u64;
                 let headers: Vec<Option<BatchHeader>> =
                     batches.iter().map(|b| BatchHeader::parse(b).ok()).collect();
@@ -878,8 +889,13 @@ impl Driver {
         }
         for ((topic, partition), g) in self.partitions.iter_mut() {
             if g.node.has_ready() {
-                if let Err(e) = on_ready(g, &self.shared, &mut self.outbox) {
-                    tracing::error!(topic, partition, error = %e, "partition failed to persist");
+                match on_ready(g, &self.shared, &mut self.outbox) {
+                    Ok(_) => {
+                        if g.persist_failure.take().is_some() {
+                            tracing::info!(topic, partition, "partition persists again");
+                        }
+                    }
+                    Err(e) => on_persist_failure(g, topic, *partition, e),
                 }
             }
         }
@@ -1029,6 +1045,40 @@ fn queue_messages(out: &mut BTreeMap<u64, Vec<Envelope>>, group: &GroupId, messa
             group: group.clone(),
             message,
         });
+    }
+}
+
+/// A partition's Ready cycle could not persist (typically a full disk). Nothing is lost or
+/// half-written (storage cuts a failed append back) and the next cycle retries, but clients
+/// must hear about it: waiting produce requests fail with the error (KAFKA_STORAGE_ERROR; an
+/// idempotent retry finds its batch if it is persisted later), new ones are refused until a
+/// cycle persists again, and a leader hands leadership to a follower, whose disk may be fine,
+/// as Kafka moves leaders off a failed log directory.
+fn on_persist_failure(g: &mut Group, topic: &str, partition: i32, error: ReplicationError) {
+    let message = format!("{topic}-{partition} cannot write its log: {error}");
+    if g.persist_failure.is_none() {
+        tracing::error!(topic, partition, error = %error, "partition cannot persist; refusing writes until it can");
+    }
+    g.persist_failure = Some(message.clone());
+    // Proposals already persisted here may still commit: they keep waiting.
+    let persisted = g.node.raft.raft_log.persisted;
+    for (_, p) in g.pending.split_off(&(persisted + 1)) {
+        fail(p, ReplicationError::Io(message.clone()));
+    }
+    if g.node.raft.state == StateRole::Leader && g.node.raft.lead_transferee.is_none() {
+        let me = g.node.raft.id;
+        let last = g.node.raft.raft_log.last_index();
+        let transferee = g
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(_, pr)| pr.matched.min(last))
+            .map(|(id, _)| *id);
+        if let Some(to) = transferee {
+            g.node.transfer_leader(to);
+        }
     }
 }
 
