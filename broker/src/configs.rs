@@ -79,8 +79,21 @@ pub fn topic_configs(broker: &Broker, t: &TopicMetadata) -> Vec<ConfigValue> {
 pub fn broker_configs(broker: &Broker) -> Vec<ConfigValue> {
     let md = broker.replication.metadata();
     let c = &broker.config;
-    let advertised = format!("PLAINTEXT://{}:{}", c.advertised_host, c.advertised_port);
-    let listeners = format!("PLAINTEXT://{}", c.listen);
+    let all = c.listeners();
+    let advertised = all
+        .iter()
+        .filter_map(|l| {
+            l.advertised
+                .as_ref()
+                .map(|(host, port)| format!("{}://{host}:{port}", l.name))
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let listeners = all
+        .iter()
+        .map(|l| format!("{}://{}", l.name, l.listen))
+        .collect::<Vec<_>>()
+        .join(",");
     let fixed: Vec<(&str, Option<String>, ConfigType, &'static str)> = vec![
         (
             "node.id",

@@ -25,6 +25,7 @@ pub(crate) async fn run(
     broker: Arc<Broker>,
     socket: TcpStream,
     peer: SocketAddr,
+    listener: Arc<str>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = socket.set_nodelay(true);
@@ -37,7 +38,7 @@ pub(crate) async fn run(
         loop {
             match next_frame(&mut buf, broker.config.max_request_size) {
                 Ok(Some(frame)) => {
-                    if !dispatch(&broker, frame, &tx, peer).await {
+                    if !dispatch(&broker, frame, &tx, peer, &listener).await {
                         break 'conn;
                     }
                 }
@@ -71,6 +72,7 @@ async fn dispatch(
     frame: Bytes,
     tx: &mpsc::Sender<oneshot::Receiver<Reply>>,
     peer: SocketAddr,
+    listener: &Arc<str>,
 ) -> bool {
     let (done, answer) = oneshot::channel();
     match decode_request(frame) {
@@ -78,7 +80,7 @@ async fn dispatch(
             if tx.send(answer).await.is_err() {
                 return false;
             }
-            let reply = handlers::start(broker, request, peer);
+            let reply = handlers::start(broker, request, peer, listener.clone());
             tokio::spawn(async move {
                 let _ = done.send(reply.await);
             });

@@ -77,7 +77,16 @@ async fn call(
                     .brokers
                     .get(&node_id)
                     .ok_or_else(|| format!("broker {node_id} is not registered"))?;
-                (b.host.clone(), b.port)
+                // Brokers talk to each other on their first listener (Kafka's
+                // `inter.broker.listener.name` defaults the same way), else any.
+                let name = broker
+                    .config
+                    .listeners()
+                    .first()
+                    .map(|l| l.name.clone())
+                    .unwrap_or_default();
+                let (host, port) = b.endpoint(&name).unwrap_or((&b.host, b.port));
+                (host.to_string(), port)
             };
             let stream = tokio::time::timeout(
                 REQUEST_TIMEOUT,

@@ -18,7 +18,7 @@ pub mod txn;
 
 use std::sync::Arc;
 
-use runnel_replication::proto::{metadata_record::Record, RegisterBroker};
+use runnel_replication::proto::{metadata_record::Record, Endpoint, RegisterBroker};
 use runnel_replication::tcp;
 use runnel_replication::{MetadataRecord, Replication, ReplicationConfig, ReplicationError};
 use tokio::net::TcpListener;
@@ -81,21 +81,31 @@ fn start_clustered(
 ) -> Result<(Replication, Option<RaftListener>), BrokerError> {
     let raft_id = |node: i32| node as u64 + 1;
     rc.metadata_voters = config.controller_voters.iter().map(|(id, _)| *id).collect();
-    let listen = config
-        .raft_listen
-        .or_else(|| {
-            config
+    let listen = match config.raft_listen {
+        Some(addr) => addr,
+        None => {
+            let own = config
                 .controller_voters
                 .iter()
                 .find(|(id, _)| *id == config.node_id)
-                .map(|(_, a)| *a)
-        })
-        .ok_or_else(|| {
-            BrokerError::Config(format!(
-                "broker {} is not among the controller voters: give it --raft-listen",
-                config.node_id
-            ))
-        })?;
+                .map(|(_, a)| a.as_str())
+                .ok_or_else(|| {
+                    BrokerError::Config(format!(
+                        "broker {} is not among the controller voters: give it --raft-listen",
+                        config.node_id
+                    ))
+                })?;
+            std::net::ToSocketAddrs::to_socket_addrs(own)
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    BrokerError::Config(format!(
+                        "cannot resolve this broker's own Raft address {own}: give --raft-listen (e.g. 0.0.0.0:{})",
+                        own.rsplit(':').next().unwrap_or("port")
+                    ))
+                })?
+        }
+    };
     let stats = Arc::new(tcp::TcpStats::default());
     let inbox: Arc<std::sync::OnceLock<runnel_replication::RaftInbox>> =
         Arc::new(std::sync::OnceLock::new());
@@ -116,7 +126,7 @@ fn start_clustered(
     let peers = config
         .controller_voters
         .iter()
-        .map(|(id, addr)| (raft_id(*id), *addr))
+        .map(|(id, addr)| (raft_id(*id), addr.clone()))
         .collect();
     let transport =
         tcp::TcpTransport::with_options(raft_id(config.node_id), peers, stats.clone(), options);
@@ -312,11 +322,24 @@ impl Broker {
 
     /// Records this broker's endpoint in the cluster metadata if it changed.
     pub async fn register(&self) -> Result<(), BrokerError> {
+        let endpoints: Vec<Endpoint> = self
+            .config
+            .listeners()
+            .into_iter()
+            .filter_map(|l| {
+                l.advertised.map(|(host, port)| Endpoint {
+                    name: l.name,
+                    host,
+                    port: i32::from(port),
+                })
+            })
+            .collect();
         let wanted = RegisterBroker {
             node_id: self.config.node_id,
             host: self.config.advertised_host.clone(),
             port: i32::from(self.config.advertised_port),
             rack: self.config.rack.clone(),
+            endpoints,
         };
         let current = self
             .replication
@@ -325,7 +348,16 @@ impl Broker {
             .get(&self.config.node_id)
             .cloned();
         let same = current.is_some_and(|b| {
-            b.host == wanted.host && b.port == wanted.port && b.rack == wanted.rack
+            b.host == wanted.host
+                && b.port == wanted.port
+                && b.rack == wanted.rack
+                && b.endpoints.len() == wanted.endpoints.len()
+                && b.endpoints
+                    .iter()
+                    .zip(&wanted.endpoints)
+                    .all(|(have, want)| {
+                        have.name == want.name && have.host == want.host && have.port == want.port
+                    })
         });
         if !same {
             let mut attempts = 0;
@@ -349,17 +381,45 @@ impl Broker {
         Ok(())
     }
 
-    /// Accepts connections until `shutdown` turns true, then stops replication (every log
-    /// checkpointed).
-    pub async fn serve(
+    /// Accepts connections on the first listener until `shutdown` turns true.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let name = self.config.listener_name.clone();
+        self.serve_listeners(vec![(name, listener)], shutdown).await;
+    }
+
+    /// Accepts connections on every named listener (from [`bind_all`]) until `shutdown`
+    /// turns true. Each connection answers with its own listener's endpoints.
+    pub async fn serve_listeners(
         self: Arc<Self>,
-        listener: TcpListener,
-        mut shutdown: watch::Receiver<bool>,
+        listeners: Vec<(String, TcpListener)>,
+        shutdown: watch::Receiver<bool>,
     ) {
         tokio::spawn(group::run_timer(self.clone(), shutdown.clone()));
         tokio::spawn(refresh_zones_every_second(self.clone(), shutdown.clone()));
         tokio::spawn(txn::run_timer(self.clone(), shutdown.clone()));
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut accepting = Vec::new();
+        for (name, listener) in listeners {
+            let name: Arc<str> = Arc::from(name);
+            accepting.push(tokio::spawn(self.clone().accept_loop(
+                name,
+                listener,
+                limit.clone(),
+                shutdown.clone(),
+            )));
+        }
+        for a in accepting {
+            let _ = a.await;
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        name: Arc<str>,
+        listener: TcpListener,
+        limit: Arc<Semaphore>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -377,8 +437,9 @@ impl Broker {
                     };
                     let broker = self.clone();
                     let shutdown = shutdown.clone();
+                    let name = name.clone();
                     tokio::spawn(async move {
-                        connection::run(broker, socket, peer, shutdown).await;
+                        connection::run(broker, socket, peer, name, shutdown).await;
                         drop(permit);
                     });
                 }
@@ -523,7 +584,7 @@ pub fn is_internal_topic(name: &str) -> bool {
     name == group::OFFSETS_TOPIC || name == txn::TRANSACTION_STATE_TOPIC
 }
 
-/// Binds the configured listener.
+/// Binds the first listener.
 pub async fn bind(config: &BrokerConfig) -> Result<TcpListener, BrokerError> {
     TcpListener::bind(config.listen)
         .await
@@ -531,4 +592,19 @@ pub async fn bind(config: &BrokerConfig) -> Result<TcpListener, BrokerError> {
             addr: config.listen,
             source,
         })
+}
+
+/// Binds every listener, named, for [`Broker::serve_listeners`].
+pub async fn bind_all(config: &BrokerConfig) -> Result<Vec<(String, TcpListener)>, BrokerError> {
+    let mut out = Vec::new();
+    for l in config.listeners() {
+        let bound = TcpListener::bind(l.listen)
+            .await
+            .map_err(|source| BrokerError::Bind {
+                addr: l.listen,
+                source,
+            })?;
+        out.push((l.name, bound));
+    }
+    Ok(out)
 }

@@ -4,6 +4,7 @@ mod client;
 mod consume;
 mod dev;
 mod group;
+mod health;
 mod produce;
 mod serve;
 mod topic;
@@ -50,7 +51,7 @@ struct ClientArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a broker (a cluster of one unless peers are given).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Start a whole multi-AZ cluster on this machine (`--brokers 3 --azs 3`).
     Dev(dev::DevArgs),
     /// Create, list, describe, delete topics and change their configs.
@@ -81,6 +82,8 @@ enum Command {
         #[command(flatten)]
         args: consume::ConsumeArgs,
     },
+    /// Check that a broker answers (ApiVersions and Metadata): exit 0 if healthy, 1 if not.
+    Health(health::HealthArgs),
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
@@ -93,7 +96,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Dev(args) => dev::run(args),
         Command::Topic { client, args } => {
             block_on(topic::run(args, &client.bootstrap_server, client.output))
@@ -107,6 +110,7 @@ fn main() -> std::process::ExitCode {
         Command::Consume { client, args } => {
             block_on(consume::run(args, &client.bootstrap_server, client.output))
         }
+        Command::Health(args) => block_on(health::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

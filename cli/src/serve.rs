@@ -28,6 +28,23 @@ pub(crate) struct ServeArgs {
     /// host:port clients are told to connect to (defaults to --listen).
     #[arg(long, env = "RUNNEL_ADVERTISED_LISTENER")]
     advertised_listener: Option<String>,
+    /// Named listeners to bind, Kafka's `listeners`:
+    /// `INTERNAL://0.0.0.0:19092,EXTERNAL://0.0.0.0:9092`. Instead of --listen.
+    #[arg(long, env = "RUNNEL_LISTENERS", conflicts_with = "listen")]
+    listeners: Option<String>,
+    /// What each listener tells its clients, Kafka's `advertised.listeners`:
+    /// `INTERNAL://broker-1:19092,EXTERNAL://localhost:9092`. A client is answered with the
+    /// endpoints of the listener it connected to (default: the --listeners addresses).
+    #[arg(
+        long,
+        env = "RUNNEL_ADVERTISED_LISTENERS",
+        conflicts_with = "advertised_listener"
+    )]
+    advertised_listeners: Option<String>,
+    /// Replicas of auto-created topics and of CreateTopics with -1
+    /// (`default.replication.factor`, default 1).
+    #[arg(long, env = "RUNNEL_DEFAULT_REPLICATION_FACTOR")]
+    default_replication_factor: Option<i16>,
     /// Availability zone (`broker.rack`).
     #[arg(long, env = "RUNNEL_AZ")]
     az: Option<String>,
@@ -216,8 +233,9 @@ fn txn_config(
     Ok(c)
 }
 
-/// `1@host:port,2@host:port,...`.
-fn parse_voters(spec: &str) -> anyhow::Result<Vec<(i32, SocketAddr)>> {
+/// `1@host:port,2@host:port,...`. Host names are kept as given and resolved whenever a
+/// broker connects to its peer (in a container network a peer's name exists only once it runs).
+fn parse_voters(spec: &str) -> anyhow::Result<Vec<(i32, String)>> {
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part
@@ -229,7 +247,17 @@ fn parse_voters(spec: &str) -> anyhow::Result<Vec<(i32, SocketAddr)>> {
         if out.iter().any(|(other, _)| *other == id) {
             bail!("controller voter {id} is listed twice");
         }
-        out.push((id, resolve(addr)?));
+        let (host, port) = split_host_port(addr)
+            .with_context(|| format!("controller voter {part:?}: expected id@host:port"))?;
+        if host.is_empty() {
+            bail!("controller voter {part:?}: the host is missing");
+        }
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        out.push((id, addr));
     }
     Ok(out)
 }
@@ -306,24 +334,53 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<(BrokerConfig, Option<Socket
                 .map(PathBuf::from)
         })
         .unwrap_or_else(|| PathBuf::from("./runnel-data"));
-    let listen = args
-        .listen
-        .clone()
-        .or_else(|| prop("listeners").map(|l| strip_listener(&l).to_string()))
-        .unwrap_or_else(|| "127.0.0.1:9092".to_string());
-    let listen_addr = resolve(&listen)?;
-    let mut config = BrokerConfig::new(node_id, data_dir, listen_addr);
-    let advertised = args
-        .advertised_listener
-        .clone()
-        .or_else(|| prop("advertised.listeners").map(|l| strip_listener(&l).to_string()));
-    if let Some(adv) = advertised {
-        let (host, port) = split_host_port(&adv)?;
-        config.advertised_host = host;
-        config.advertised_port = port;
-    } else if listen_addr.ip().is_unspecified() {
-        bail!("--listen {listen} binds every interface: also give --advertised-listener host:port so clients know where to connect");
-    }
+    // Named listeners (--listeners, or `listeners` in the file unless --listen is given)
+    // or the single default listener of --listen.
+    let named = args.listeners.clone().or_else(|| {
+        if args.listen.is_some() {
+            None
+        } else {
+            prop("listeners")
+        }
+    });
+    let mut config = if let Some(spec) = named {
+        if args.advertised_listener.is_some() {
+            bail!("--advertised-listener goes with --listen; with --listeners give --advertised-listeners NAME://host:port,...");
+        }
+        let advertised = args
+            .advertised_listeners
+            .clone()
+            .or_else(|| prop("advertised.listeners"));
+        let listeners = runnel_broker::config::resolve_listeners(&spec, advertised.as_deref())
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let mut config = BrokerConfig::new(node_id, data_dir, listeners[0].listen);
+        config
+            .set_listeners(listeners)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        config
+    } else {
+        if args.advertised_listeners.is_some() {
+            bail!("--advertised-listeners goes with --listeners NAME://host:port,...; with --listen give --advertised-listener host:port");
+        }
+        let listen = args
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+        let listen_addr = resolve(&listen)?;
+        let mut config = BrokerConfig::new(node_id, data_dir, listen_addr);
+        let advertised = args
+            .advertised_listener
+            .clone()
+            .or_else(|| prop("advertised.listeners").map(|l| strip_listener(&l).to_string()));
+        if let Some(adv) = advertised {
+            let (host, port) = split_host_port(&adv)?;
+            config.advertised_host = host;
+            config.advertised_port = port;
+        } else if listen_addr.ip().is_unspecified() {
+            bail!("--listen {listen} binds every interface: also give --advertised-listener host:port so clients know where to connect");
+        }
+        config
+    };
     config.rack = args
         .az
         .clone()
@@ -333,10 +390,14 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<(BrokerConfig, Option<Socket
     if let Some(v) = prop("num.partitions") {
         config.num_partitions = v.parse().context("num.partitions must be an integer")?;
     }
-    if let Some(v) = prop("default.replication.factor") {
-        config.default_replication_factor = v
-            .parse()
-            .context("default.replication.factor must be an integer")?;
+    if let Some(v) = args
+        .default_replication_factor
+        .or(number(&props, "default.replication.factor")?)
+    {
+        if v < 1 {
+            bail!("default.replication.factor must be at least 1");
+        }
+        config.default_replication_factor = v;
     }
     if let Some(v) = prop("auto.create.topics.enable") {
         config.auto_create_topics = v
@@ -464,9 +525,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
                     format!("cannot serve metrics on {addr} (use --metrics-listen '' to disable)")
                 })?;
         }
-        let listener = runnel_broker::bind(&config)
-            .await
-            .context("is another broker already running? use --listen to pick another port")?;
+        let listeners = runnel_broker::bind_all(&config).await.context(
+            "is another broker already running? use --listen or --listeners to pick other ports",
+        )?;
         let transport = runnel_broker::TransportOptions {
             az_latency: std::time::Duration::from_millis(args.az_latency_ms),
         };
@@ -478,15 +539,23 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("cannot register the broker in the cluster metadata")?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let serving = tokio::spawn(broker.clone().serve(listener, stopped));
+        let serving = tokio::spawn(broker.clone().serve_listeners(listeners, stopped));
+        let listening = config
+            .listeners()
+            .iter()
+            .map(|l| match &l.advertised {
+                Some((host, port)) => {
+                    format!("{} {} (advertised {host}:{port})", l.name, l.listen)
+                }
+                None => format!("{} {} (not advertised)", l.name, l.listen),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         println!(
-            "runnel: broker {} ({}) ready in {} ms on {} (advertised {}:{}), data in {}",
+            "runnel: broker {} ({}) ready in {} ms on {listening}, data in {}",
             config.node_id,
             config.rack.as_deref().unwrap_or("-"),
             started.elapsed().as_millis(),
-            config.listen,
-            config.advertised_host,
-            config.advertised_port,
             config.data_dir.display()
         );
         wait_for_signal().await;

@@ -120,6 +120,10 @@ struct Group {
     /// deadline (clock ms) so the caller retries.
     forwarded: HashMap<u64, (Reply<()>, i64)>,
     was_leader: bool,
+    /// Why the last Ready cycle could not persist (a full or failing disk), until one can.
+    /// Meanwhile the unpersisted entries stay in Raft's unstable log and every cycle retries
+    /// them; new writes are refused with the error (KAFKA_STORAGE_ERROR) instead of piling up.
+    persist_failure: Option<String>,
     /// Not ticked: an idle partition whose leader told its followers so (see [`quiesce`]).
     quiesced: bool,
     /// (last index, its term, commit) at the last checkpoint of the log.
@@ -334,6 +338,7 @@ fn new_group(
         isr: None,
         quiesced: false,
         checkpointed: None,
+        persist_failure: None,
     })
 }
 /// Applies every committed metadata record in the log (startup).
@@ -1117,6 +1122,12 @@ impl Driver {
                     }
                     return true;
                 }
+                if let Some(failure) = &group.persist_failure {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(ReplicationError::Io(failure.clone())));
+                    }
+                    return true;
+                }
                 let count = batches.len() as u64;
                 let headers: Vec<Option<BatchHeader>> =
                     batches.iter().map(|b| BatchHeader::parse(b).ok()).collect();
@@ -1360,11 +1371,21 @@ impl Driver {
                 continue;
             };
             if g.node.has_ready() {
-                if let Err(e) = on_ready(g, &self.shared, &mut self.outbox) {
-                    tracing::error!(topic = key.0, partition = key.1, error = %e, "partition failed to persist");
+                match on_ready(g, &self.shared, &mut self.outbox) {
+                    Ok(_) => {
+                        if g.persist_failure.take().is_some() {
+                            tracing::info!(
+                                topic = key.0,
+                                partition = key.1,
+                                "partition persists again"
+                            );
+                        }
+                    }
+                    Err(e) => on_persist_failure(g, &key.0, key.1, e),
                 }
-                // Committed entries beyond one cycle's budget are left for the next.
-                if g.node.has_ready() {
+                // Committed entries beyond one cycle's budget, and entries that could not be
+                // persisted, are left for the next cycle.
+                if g.node.has_ready() || g.persist_failure.is_some() {
                     self.dirty.insert(key);
                 }
             }
@@ -1635,6 +1656,40 @@ fn wake(g: &mut Group) {
     if raft.state != StateRole::Leader {
         let timeout = raft.election_timeout().saturating_sub(1);
         raft.election_elapsed = raft.election_elapsed.max(timeout);
+    }
+}
+
+/// A partition's Ready cycle could not persist (typically a full disk). Nothing is lost or
+/// half-written (storage cuts a failed append back) and the next cycle retries, but clients
+/// must hear about it: waiting produce requests fail with the error (KAFKA_STORAGE_ERROR; an
+/// idempotent retry finds its batch if it is persisted later), new ones are refused until a
+/// cycle persists again, and a leader hands leadership to a follower, whose disk may be fine,
+/// as Kafka moves leaders off a failed log directory.
+fn on_persist_failure(g: &mut Group, topic: &str, partition: i32, error: ReplicationError) {
+    let message = format!("{topic}-{partition} cannot write its log: {error}");
+    if g.persist_failure.is_none() {
+        tracing::error!(topic, partition, error = %error, "partition cannot persist; refusing writes until it can");
+    }
+    g.persist_failure = Some(message.clone());
+    // Proposals already persisted here may still commit: they keep waiting.
+    let persisted = g.node.raft.raft_log.persisted;
+    for (_, p) in g.pending.split_off(&(persisted + 1)) {
+        fail(p, ReplicationError::Io(message.clone()));
+    }
+    if g.node.raft.state == StateRole::Leader && g.node.raft.lead_transferee.is_none() {
+        let me = g.node.raft.id;
+        let last = g.node.raft.raft_log.last_index();
+        let transferee = g
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(_, pr)| pr.matched.min(last))
+            .map(|(id, _)| *id);
+        if let Some(to) = transferee {
+            g.node.transfer_leader(to);
+        }
     }
 }
 

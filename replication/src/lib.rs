@@ -30,7 +30,9 @@ use runnel_storage::{CleanerConfig, StorageError};
 use tokio::sync::{oneshot, Notify};
 
 pub use driver::{Driver, GroupState};
-pub use metadata::{BrokerInfo, ClusterMetadata, PartitionLeaderState, TopicMetadata};
+pub use metadata::{
+    BrokerEndpoint, BrokerInfo, ClusterMetadata, PartitionLeaderState, TopicMetadata,
+};
 pub use proto::MetadataRecord;
 pub use raft_log::Replica;
 pub use transport::{Envelope, GroupId, NoopTransport, Transport};

@@ -14,6 +14,30 @@ pub struct BrokerInfo {
     pub host: String,
     pub port: i32,
     pub rack: Option<String>,
+    /// Advertised endpoints by listener name; empty for a broker registered before named
+    /// listeners existed (then `host` and `port` serve every listener).
+    pub endpoints: Vec<BrokerEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEndpoint {
+    pub name: String,
+    pub host: String,
+    pub port: i32,
+}
+
+impl BrokerInfo {
+    /// Where a client connected on `listener` reaches this broker, if it has that listener
+    /// (Kafka leaves brokers without it out of the answer).
+    pub fn endpoint(&self, listener: &str) -> Option<(&str, i32)> {
+        if self.endpoints.is_empty() {
+            return Some((&self.host, self.port));
+        }
+        self.endpoints
+            .iter()
+            .find(|e| e.name == listener)
+            .map(|e| (e.host.as_str(), e.port))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +123,15 @@ impl ClusterMetadata {
                         host: b.host.clone(),
                         port: b.port,
                         rack: b.rack.clone(),
+                        endpoints: b
+                            .endpoints
+                            .iter()
+                            .map(|e| BrokerEndpoint {
+                                name: e.name.clone(),
+                                host: e.host.clone(),
+                                port: e.port,
+                            })
+                            .collect(),
                     },
                 );
                 MetadataEffect::None

@@ -42,6 +42,23 @@ pub struct RegisterBroker {
     pub port: i32,
     #[prost(string, optional, tag = "4")]
     pub rack: Option<String>,
+    /// Every advertised listener (Kafka's `advertised.listeners`). Records written before
+    /// named listeners existed have none: then `host` and `port` serve every listener.
+    /// `host`/`port` stay filled with the first endpoint, for readers of those records.
+    #[prost(message, repeated, tag = "5")]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One advertised listener of a broker: a client that connected on listener `name` is told
+/// to reach this broker at `host:port`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Endpoint {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub host: String,
+    #[prost(int32, tag = "3")]
+    pub port: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

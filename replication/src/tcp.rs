@@ -13,13 +13,17 @@
 //! and can hold every frame to another AZ for a configured one-way delay (`runnel dev
 //! --az-latency-ms`), each peer's writer waiting on its own frames only.
 //!
+//! Peer addresses are `host:port` strings resolved at every connection attempt, not once at
+//! start: in a container network a peer's name exists only once its container runs, and its
+//! address may change when it is restarted or reconnected.
+//!
 //! Frame: `u32` big-endian length, then a [`RaftMessageBatch`](crate::proto::RaftMessageBatch).
 //! Peers are not authenticated: run brokers on a private network (rust-protobuf's
 //! RUSTSEC-2024-0437 makes that a requirement, not only advice).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -171,15 +175,16 @@ pub struct TcpTransport {
 }
 
 impl TcpTransport {
-    /// A transport from broker `from` (a Raft id) to `peers` (Raft id -> address).
-    pub fn new(from: u64, peers: HashMap<u64, SocketAddr>, stats: Arc<TcpStats>) -> TcpTransport {
+    /// A transport from broker `from` (a Raft id) to `peers` (Raft id -> `host:port`, a name
+    /// or an IP address).
+    pub fn new(from: u64, peers: HashMap<u64, String>, stats: Arc<TcpStats>) -> TcpTransport {
         TcpTransport::with_options(from, peers, stats, TcpOptions::default())
     }
 
     /// [`TcpTransport::new`] knowing the brokers' AZs (cross-AZ counters, injected latency).
     pub fn with_options(
         from: u64,
-        peers: HashMap<u64, SocketAddr>,
+        peers: HashMap<u64, String>,
         stats: Arc<TcpStats>,
         options: TcpOptions,
     ) -> TcpTransport {
@@ -247,11 +252,11 @@ impl Transport for TcpTransport {
     }
 }
 
-/// Connects on demand, writes queued frames once they are due (all at once when they are
-/// due together), reconnects with backoff after errors. `remote_az` is the peer's AZ when it
-/// is another than this broker's.
+/// Connects on demand (resolving the peer's name at each attempt), writes queued frames
+/// once they are due (all at once when they are due together), reconnects with backoff after
+/// errors. `remote_az` is the peer's AZ when it is another than this broker's.
 fn run_writer(
-    addr: SocketAddr,
+    addr: String,
     rx: Receiver<Queued>,
     stats: &TcpStats,
     stop: &AtomicBool,
@@ -293,7 +298,7 @@ fn run_writer(
         }
         let frames = ready as u64;
         if conn.is_none() {
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            match connect(&addr) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
                     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
@@ -319,6 +324,22 @@ fn run_writer(
             }
         }
     }
+}
+
+/// Resolves `addr` now (a peer's name may appear or move at any time) and connects to the
+/// first of its addresses that answers.
+fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{addr} resolves to no address"),
+    );
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Incoming half: accepts peers' connections and hands every decoded batch to `deliver`.

@@ -236,6 +236,7 @@ impl Sim {
                     host: String::from_utf8_lossy(&payload).into_owned(),
                     port: 9092,
                     rack: None,
+                    endpoints: Vec::new(),
                 })),
             })),
             GroupId::Partition { topic, partition } => {

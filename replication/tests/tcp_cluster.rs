@@ -70,7 +70,10 @@ fn start_in_zones(
             Err(e) => panic!("bind {}: {e}", addrs[&id]),
         }
     };
-    let peers = addrs.iter().map(|(n, a)| (raft_id(*n), *a)).collect();
+    let peers = addrs
+        .iter()
+        .map(|(n, a)| (raft_id(*n), a.to_string()))
+        .collect();
     let options = TcpOptions { zones, az_latency };
     let transport = TcpTransport::with_options(raft_id(id), peers, stats.clone(), options);
     let mut config = ReplicationConfig::new(id, dir.to_path_buf());
@@ -252,6 +255,7 @@ fn three_brokers_replicate_over_tcp_and_a_restarted_follower_catches_up() {
                 host: "127.0.0.1".into(),
                 port: 9000 + id,
                 rack: Some(format!("az-{id}")),
+                endpoints: Vec::new(),
             })),
         };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod compose;
+
 /// The `runnel` binary under test.
 pub fn runnel_bin() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("RUNNEL_BIN") {

@@ -1,4 +1,5 @@
-//! DescribeCluster (key 60): the cluster id, the controller and the brokers with their racks.
+//! DescribeCluster (key 60): the cluster id, the controller and the brokers with their racks,
+//! at their endpoints on the listener the request came in on.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub fn handle(
     broker: &Arc<Broker>,
     request: DescribeClusterRequest,
     version: i16,
+    listener: &str,
 ) -> DescribeClusterResponse {
     // Brokers answer for broker endpoints only; v0 has only INVALID_REQUEST to say so.
     if request.endpoint_type != ENDPOINT_BROKER {
@@ -46,12 +48,17 @@ pub fn handle(
     let brokers = md
         .brokers
         .values()
-        .map(|b| {
-            DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(b.node_id))
-                .with_host(StrBytes::from_string(b.host.clone()))
-                .with_port(b.port)
-                .with_rack(b.rack.clone().map(StrBytes::from_string))
+        .filter_map(|b| {
+            // The endpoints of the listener the request came in on; brokers without it are
+            // left out, as Kafka does.
+            let (host, port) = b.endpoint(listener)?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.node_id))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(port)
+                    .with_rack(b.rack.clone().map(StrBytes::from_string)),
+            )
         })
         .collect();
     DescribeClusterResponse::default()

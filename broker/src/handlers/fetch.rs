@@ -241,7 +241,12 @@ fn aborted_in(
         .collect()
 }
 
-pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> FetchResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: FetchRequest,
+    version: i16,
+    listener: &str,
+) -> FetchResponse {
     let use_ids = version >= 13;
     let key_of = |name: &TopicName, id: uuid::Uuid, partition: i32| -> PartitionKey {
         if use_ids {
@@ -407,7 +412,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         }
     }
     let node_endpoints = if version >= 12 {
-        leader_hints(broker, &mut topics, version)
+        leader_hints(broker, &mut topics, version, listener)
     } else {
         Vec::new()
     };
@@ -423,6 +428,7 @@ fn leader_hints(
     broker: &Broker,
     topics: &mut [FetchableTopicResponse],
     version: i16,
+    listener: &str,
 ) -> Vec<NodeEndpoint> {
     let not_leader = ResponseError::NotLeaderOrFollower.code();
     let fenced = ResponseError::FencedLeaderEpoch.code();
@@ -454,12 +460,15 @@ fn leader_hints(
     leaders
         .iter()
         .filter_map(|id| md.brokers.get(id))
-        .map(|b| {
-            NodeEndpoint::default()
-                .with_node_id(BrokerId(b.node_id))
-                .with_host(StrBytes::from_string(b.host.clone()))
-                .with_port(b.port)
-                .with_rack(b.rack.clone().map(StrBytes::from_string))
+        .filter_map(|b| {
+            let (host, port) = b.endpoint(listener)?;
+            Some(
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(b.node_id))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(port)
+                    .with_rack(b.rack.clone().map(StrBytes::from_string)),
+            )
         })
         .collect()
 }

@@ -73,7 +73,7 @@ pub async fn ensure_offsets_topic(broker: &Arc<Broker>) -> Result<(), (i16, Stri
     }
 }
 
-async fn find(broker: &Arc<Broker>, key: &str, key_type: i8) -> Found {
+async fn find(broker: &Arc<Broker>, key: &str, key_type: i8, listener: &str) -> Found {
     let (topic, partition) = match key_type {
         KEY_TYPE_GROUP => {
             if key.is_empty() {
@@ -116,13 +116,19 @@ async fn find(broker: &Arc<Broker>, key: &str, key_type: i8) -> Found {
     };
     let md = broker.replication.metadata();
     let leader = broker.leader_view(&md, topic, partition).leader;
-    match md.brokers.get(&leader) {
-        Some(b) => Found {
+    // The coordinator's endpoint on the listener the request came in on; a coordinator
+    // without that listener is not available to this client (Kafka's answer too).
+    match md
+        .brokers
+        .get(&leader)
+        .and_then(|b| b.endpoint(listener).map(|e| (b.node_id, e)))
+    {
+        Some((node_id, (host, port))) => Found {
             error: 0,
             message: None,
-            node_id: b.node_id,
-            host: b.host.clone(),
-            port: b.port,
+            node_id,
+            host: host.to_string(),
+            port,
         },
         None => Found::error(
             ResponseError::CoordinatorNotAvailable.code(),
@@ -135,9 +141,10 @@ pub async fn handle(
     broker: &Arc<Broker>,
     request: FindCoordinatorRequest,
     version: i16,
+    listener: &str,
 ) -> FindCoordinatorResponse {
     if version < 4 {
-        let f = find(broker, &request.key, request.key_type).await;
+        let f = find(broker, &request.key, request.key_type, listener).await;
         return FindCoordinatorResponse::default()
             .with_error_code(f.error)
             .with_error_message(if version >= 1 {
@@ -151,7 +158,7 @@ pub async fn handle(
     }
     let mut coordinators = Vec::with_capacity(request.coordinator_keys.len());
     for key in &request.coordinator_keys {
-        let f = find(broker, key, request.key_type).await;
+        let f = find(broker, key, request.key_type, listener).await;
         coordinators.push(
             Coordinator::default()
                 .with_key(key.clone())

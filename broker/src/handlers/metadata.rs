@@ -24,6 +24,7 @@ pub async fn handle(
     broker: &Arc<Broker>,
     request: MetadataRequest,
     version: i16,
+    listener: &str,
 ) -> MetadataResponse {
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let requested: Option<Vec<(Option<String>, Uuid)>> = match request.topics {
@@ -90,21 +91,27 @@ pub async fn handle(
             }
         }
     }
-    let brokers = md
+    // Brokers at their endpoints on the listener this request came in on; brokers without
+    // that listener are left out, as Kafka does.
+    let brokers: Vec<MetadataResponseBroker> = md
         .brokers
         .values()
-        .map(|b| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(b.node_id))
-                .with_host(StrBytes::from_string(b.host.clone()))
-                .with_port(b.port)
-                .with_rack(if version >= 1 {
-                    b.rack.clone().map(StrBytes::from_string)
-                } else {
-                    None
-                })
+        .filter_map(|b| {
+            let (host, port) = b.endpoint(listener)?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.node_id))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(port)
+                    .with_rack(if version >= 1 {
+                        b.rack.clone().map(StrBytes::from_string)
+                    } else {
+                        None
+                    }),
+            )
         })
         .collect();
+    hide_unreachable_leaders(&mut topics, &brokers, version);
     // Fields a version does not have must stay at their defaults or the encoder refuses.
     MetadataResponse::default()
         .with_brokers(brokers)
@@ -160,4 +167,25 @@ fn topic_response(
         .with_is_internal(crate::is_internal_topic(&t.name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+/// A partition whose leader has no endpoint on this listener has no leader this client can
+/// reach: Kafka answers LISTENER_NOT_FOUND (v6+) or LEADER_NOT_AVAILABLE, leader -1.
+fn hide_unreachable_leaders(
+    topics: &mut [MetadataResponseTopic],
+    brokers: &[MetadataResponseBroker],
+    version: i16,
+) {
+    let code = if version >= 6 {
+        ResponseError::ListenerNotFound.code()
+    } else {
+        ResponseError::LeaderNotAvailable.code()
+    };
+    for p in topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+        let leader = p.leader_id;
+        if leader.0 >= 0 && !brokers.iter().any(|b| b.node_id == leader) {
+            p.leader_id = BrokerId(-1);
+            p.error_code = code;
+        }
+    }
 }

@@ -171,6 +171,7 @@ pub fn start(
     broker: &Arc<Broker>,
     request: Request,
     peer: std::net::SocketAddr,
+    listener: Arc<str>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
     let broker = broker.clone();
     let (api_key, version, correlation_id) = (
@@ -182,7 +183,7 @@ pub fn start(
     if let (RequestKind::Produce(body), true) = (&request.body, supported_version) {
         let body = body.clone();
         let started = Instant::now();
-        let begun = produce::begin(&broker, body, version);
+        let begun = produce::begin(&broker, body, version, &listener);
         return Box::pin(async move {
             let Some(response) = produce::finish(begun).await else {
                 return Reply::Nothing;
@@ -196,7 +197,7 @@ pub fn start(
             )
         });
     }
-    Box::pin(async move { handle(&broker, request, peer).await })
+    Box::pin(async move { handle(&broker, request, peer, &listener).await })
 }
 
 fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKind) -> Reply {
@@ -209,7 +210,14 @@ fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKin
     }
 }
 
-pub async fn handle(broker: &Arc<Broker>, request: Request, peer: std::net::SocketAddr) -> Reply {
+/// Handles one request that came in on the listener named `listener` (whose endpoints
+/// Metadata, FindCoordinator and DescribeCluster answer with).
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: Request,
+    peer: std::net::SocketAddr,
+    listener: &str,
+) -> Reply {
     let api_key = request.api_key;
     let version = request.api_version();
     let correlation_id = request.correlation_id();
@@ -233,15 +241,17 @@ pub async fn handle(broker: &Arc<Broker>, request: Request, peer: std::net::Sock
     let body = match request.body {
         RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(r, version)),
         RequestKind::Metadata(r) => {
-            ResponseKind::Metadata(metadata::handle(broker, r, version).await)
+            ResponseKind::Metadata(metadata::handle(broker, r, version, listener).await)
         }
         RequestKind::Produce(r) => {
-            match produce::finish(produce::begin(broker, r, version)).await {
+            match produce::finish(produce::begin(broker, r, version, listener)).await {
                 Some(resp) => ResponseKind::Produce(resp),
                 None => return Reply::Nothing,
             }
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(broker, r, version).await),
+        RequestKind::Fetch(r) => {
+            ResponseKind::Fetch(fetch::handle(broker, r, version, listener).await)
+        }
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::handle(broker, r, version))
         }
@@ -261,7 +271,7 @@ pub async fn handle(broker: &Arc<Broker>, request: Request, peer: std::net::Sock
             ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(broker, r, version))
         }
         RequestKind::DescribeCluster(r) => {
-            ResponseKind::DescribeCluster(describe_cluster::handle(broker, r, version))
+            ResponseKind::DescribeCluster(describe_cluster::handle(broker, r, version, listener))
         }
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(describe_configs::handle(broker, r, version))
@@ -284,9 +294,9 @@ pub async fn handle(broker: &Arc<Broker>, request: Request, peer: std::net::Sock
         RequestKind::OffsetFetch(r) => {
             ResponseKind::OffsetFetch(offset_fetch::handle(broker, r, version))
         }
-        RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(find_coordinator::handle(broker, r, version).await)
-        }
+        RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(
+            find_coordinator::handle(broker, r, version, listener).await,
+        ),
         RequestKind::JoinGroup(r) => {
             ResponseKind::JoinGroup(join_group::handle(broker, r, version, &client).await)
         }

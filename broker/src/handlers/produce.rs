@@ -259,6 +259,8 @@ fn check_transactional(
 #[derive(Debug)]
 pub struct Begun {
     broker: Arc<Broker>,
+    /// The listener the request came in on: leader endpoints (KIP-951) are given on it.
+    listener: String,
     acks: i16,
     version: i16,
     topics: Vec<(TopicName, uuid::Uuid, Vec<Outcome>)>,
@@ -267,7 +269,7 @@ pub struct Begun {
 /// Validates and proposes every partition's batches. Not async on purpose: the connection
 /// calls it in request order, so pipelined requests of one producer reach each partition's
 /// Raft log in the order they were sent (Kafka's per-connection ordering).
-pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Begun {
+pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16, listener: &str) -> Begun {
     let acks = request.acks;
     let now = now_ms();
     let transactional_id = request
@@ -397,6 +399,7 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
     }
     Begun {
         broker: broker.clone(),
+        listener: listener.to_string(),
         acks,
         version,
         topics,
@@ -407,6 +410,7 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
 pub async fn finish(begun: Begun) -> Option<ProduceResponse> {
     let Begun {
         broker,
+        listener,
         acks,
         version,
         topics,
@@ -475,12 +479,15 @@ pub async fn finish(begun: Begun) -> Option<ProduceResponse> {
         leaders
             .iter()
             .filter_map(|id| md.brokers.get(id))
-            .map(|b| {
-                NodeEndpoint::default()
-                    .with_node_id(BrokerId(b.node_id))
-                    .with_host(StrBytes::from_string(b.host.clone()))
-                    .with_port(b.port)
-                    .with_rack(b.rack.clone().map(StrBytes::from_string))
+            .filter_map(|b| {
+                let (host, port) = b.endpoint(&listener)?;
+                Some(
+                    NodeEndpoint::default()
+                        .with_node_id(BrokerId(b.node_id))
+                        .with_host(StrBytes::from_string(host.to_string()))
+                        .with_port(port)
+                        .with_rack(b.rack.clone().map(StrBytes::from_string)),
+                )
             })
             .collect()
     };

@@ -18,6 +18,15 @@ pub struct Client {
 }
 
 impl Client {
+    /// A new connection to a broker's listener at `addr`.
+    pub async fn connect(addr: std::net::SocketAddr) -> Client {
+        Client {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: BytesMut::new(),
+            next_id: 0,
+        }
+    }
+
     pub async fn call(&mut self, api_key: ApiKey, version: i16, body: RequestKind) -> ResponseKind {
         self.next_id += 1;
         let frame = encode_request(api_key, version, self.next_id, "idempotence-test", &body)
