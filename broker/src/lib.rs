@@ -545,7 +545,7 @@ impl Broker {
             leader_epoch: rec.leader_epoch,
             isr: rec.isr.clone(),
         };
-        match (local, recorded) {
+        let view = match (local, recorded) {
             (Some(r), Some(rec)) if rec.leader_epoch >= r.leader_epoch() => from_record(rec),
             (Some(r), rec) => {
                 let leader = r.leader_id();
@@ -570,7 +570,17 @@ impl Broker {
                 leader_epoch: -1,
                 isr: Vec::new(),
             },
+        };
+        // A leader on a fenced (dead) broker leads nothing: LEADER_NOT_AVAILABLE until a
+        // replica elsewhere takes over, as KRaft's controller answers.
+        if view.leader >= 0 && md.is_fenced(view.leader) {
+            return LeaderView {
+                leader: -1,
+                leader_epoch: view.leader_epoch,
+                isr: Vec::new(),
+            };
         }
+        view
     }
 
     /// [`Broker::leader_view`], taking the metadata lock itself.

@@ -620,6 +620,17 @@ fn every_broker_knows_the_leaders_of_partitions_it_does_not_host() {
         "broker {victim} reported offline {} ms after kill -9",
         took.as_millis()
     );
+    let md = raw.metadata("spread");
+    let orphan = md.topics[0]
+        .partitions
+        .iter()
+        .find(|p| p.partition_index == victim_partition)
+        .expect("partition");
+    assert_eq!(
+        (orphan.leader_id.0, orphan.error_code),
+        (-1, 5),
+        "a partition whose only replica is fenced has no leader: LEADER_NOT_AVAILABLE"
+    );
     brokers[(victim - 1) as usize].restart().expect("restart");
     wait_for(Duration::from_secs(20), "the broker back online", || {
         let md = raw.metadata("spread");
