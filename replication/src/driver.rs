@@ -592,6 +592,17 @@ impl Driver {
             };
             let quiesce = is_quiesce_heartbeat(&message);
             let (kind, term, commit) = (message.get_msg_type(), message.term, message.commit);
+            if g.quiesced
+                && g.node.raft.leader_id == from
+                && matches!(
+                    kind,
+                    MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
+                )
+            {
+                // Its leader campaigns: it restarted (faster than the liveness timeout) and
+                // leads no more, so this follower must not reject it as "in lease".
+                wake(g);
+            }
             if let Err(e) = g.node.step(message) {
                 tracing::debug!(from, topic = key.0, partition, error = %e, "raft message refused");
             }
