@@ -458,22 +458,24 @@ pub struct CrossAzBytes {
 
 impl std::fmt::Display for CrossAzBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let total = |m: &std::collections::BTreeMap<String, u64>| m.values().sum::<u64>();
-        let each = |m: &std::collections::BTreeMap<String, u64>| {
-            m.iter()
+        // "1.2 MiB (az-2 0.6 MiB, az-3 0.6 MiB)", or "0 B".
+        let show = |m: &std::collections::BTreeMap<String, u64>| {
+            let total = human_bytes(m.values().sum::<u64>());
+            if m.is_empty() {
+                return total;
+            }
+            let each: Vec<String> = m
+                .iter()
                 .map(|(az, b)| format!("{az} {}", human_bytes(*b)))
-                .collect::<Vec<_>>()
-                .join(", ")
+                .collect();
+            format!("{total} ({})", each.join(", "))
         };
         write!(
             f,
-            "replication sent {} ({}), received {} ({}); fetch responses to clients in other AZs {} ({})",
-            human_bytes(total(&self.replication_sent)),
-            each(&self.replication_sent),
-            human_bytes(total(&self.replication_received)),
-            each(&self.replication_received),
-            human_bytes(total(&self.fetch_sent)),
-            each(&self.fetch_sent),
+            "replication sent {}, received {}; fetch responses to clients in other AZs {}",
+            show(&self.replication_sent),
+            show(&self.replication_received),
+            show(&self.fetch_sent),
         )
     }
 }

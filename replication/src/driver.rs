@@ -197,6 +197,8 @@ pub struct Driver {
     /// The other brokers this one shares a group with, by Raft id.
     peers: BTreeMap<u64, PeerLiveness>,
     ticks: u64,
+    /// A checkpoint pass under way: the last partition checkpointed (`None`: none yet).
+    checkpoint_from: Option<Option<(String, i32)>>,
 }
 
 /// Whether another broker is alive, as far as quiesced groups care: it is while batches (at
@@ -493,6 +495,7 @@ impl Driver {
             dirty: BTreeSet::new(),
             peers: BTreeMap::new(),
             ticks: 0,
+            checkpoint_from: None,
         };
         let me = driver.raft_id;
         let voters: Vec<u64> = driver
@@ -625,6 +628,17 @@ impl Driver {
             };
             let quiesce = is_quiesce_heartbeat(&message);
             let (kind, term, commit) = (message.get_msg_type(), message.term, message.commit);
+            if g.quiesced
+                && g.node.raft.leader_id == from
+                && matches!(
+                    kind,
+                    MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
+                )
+            {
+                // Its leader campaigns: it restarted (faster than the liveness timeout) and
+                // leads no more, so this follower must not reject it as "in lease".
+                wake(g);
+            }
             if let Err(e) = g.node.step(message) {
                 tracing::debug!(from, topic = key.0, partition, error = %e, "raft message refused");
             }
@@ -757,8 +771,40 @@ impl Driver {
             now,
             self.config.checkpoint_interval,
         ) {
-            self.checkpoint_all();
+            // A pass over every group, a few per call: checkpoints fsync, and thousands of
+            // them at once would stall the driver past an election timeout.
+            self.checkpoint_from = Some(None);
         }
+        if let Some(after) = self.checkpoint_from.take() {
+            self.checkpoint_from = self.checkpoint_some(after, CHECKPOINTS_PER_CALL);
+        }
+    }
+
+    /// Checkpoints up to `budget` partitions after `after` (the metadata group first, with
+    /// `None`); returns where the pass stopped, or `None` once it is done.
+    fn checkpoint_some(
+        &mut self,
+        after: Option<(String, i32)>,
+        budget: usize,
+    ) -> Option<Option<(String, i32)>> {
+        use std::ops::Bound;
+        let start = match &after {
+            None => {
+                checkpoint(&mut self.metadata);
+                Bound::Unbounded
+            }
+            Some(key) => Bound::Excluded(key.clone()),
+        };
+        let mut last = None;
+        for (key, g) in self
+            .partitions
+            .range_mut((start, Bound::Unbounded))
+            .take(budget)
+        {
+            checkpoint(g);
+            last = Some(key.clone());
+        }
+        last.map(Some)
     }
 
     /// Updates the ISR of every partition this broker leads, and proposes to the metadata
@@ -1485,31 +1531,40 @@ impl Driver {
         crate::probe::partition_counts(self.partitions.len(), leaders);
     }
 
-    /// Checkpoints every log written to since its last checkpoint (an idle log's checkpoint
-    /// would only repeat its fsyncs: thousands of them a minute for thousands of partitions).
+    /// Checkpoints every log written to since its last checkpoint (on shutdown).
     fn checkpoint_all(&mut self) {
         for g in std::iter::once(&mut self.metadata).chain(self.partitions.values_mut()) {
-            let raft_log = &g.node.raft.raft_log;
-            let commit = raft_log.committed;
-            // Every append or truncation moves the last index or its term.
-            let mark = (raft_log.last_index(), raft_log.last_term(), commit);
-            if g.checkpointed == Some(mark) {
-                continue;
-            }
-            let store = g.node.mut_store();
-            let mut ok = true;
-            if let Err(e) = store.replica().log_mut().checkpoint() {
-                tracing::warn!(error = %e, "checkpoint failed");
-                ok = false;
-            }
-            if let Err(e) = store.set_commit(commit) {
-                tracing::warn!(error = %e, "storing commit index failed");
-                ok = false;
-            }
-            if ok {
-                g.checkpointed = Some(mark);
-            }
+            checkpoint(g);
         }
+    }
+}
+
+/// Partitions checkpointed per [`Driver::run_timers`] call during a checkpoint pass.
+const CHECKPOINTS_PER_CALL: usize = 32;
+
+/// Checkpoints a group's log and commit index, unless nothing was written since its last
+/// checkpoint (an idle log's checkpoint would only repeat its fsyncs: thousands a minute for
+/// thousands of partitions).
+fn checkpoint(g: &mut Group) {
+    let raft_log = &g.node.raft.raft_log;
+    let commit = raft_log.committed;
+    // Every append or truncation moves the last index or its term.
+    let mark = (raft_log.last_index(), raft_log.last_term(), commit);
+    if g.checkpointed == Some(mark) {
+        return;
+    }
+    let store = g.node.mut_store();
+    let mut ok = true;
+    if let Err(e) = store.replica().log_mut().checkpoint() {
+        tracing::warn!(error = %e, "checkpoint failed");
+        ok = false;
+    }
+    if let Err(e) = store.set_commit(commit) {
+        tracing::warn!(error = %e, "storing commit index failed");
+        ok = false;
+    }
+    if ok {
+        g.checkpointed = Some(mark);
     }
 }
 

@@ -1056,7 +1056,62 @@ fn quiesce_and_fail_over(seed: u64) -> (u64, u64) {
     }
     sim.nodes[victim].down_until = 0;
     sim.converge();
+
+    // Quiesced again, the broker leading most partitions restarts at once (well within the
+    // liveness timeout): its partitions still get leaders that acknowledge writes.
+    sim.run_until(
+        400,
+        "every partition quiesces after the restart",
+        Sim::all_quiesced,
+    );
+    let (victim, led) = sim.most_leaderships(&partitions);
+    sim.crash(victim);
+    sim.nodes[victim].down_until = sim.step + 2;
+    sim.write_to_each(&led);
+    sim.converge();
     (quiesce, failover)
+}
+
+impl Sim {
+    /// The broker leading most of `partitions`, and those it leads.
+    fn most_leaderships(&self, partitions: &[GroupId]) -> (usize, Vec<GroupId>) {
+        let victim = (0..self.nodes.len())
+            .max_by_key(|&i| {
+                partitions
+                    .iter()
+                    .filter(|g| self.leader_of(g).contains(&i))
+                    .count()
+            })
+            .expect("brokers");
+        let led = partitions
+            .iter()
+            .filter(|g| self.leader_of(g).contains(&victim))
+            .cloned()
+            .collect();
+        (victim, led)
+    }
+
+    /// Acknowledges one new write to each of `groups`, retried through whoever leads it.
+    fn write_to_each(&mut self, groups: &[GroupId]) {
+        let before = self.acked.len();
+        let mut written: HashSet<GroupId> = HashSet::new();
+        for _ in 0..600 {
+            written.extend(self.acked[before..].iter().map(|(g, _)| g.clone()));
+            if written.len() == groups.len() {
+                return;
+            }
+            for g in groups {
+                if written.contains(g) || self.proposals.iter().any(|p| p.group == *g) {
+                    continue;
+                }
+                if let Some(&leader) = self.leader_of(g).first() {
+                    self.propose(leader, g.clone());
+                }
+            }
+            self.step(false);
+        }
+        self.run_until(0, "writes acknowledged after the restart", |_| false);
+    }
 }
 
 #[test]

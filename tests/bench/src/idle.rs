@@ -329,6 +329,7 @@ pub(crate) fn run(args: &IdleArgs) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("socket.timeout.ms", "300000")
+        .set("request.timeout.ms", "300000")
         .create()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -340,10 +341,18 @@ pub(crate) fn run(args: &IdleArgs) -> anyhow::Result<()> {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(300)));
         let mut retried = false;
         loop {
-            let r = runtime
-                .block_on(admin.create_topics([&new], &opts))?
-                .pop()
-                .context("no CreateTopics result")?;
+            let r = match runtime.block_on(admin.create_topics([&new], &opts)) {
+                Ok(mut results) => results.pop().context("no CreateTopics result")?,
+                // The connection timed out or dropped while the brokers open the partitions.
+                Err(e) if started.elapsed() < Duration::from_secs(600) => {
+                    println!("create: {t}: {e}; retrying");
+                    retries += 1;
+                    retried = true;
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             match r {
                 Ok(_) => break,
                 // A retry of a creation that went through after all.
@@ -421,12 +430,11 @@ struct Sample {
 
 fn measure(cluster: &Cluster, over: Duration) -> anyhow::Result<Vec<Sample>> {
     let metric = "runnel_raft_bytes_sent_total";
+    // Scrapes (which cost the broker a little) stay outside the measured CPU time.
     let before: Vec<_> = (0..cluster.brokers.len())
         .map(|i| {
-            (
-                cluster.pid(i).and_then(proc_usage),
-                scrape(&cluster.brokers[i].metrics).map(|t| metric_sum(&t, metric)),
-            )
+            let bytes = scrape(&cluster.brokers[i].metrics).map(|t| metric_sum(&t, metric));
+            (cluster.pid(i).and_then(proc_usage), bytes)
         })
         .collect();
     let started = Instant::now();
