@@ -130,6 +130,9 @@ struct Group {
     checkpointed: Option<(u64, u64, u64)>,
     /// While leading: when each follower was last caught up, for the ISR.
     isr: Option<IsrTracker>,
+    /// While leading: the (epoch, ISR) the metadata log was last seen to record, and its
+    /// applied index then (any later record may have changed it: a late report of ours).
+    reported: Option<(i32, Vec<i32>, u64)>,
 }
 
 /// Kafka's ISR rule over Raft progress: a follower is in sync while it has caught up with
@@ -338,6 +341,7 @@ fn new_group(
         forwarded: HashMap::new(),
         was_leader: false,
         isr: None,
+        reported: None,
         quiesced: false,
         checkpointed: None,
         persist_failure: None,
@@ -828,6 +832,7 @@ impl Driver {
                 .unwrap_or_else(|e| e.into_inner());
             for (key, g) in self.partitions.iter_mut() {
                 if g.node.raft.state != StateRole::Leader {
+                    g.reported = None;
                     if g.isr.take().is_some() {
                         g.node.store().replica().set_isr(Vec::new());
                     }
@@ -871,16 +876,25 @@ impl Driver {
                     }
                 }
                 isr[1..].sort_unstable();
+                let epoch = i32::try_from(term).unwrap_or(i32::MAX);
+                // Unchanged since the metadata log last showed it: nothing to look up (this
+                // runs for thousands of idle leaders).
+                if g.reported.as_ref().is_some_and(|(e, i, applied)| {
+                    *e == epoch && *i == isr && *applied == metadata.applied_index
+                }) {
+                    continue;
+                }
                 let replica = g.node.store().replica();
                 if replica.isr() != isr {
                     replica.set_isr(isr.clone());
                 }
-                let epoch = i32::try_from(term).unwrap_or(i32::MAX);
                 let recorded = metadata.partition_leaders.get(key);
                 let same = recorded.is_some_and(|r| {
                     r.leader == broker_id(me) && r.leader_epoch == epoch && r.isr == isr
                 });
-                if !same && changed.len() < MAX_LEADER_REPORT {
+                if same {
+                    g.reported = Some((epoch, isr, metadata.applied_index));
+                } else if changed.len() < MAX_LEADER_REPORT {
                     changed.push(crate::proto::PartitionLeader {
                         topic_id: replica.topic_id.as_bytes().to_vec(),
                         partition: key.1,
