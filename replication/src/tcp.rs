@@ -121,12 +121,30 @@ impl Transport for TcpTransport {
 fn run_writer(addr: String, rx: Receiver<Vec<u8>>, stats: &TcpStats, stop: &AtomicBool) {
     let mut conn: Option<TcpStream> = None;
     let mut backoff = Duration::from_millis(10);
+    let mut resolved_at = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
         let first = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(f) => f,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        // A peer whose name now resolves elsewhere (a container restarted or reconnected to
+        // its network with a new IP) leaves our connection to its old address silently
+        // black-holed: TCP would take minutes to notice. Reconnect to where the name points.
+        if resolved_at.elapsed() > Duration::from_secs(1) {
+            resolved_at = std::time::Instant::now();
+            let moved = conn
+                .as_ref()
+                .and_then(|c| c.peer_addr().ok())
+                .is_some_and(|at| {
+                    addr.to_socket_addrs()
+                        .is_ok_and(|mut now| now.all(|a| a != at))
+                });
+            if moved {
+                tracing::info!(%addr, "raft peer moved to a new address; reconnecting");
+                conn = None;
+            }
+        }
         // Everything queued goes out in one write.
         let mut out = Vec::with_capacity(first.len() + 4);
         let mut frames = 0u64;
