@@ -187,6 +187,22 @@ impl Cluster {
         &self.project
     }
 
+    /// `down` without removing volumes, then `up` again (same project, same ports), and
+    /// waits until healthy: what a developer does at the end and start of a day.
+    pub fn down_up(&mut self) -> anyhow::Result<()> {
+        self.compose_ok(&["down", "-t", "10"])?;
+        self.compose_ok(&["up", "-d"])?;
+        self.containers.clear();
+        for service in SERVICES {
+            let id = self.compose_ok(&["ps", "-q", service])?;
+            if id.is_empty() {
+                bail!("no container for {service}");
+            }
+            self.containers.push(id);
+        }
+        self.wait_healthy(Duration::from_secs(60))
+    }
+
     /// The host's bootstrap list (the EXTERNAL listeners).
     pub fn bootstrap(&self) -> String {
         self.ports
