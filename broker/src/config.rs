@@ -212,6 +212,20 @@ pub struct BrokerConfig {
     /// Where this broker listens for other brokers' Raft traffic (its own entry of
     /// `controller_voters` by default).
     pub raft_listen: Option<SocketAddr>,
+    /// `auto.leader.rebalance.enable`.
+    pub auto_leader_rebalance: bool,
+    /// `leader.imbalance.check.interval.seconds`, in ms.
+    pub leader_imbalance_check_interval_ms: u64,
+    /// `leader.imbalance.per.broker.percentage`.
+    pub leader_imbalance_per_broker_percentage: u32,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_time_max_ms: i64,
+    /// `broker.session.timeout.ms`.
+    pub broker_session_timeout_ms: i64,
+    /// `replica.selector.class` is `RackAwareReplicaSelector` (KIP-392): consumers that send
+    /// `client.rack` are sent to an in-sync replica in their AZ. Runnel's default, since
+    /// cross-AZ traffic is what it costs on AWS; Kafka's default is leader-only.
+    pub rack_aware_replica_selector: bool,
 }
 
 impl BrokerConfig {
@@ -237,6 +251,12 @@ impl BrokerConfig {
             producer_id_expiration_ms: 86_400_000,
             controller_voters: Vec::new(),
             raft_listen: None,
+            auto_leader_rebalance: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_per_broker_percentage: 10,
+            replica_lag_time_max_ms: 30_000,
+            broker_session_timeout_ms: 9_000,
+            rack_aware_replica_selector: true,
         }
     }
 

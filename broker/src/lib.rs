@@ -12,6 +12,7 @@ pub mod error;
 mod fetch_session;
 pub mod group;
 pub mod handlers;
+mod inter_broker;
 pub mod probe;
 pub mod txn;
 
@@ -49,9 +50,23 @@ pub struct Broker {
     /// The transaction coordinator for the `__transaction_state` partitions it leads.
     pub txns: txn::TransactionCoordinator,
     fetch_sessions: fetch_session::FetchSessionCache,
+    /// Connections to other brokers for inter-broker requests.
+    peers: inter_broker::Peers,
     /// Raft traffic to and from other brokers (clustered brokers only).
     pub raft_stats: Option<Arc<tcp::TcpStats>>,
+    /// Every broker's AZ, as the Raft transport knows it (from the cluster metadata).
+    zones: Arc<tcp::Zones>,
+    /// Fetch response bytes sent to clients in other AZs (their `client.rack`), by AZ.
+    fetch_cross_az: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     _raft_listener: Option<tcp::TcpListenerHandle>,
+}
+
+/// How brokers talk to each other, beyond the Kafka configs.
+#[derive(Debug, Clone, Default)]
+pub struct TransportOptions {
+    /// One-way delay injected on Raft traffic to brokers in other AZs (`runnel dev
+    /// --az-latency-ms`).
+    pub az_latency: std::time::Duration,
 }
 
 /// The listener for other brokers' Raft traffic, and its counters.
@@ -62,6 +77,7 @@ type RaftListener = (tcp::TcpListenerHandle, Arc<tcp::TcpStats>);
 fn start_clustered(
     config: &BrokerConfig,
     mut rc: ReplicationConfig,
+    options: tcp::TcpOptions,
 ) -> Result<(Replication, Option<RaftListener>), BrokerError> {
     let raft_id = |node: i32| node as u64 + 1;
     rc.metadata_voters = config.controller_voters.iter().map(|(id, _)| *id).collect();
@@ -101,7 +117,8 @@ fn start_clustered(
             }
         }
     };
-    let listener = tcp::listen(listen, stats.clone(), deliver).map_err(|source| {
+    let listener = tcp::listen_with_zones(listen, stats.clone(), options.zones.clone(), deliver)
+        .map_err(|source| {
         BrokerError::Config(format!(
             "cannot listen for Raft traffic on {listen}: {source} (is another broker using it? pick --raft-listen)"
         ))
@@ -111,7 +128,8 @@ fn start_clustered(
         .iter()
         .map(|(id, addr)| (raft_id(*id), addr.clone()))
         .collect();
-    let transport = tcp::TcpTransport::new(raft_id(config.node_id), peers, stats.clone());
+    let transport =
+        tcp::TcpTransport::with_options(raft_id(config.node_id), peers, stats.clone(), options);
     let replication = Replication::start_with_transport(rc, Box::new(transport))?;
     let _ = inbox.set(replication.raft_inbox());
     tracing::info!(%listen, voters = config.controller_voters.len(), "raft listening for other brokers");
@@ -200,27 +218,106 @@ pub fn base64_url(bytes: &[u8]) -> String {
 impl Broker {
     /// Opens the data dir (recovering every log) and starts replication.
     pub fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        Broker::open_with(config, TransportOptions::default())
+    }
+
+    /// [`Broker::open`] with inter-broker transport options.
+    pub fn open_with(
+        config: BrokerConfig,
+        transport: TransportOptions,
+    ) -> Result<Broker, BrokerError> {
         let cluster_id = load_or_create_meta(&config)?;
         let mut rc = ReplicationConfig::new(config.node_id, config.data_dir.clone());
         rc.fsync = config.fsync;
         rc.producer_id_expiration_ms = config.producer_id_expiration_ms;
+        rc.auto_leader_rebalance = config.auto_leader_rebalance;
+        rc.leader_imbalance_check_interval =
+            std::time::Duration::from_millis(config.leader_imbalance_check_interval_ms.max(1));
+        rc.leader_imbalance_per_broker_percentage = config.leader_imbalance_per_broker_percentage;
+        rc.replica_lag_time_max_ms = config.replica_lag_time_max_ms;
+        rc.broker_session_timeout_ms = config.broker_session_timeout_ms;
         rc.retention_check_interval =
             std::time::Duration::from_millis(config.retention_check_interval_ms.max(10));
+        let zones = Arc::new(tcp::Zones::new(config.rack.clone()));
         let (replication, raft_listener) = if config.controller_voters.is_empty() {
             (Replication::start(rc)?, None)
         } else {
-            start_clustered(&config, rc)?
+            let options = tcp::TcpOptions {
+                zones: zones.clone(),
+                az_latency: transport.az_latency,
+            };
+            start_clustered(&config, rc, options)?
         };
-        Ok(Broker {
+        let broker = Broker {
             groups: group::GroupCoordinator::new(config.group.clone()),
             txns: txn::TransactionCoordinator::new(config.txn.clone()),
             config,
             replication,
             cluster_id,
             fetch_sessions: fetch_session::FetchSessionCache::default(),
+            peers: inter_broker::Peers::default(),
             raft_stats: raft_listener.as_ref().map(|(_, stats)| stats.clone()),
+            zones,
+            fetch_cross_az: std::sync::Mutex::default(),
             _raft_listener: raft_listener.map(|(l, _)| l),
-        })
+        };
+        broker.refresh_zones();
+        Ok(broker)
+    }
+
+    /// Tells the Raft transport every registered broker's AZ.
+    pub fn refresh_zones(&self) {
+        let brokers: Vec<(i32, Option<String>)> = self
+            .replication
+            .metadata()
+            .brokers
+            .values()
+            .map(|b| (b.node_id, b.rack.clone()))
+            .collect();
+        for (id, rack) in brokers {
+            self.zones.set_peer(id as u64 + 1, rack.as_deref());
+        }
+    }
+
+    /// Counts a fetch response's record bytes as cross-AZ traffic when the client said which
+    /// AZ it is in (`client.rack`, Fetch v11+) and that is not this broker's.
+    pub fn count_fetch_bytes(&self, client_rack: &str, bytes: usize) {
+        if bytes == 0 || client_rack.is_empty() {
+            return;
+        }
+        if self
+            .config
+            .rack
+            .as_deref()
+            .is_none_or(|az| az == client_rack)
+        {
+            return;
+        }
+        probe::cross_az_fetch_bytes(client_rack, bytes);
+        let mut map = self
+            .fetch_cross_az
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *map.entry(client_rack.to_string()).or_default() += bytes as u64;
+    }
+
+    /// Bytes this broker sent to and received from other AZs so far: (replication sent,
+    /// replication received, fetch responses sent), each by the other side's AZ.
+    pub fn cross_az_bytes(&self) -> CrossAzBytes {
+        let (sent, received) = self
+            .raft_stats
+            .as_ref()
+            .map(|s| (s.cross_az_sent(), s.cross_az_received()))
+            .unwrap_or_default();
+        CrossAzBytes {
+            replication_sent: sent,
+            replication_received: received,
+            fetch_sent: self
+                .fetch_cross_az
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
     }
 
     /// Records this broker's endpoint in the cluster metadata if it changed.
@@ -280,6 +377,7 @@ impl Broker {
                 }
             }
         }
+        self.refresh_zones();
         Ok(())
     }
 
@@ -297,6 +395,7 @@ impl Broker {
         shutdown: watch::Receiver<bool>,
     ) {
         tokio::spawn(group::run_timer(self.clone(), shutdown.clone()));
+        tokio::spawn(refresh_zones_every_second(self.clone(), shutdown.clone()));
         tokio::spawn(txn::run_timer(self.clone(), shutdown.clone()));
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let mut accepting = Vec::new();
@@ -349,7 +448,148 @@ impl Broker {
     }
 }
 
+/// Cross-AZ traffic of one broker, by the other side's AZ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrossAzBytes {
+    pub replication_sent: std::collections::BTreeMap<String, u64>,
+    pub replication_received: std::collections::BTreeMap<String, u64>,
+    pub fetch_sent: std::collections::BTreeMap<String, u64>,
+}
+
+impl std::fmt::Display for CrossAzBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total = |m: &std::collections::BTreeMap<String, u64>| m.values().sum::<u64>();
+        let each = |m: &std::collections::BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(az, b)| format!("{az} {}", human_bytes(*b)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        write!(
+            f,
+            "replication sent {} ({}), received {} ({}); fetch responses to clients in other AZs {} ({})",
+            human_bytes(total(&self.replication_sent)),
+            each(&self.replication_sent),
+            human_bytes(total(&self.replication_received)),
+            each(&self.replication_received),
+            human_bytes(total(&self.fetch_sent)),
+            each(&self.fetch_sent),
+        )
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30)),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20)),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// Keeps the Raft transport's view of the brokers' AZs current as brokers register.
+async fn refresh_zones_every_second(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => broker.refresh_zones(),
+        }
+    }
+}
+
 /// Kafka's internal topics: only their coordinators write them, and Metadata flags them.
+/// Who leads a partition, as well as this broker knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView {
+    /// Broker id of the leader, -1 while there is none (an election).
+    pub leader: i32,
+    pub leader_epoch: i32,
+    /// In-sync replicas, leader included (empty without a leader).
+    pub isr: Vec<i32>,
+}
+
+impl Broker {
+    /// A partition's leader, epoch and ISR: from the local replica when this broker hosts it
+    /// (its Raft state is the freshest), else from what the leader last reported to the
+    /// metadata log, whichever has the newer epoch.
+    pub fn leader_view(
+        &self,
+        md: &runnel_replication::ClusterMetadata,
+        topic: &str,
+        partition: i32,
+    ) -> LeaderView {
+        let replicas: &[i32] = md
+            .topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+            .map_or(&[], |r| r.as_slice());
+        let recorded = md.partition_leaders.get(&(topic.to_string(), partition));
+        let local = self.replication.replica(topic, partition);
+        if let Some(r) = &local {
+            if r.leader_id() == self.config.node_id {
+                let mut isr = r.isr();
+                if isr.is_empty() {
+                    // Elected moments ago: the first ISR sample is not taken yet.
+                    isr = replicas.to_vec();
+                }
+                return LeaderView {
+                    leader: r.leader_id(),
+                    leader_epoch: r.leader_epoch(),
+                    isr,
+                };
+            }
+        }
+        let from_record = |rec: &runnel_replication::PartitionLeaderState| LeaderView {
+            leader: rec.leader,
+            leader_epoch: rec.leader_epoch,
+            isr: rec.isr.clone(),
+        };
+        let view = match (local, recorded) {
+            (Some(r), Some(rec)) if rec.leader_epoch >= r.leader_epoch() => from_record(rec),
+            (Some(r), rec) => {
+                let leader = r.leader_id();
+                let isr = if leader < 0 {
+                    Vec::new()
+                } else {
+                    let mut isr = rec.map_or_else(|| replicas.to_vec(), |rec| rec.isr.clone());
+                    if !isr.contains(&leader) {
+                        isr.insert(0, leader);
+                    }
+                    isr
+                };
+                LeaderView {
+                    leader,
+                    leader_epoch: r.leader_epoch(),
+                    isr,
+                }
+            }
+            (None, Some(rec)) => from_record(rec),
+            (None, None) => LeaderView {
+                leader: -1,
+                leader_epoch: -1,
+                isr: Vec::new(),
+            },
+        };
+        // A leader on a fenced (dead) broker leads nothing: LEADER_NOT_AVAILABLE until a
+        // replica elsewhere takes over, as KRaft's controller answers.
+        if view.leader >= 0 && md.is_fenced(view.leader) {
+            return LeaderView {
+                leader: -1,
+                leader_epoch: view.leader_epoch,
+                isr: Vec::new(),
+            };
+        }
+        view
+    }
+
+    /// [`Broker::leader_view`], taking the metadata lock itself.
+    pub fn partition_leader(&self, topic: &str, partition: i32) -> LeaderView {
+        let md = self.replication.metadata();
+        self.leader_view(&md, topic, partition)
+    }
+}
+
 pub fn is_internal_topic(name: &str) -> bool {
     name == group::OFFSETS_TOPIC || name == txn::TRANSACTION_STATE_TOPIC
 }

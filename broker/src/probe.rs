@@ -41,3 +41,9 @@ pub fn connection_closed() {
 pub fn log_size(topic: &str, partition: i32, bytes: u64) {
     gauge!("kafka_log_log_size", "topic" => topic.to_string(), "partition" => partition.to_string()).set(bytes as f64);
 }
+
+/// Fetch response bytes sent to a client in another AZ (its `client.rack`).
+pub fn cross_az_fetch_bytes(client_az: &str, bytes: usize) {
+    counter!("runnel_cross_az_bytes_sent_total", "peer_az" => client_az.to_string(), "traffic" => "fetch")
+        .increment(bytes as u64);
+}

@@ -2,8 +2,8 @@
 //! processes (this same binary, `runnel serve`) on 127.0.0.1, broker `i` in AZ
 //! `az-((i - 1) % azs + 1)`, with its data under `<data-dir>/broker-<i>`, Kafka port
 //! `base-port + i - 1` and Raft port `base-port + 100 + i - 1`; prints the bootstrap string;
-//! and stops every broker on Ctrl-C (SIGTERM, so each checkpoints). A broker that dies is
-//! reported, not restarted.
+//! and stops every broker on Ctrl-C (SIGTERM, so each checkpoints, and prints the bytes it
+//! exchanged with other AZs). A broker that dies is reported, not restarted.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -30,6 +30,10 @@ pub(crate) struct DevArgs {
     /// Acknowledge from the page cache (faster; loses acknowledged writes on power loss).
     #[arg(long)]
     no_fsync: bool,
+    /// One-way delay, in ms, injected on replication traffic between brokers in different
+    /// AZs (an acks=all produce then waits at least one inter-AZ round trip).
+    #[arg(long, default_value_t = 0)]
+    az_latency_ms: u64,
 }
 
 struct Cluster(Vec<(u16, Child)>);
@@ -97,6 +101,9 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
         if args.no_fsync {
             cmd.arg("--no-fsync");
         }
+        if args.az_latency_ms > 0 {
+            cmd.args(["--az-latency-ms", &args.az_latency_ms.to_string()]);
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start broker {i}"))?;
@@ -126,10 +133,15 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
         .map(|i| format!("127.0.0.1:{}", kafka_port(i)))
         .collect();
     println!(
-        "runnel dev: {} brokers in {} AZs, data in {}",
+        "runnel dev: {} brokers in {} AZs, data in {}{}",
         args.brokers,
         args.azs.min(args.brokers),
-        args.data_dir.display()
+        args.data_dir.display(),
+        if args.az_latency_ms > 0 {
+            format!(", {} ms one-way between AZs", args.az_latency_ms)
+        } else {
+            String::new()
+        }
     );
     println!("bootstrap.servers={}", bootstrap.join(","));
     println!("Ctrl-C stops the cluster.");

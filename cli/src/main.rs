@@ -51,7 +51,7 @@ struct ClientArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a broker (a cluster of one unless peers are given).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Start a whole multi-AZ cluster on this machine (`--brokers 3 --azs 3`).
     Dev(dev::DevArgs),
     /// Create, list, describe, delete topics and change their configs.
@@ -96,7 +96,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Dev(args) => dev::run(args),
         Command::Topic { client, args } => {
             block_on(topic::run(args, &client.bootstrap_server, client.output))

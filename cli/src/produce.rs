@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -72,6 +73,13 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// How many times a partition's records are sent again after a retriable error.
+const PRODUCE_RETRIES: u32 = 10;
+
+/// Errors after which the broker has not written the records: LEADER_NOT_AVAILABLE,
+/// NOT_LEADER_OR_FOLLOWER and NOT_ENOUGH_REPLICAS.
+const RETRIABLE: [i16; 3] = [5, 6, 19];
+
 pub(crate) async fn run(args: ProduceArgs, bootstrap: &str, output: Output) -> anyhow::Result<()> {
     let acks: i16 = match args.acks.as_str() {
         "all" | "-1" => -1,
@@ -80,7 +88,7 @@ pub(crate) async fn run(args: ProduceArgs, bootstrap: &str, output: Output) -> a
         other => bail!("--acks {other}: use all, 1 or 0"),
     };
     let mut client = Client::connect(bootstrap).await?;
-    let leaders = client.leaders(&args.topic, true).await?;
+    let mut leaders = client.leaders(&args.topic, true).await?;
     if leaders.is_empty() {
         bail!("topic {} has no partitions", args.topic);
     }
@@ -128,62 +136,98 @@ pub(crate) async fn run(args: ProduceArgs, bootstrap: &str, output: Output) -> a
         if n == 0 {
             break;
         }
-        // One request per partition leader (the bootstrap broker when a leader is unknown).
-        let mut by_leader: BTreeMap<String, Vec<PartitionProduceData>> = BTreeMap::new();
+        let mut pending: BTreeMap<i32, Bytes> = BTreeMap::new();
         for (p, records) in &block {
             let mut data = Vec::new();
             for chunk in records.chunks(args.batch_size.max(1)) {
                 data.extend_from_slice(&build_batch(chunk, &BatchOptions::default())?);
             }
-            let leader = leaders
-                .iter()
-                .find(|(q, _)| q == p)
-                .map_or_else(|| bootstrap.to_string(), |(_, a)| a.clone());
-            by_leader.entry(leader).or_default().push(
-                PartitionProduceData::default()
-                    .with_index(*p)
-                    .with_records(Some(Bytes::from(data))),
-            );
+            pending.insert(*p, Bytes::from(data));
         }
-        for (leader, partitions) in by_leader {
-            let request = ProduceRequest::default()
-                .with_acks(acks)
-                .with_timeout_ms(30_000)
-                .with_topic_data(vec![TopicProduceData::default()
-                    .with_name(topic_name(&args.topic))
-                    .with_partition_data(partitions)]);
-            if acks == 0 {
-                // No answer comes for acks=0: send and move on.
-                let _ = client
+        // Partitions whose leader moved (an election, a broker down) are sent again to the
+        // new leader, as Kafka's producers retry: the broker refused those writes, so
+        // resending cannot duplicate them.
+        for attempt in 0..=PRODUCE_RETRIES {
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                leaders = client.leaders(&args.topic, false).await.unwrap_or(leaders);
+            }
+            let last = attempt == PRODUCE_RETRIES;
+            // One request per partition leader (the bootstrap broker when a leader is unknown).
+            let mut by_leader: BTreeMap<String, Vec<PartitionProduceData>> = BTreeMap::new();
+            for (p, data) in &pending {
+                let leader = leaders
+                    .iter()
+                    .find(|(q, _)| q == p)
+                    .map_or_else(|| bootstrap.to_string(), |(_, a)| a.clone());
+                by_leader.entry(leader).or_default().push(
+                    PartitionProduceData::default()
+                        .with_index(*p)
+                        .with_records(Some(data.clone())),
+                );
+            }
+            let mut retry: BTreeMap<i32, Bytes> = BTreeMap::new();
+            for (leader, partitions) in by_leader {
+                let asked: Vec<i32> = partitions.iter().map(|p| p.index).collect();
+                let request = ProduceRequest::default()
+                    .with_acks(acks)
+                    .with_timeout_ms(30_000)
+                    .with_topic_data(vec![TopicProduceData::default()
+                        .with_name(topic_name(&args.topic))
+                        .with_partition_data(partitions)]);
+                if acks == 0 {
+                    // No answer comes for acks=0: send and move on.
+                    let _ = client
+                        .call_at(
+                            Some(&leader),
+                            ApiKey::Produce,
+                            RequestKind::Produce(request),
+                        )
+                        .await;
+                    continue;
+                }
+                let answer = client
                     .call_at(
                         Some(&leader),
                         ApiKey::Produce,
                         RequestKind::Produce(request),
                     )
                     .await;
-                continue;
-            }
-            let (_, ResponseKind::Produce(r)) = client
-                .call_at(
-                    Some(&leader),
-                    ApiKey::Produce,
-                    RequestKind::Produce(request),
-                )
-                .await?
-            else {
-                bail!("unexpected answer to Produce");
-            };
-            for t in &r.responses {
-                for p in &t.partition_responses {
-                    let records = block.get(&p.index).map_or(0, Vec::len) as u64;
-                    if p.error_code == 0 {
-                        sent += records;
-                    } else {
-                        failed += records;
-                        eprintln!("partition {}: {}", p.index, error_text(p.error_code));
+                let r = match answer {
+                    Ok((_, ResponseKind::Produce(r))) => r,
+                    Ok(_) => bail!("unexpected answer to Produce"),
+                    Err(e) if !last => {
+                        // The leader is unreachable (it may have just died): find the new one.
+                        eprintln!("{leader}: {e}; retrying");
+                        for p in asked {
+                            if let Some(data) = pending.get(&p) {
+                                retry.insert(p, data.clone());
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                for t in &r.responses {
+                    for p in &t.partition_responses {
+                        let records = block.get(&p.index).map_or(0, Vec::len) as u64;
+                        if p.error_code == 0 {
+                            sent += records;
+                        } else if RETRIABLE.contains(&p.error_code) && !last {
+                            if let Some(data) = pending.get(&p.index) {
+                                retry.insert(p.index, data.clone());
+                            }
+                        } else {
+                            failed += records;
+                            eprintln!("partition {}: {}", p.index, error_text(p.error_code));
+                        }
                     }
                 }
             }
+            pending = retry;
         }
         if acks == 0 {
             sent += n as u64;

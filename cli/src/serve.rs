@@ -85,6 +85,26 @@ pub(crate) struct ServeArgs {
     /// --controller-quorum-voters).
     #[arg(long, env = "RUNNEL_RAFT_LISTEN")]
     raft_listen: Option<String>,
+    /// Whether preferred leaders take their partitions back after failures
+    /// (`auto.leader.rebalance.enable`, default true).
+    #[arg(long, env = "RUNNEL_AUTO_LEADER_REBALANCE_ENABLE")]
+    auto_leader_rebalance_enable: Option<bool>,
+    /// How often a broker checks whether it should take its preferred partitions back, in
+    /// seconds (`leader.imbalance.check.interval.seconds`, default 300).
+    #[arg(long, env = "RUNNEL_LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS")]
+    leader_imbalance_check_interval_seconds: Option<u64>,
+    /// How long a follower may lag before it leaves the ISR, in ms
+    /// (`replica.lag.time.max.ms`, default 30000).
+    #[arg(long, env = "RUNNEL_REPLICA_LAG_TIME_MAX_MS")]
+    replica_lag_time_max_ms: Option<i64>,
+    /// How long the metadata leader waits to hear from a broker before it fences it and
+    /// reports its replicas offline, in ms (`broker.session.timeout.ms`, default 9000).
+    #[arg(long, env = "RUNNEL_BROKER_SESSION_TIMEOUT_MS")]
+    broker_session_timeout_ms: Option<i64>,
+    /// One-way delay, in ms, added to Raft traffic to brokers in other AZs (simulated
+    /// inter-AZ latency; `runnel dev --az-latency-ms`).
+    #[arg(long, env = "RUNNEL_AZ_LATENCY_MS", default_value_t = 0)]
+    az_latency_ms: u64,
 }
 
 /// Reads `name` from the properties as a number, if set.
@@ -418,6 +438,52 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<(BrokerConfig, Option<Socket
     if let Some(v) = number(&props, "producer.id.expiration.ms")? {
         config.producer_id_expiration_ms = v;
     }
+    if let Some(v) = args
+        .auto_leader_rebalance_enable
+        .or(prop("auto.leader.rebalance.enable")
+            .map(|v| v.trim().parse::<bool>())
+            .transpose()
+            .context("auto.leader.rebalance.enable must be true or false")?)
+    {
+        config.auto_leader_rebalance = v;
+    }
+    if let Some(v) = args
+        .leader_imbalance_check_interval_seconds
+        .or(number(&props, "leader.imbalance.check.interval.seconds")?)
+    {
+        if v < 1 {
+            bail!("leader.imbalance.check.interval.seconds must be at least 1");
+        }
+        config.leader_imbalance_check_interval_ms = v * 1000;
+    }
+    if let Some(v) = number::<u32>(&props, "leader.imbalance.per.broker.percentage")? {
+        config.leader_imbalance_per_broker_percentage = v;
+    }
+    if let Some(v) = args
+        .replica_lag_time_max_ms
+        .or(number(&props, "replica.lag.time.max.ms")?)
+    {
+        if v < 1 {
+            bail!("replica.lag.time.max.ms must be at least 1");
+        }
+        config.replica_lag_time_max_ms = v;
+    }
+    if let Some(v) = prop("replica.selector.class") {
+        config.rack_aware_replica_selector = match v.trim() {
+            "" | "org.apache.kafka.common.replica.LeaderSelector" => false,
+            "org.apache.kafka.common.replica.RackAwareReplicaSelector" => true,
+            other => bail!("replica.selector.class {other:?} is not supported: use org.apache.kafka.common.replica.RackAwareReplicaSelector or org.apache.kafka.common.replica.LeaderSelector"),
+        };
+    }
+    if let Some(v) = args
+        .broker_session_timeout_ms
+        .or(number(&props, "broker.session.timeout.ms")?)
+    {
+        if v < 1 {
+            bail!("broker.session.timeout.ms must be at least 1");
+        }
+        config.broker_session_timeout_ms = v;
+    }
     let metrics = args
         .metrics_listen
         .clone()
@@ -462,7 +528,12 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         let listeners = runnel_broker::bind_all(&config).await.context(
             "is another broker already running? use --listen or --listeners to pick other ports",
         )?;
-        let broker = Arc::new(Broker::open(config.clone()).context("cannot open the data dir")?);
+        let transport = runnel_broker::TransportOptions {
+            az_latency: std::time::Duration::from_millis(args.az_latency_ms),
+        };
+        let broker = Arc::new(
+            Broker::open_with(config.clone(), transport).context("cannot open the data dir")?,
+        );
         broker
             .register()
             .await
@@ -493,6 +564,14 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = serving.await;
         // Stops the Raft driver, which checkpoints every log.
         broker.replication.shutdown();
+        if !config.controller_voters.is_empty() {
+            println!(
+                "runnel: broker {} ({}) cross-AZ traffic: {}",
+                config.node_id,
+                config.rack.as_deref().unwrap_or("-"),
+                broker.cross_az_bytes()
+            );
+        }
         anyhow::Ok(())
     })?;
     Ok(())

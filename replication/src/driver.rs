@@ -9,8 +9,23 @@
 //!
 //! It also runs retention and checkpoints on its logs; compaction runs on its own thread and
 //! takes each log's write lock only to swap cleaned segments in.
+//!
+//! Idle partitions cost next to nothing, for thousands of them per broker:
+//! - A Ready cycle visits only the groups marked dirty (stepped, proposed to, ticked into
+//!   action, woken), never every group.
+//! - Quiescence (as CockroachDB's): a leader with nothing in flight whose live followers hold
+//!   its whole log sends them one last heartbeat marked [`QUIESCE`] and stops ticking; a
+//!   follower whose log ends at that heartbeat's commit stops ticking too. Any other message,
+//!   and any proposal, wakes a group. A quiesced follower cannot time out on its own, so
+//!   liveness moves up to brokers: every broker sends every peer a batch each tick (an empty
+//!   one if it has nothing else), and a peer silent for an election timeout counts as down:
+//!   quiesced followers of its leaders wake with their election timer as if they had been
+//!   ticking (so they campaign within the usual randomized timeout), quiesced leaders that no
+//!   longer hear a majority wake (so check-quorum can depose them), and a peer heard again
+//!   wakes the quiesced groups it follows so their leaders catch it up. Quiescence only stops
+//!   timers; it never changes what Raft decides. `tests/cluster_sim.rs` covers it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
 use runnel_storage::batch::{self, BatchHeader, BatchOptions, NewRecord};
 use runnel_storage::{Clock, Log, LogConfig, SystemClock};
@@ -109,6 +124,22 @@ struct Group {
     /// Meanwhile the unpersisted entries stay in Raft's unstable log and every cycle retries
     /// them; new writes are refused with the error (KAFKA_STORAGE_ERROR) instead of piling up.
     persist_failure: Option<String>,
+    /// Not ticked: an idle partition whose leader told its followers so (see [`quiesce`]).
+    quiesced: bool,
+    /// (last index, its term, commit) at the last checkpoint of the log.
+    checkpointed: Option<(u64, u64, u64)>,
+    /// While leading: when each follower was last caught up, for the ISR.
+    isr: Option<IsrTracker>,
+}
+
+/// Kafka's ISR rule over Raft progress: a follower is in sync while it has caught up with
+/// the leader's log end within `replica.lag.time.max.ms`. Sampled: a follower whose matched
+/// index reached the last index of the previous sample was caught up at that sample's time.
+struct IsrTracker {
+    term: u64,
+    sample_ms: i64,
+    sample_index: u64,
+    caught_up_ms: BTreeMap<u64, i64>,
 }
 
 impl Group {
@@ -129,6 +160,8 @@ pub struct GroupState {
     pub commit: u64,
     /// Highest index in the log (persisted or not).
     pub last_index: u64,
+    /// Idle and not ticked (see the module's notes on quiescence).
+    pub quiesced: bool,
 }
 
 /// Every Raft group of one broker and the logic that drives them. Nothing here reads the
@@ -151,6 +184,28 @@ pub struct Driver {
     next_metrics_ms: i64,
     /// Tokens of forwarded metadata proposals.
     next_token: u64,
+    next_leader_report_ms: i64,
+    next_rebalance_ms: i64,
+    /// The leader report proposed and not yet applied, with its deadline (clock ms).
+    leader_report: Option<(oneshot::Receiver<Result<(), ReplicationError>>, i64)>,
+    /// While this broker leads the metadata group: when each voter was last heard from.
+    heard_ms: BTreeMap<u64, i64>,
+    fence_report: Option<(oneshot::Receiver<Result<(), ReplicationError>>, i64)>,
+    /// Partitions that may have a Ready (stepped, proposed to, ticked into action, woken):
+    /// a Ready cycle visits only these, not thousands of idle groups.
+    dirty: BTreeSet<(String, i32)>,
+    /// The other brokers this one shares a group with, by Raft id.
+    peers: BTreeMap<u64, PeerLiveness>,
+    ticks: u64,
+}
+
+/// Whether another broker is alive, as far as quiesced groups care: it is while batches (at
+/// least the empty one every broker sends each peer every tick) keep coming from it.
+#[derive(Debug, Clone, Copy, Default)]
+struct PeerLiveness {
+    /// Clock ms of the last batch from it.
+    last_heard: Option<i64>,
+    live: bool,
 }
 
 impl fmt::Debug for Driver {
@@ -280,6 +335,9 @@ fn new_group(
         pending: BTreeMap::new(),
         forwarded: HashMap::new(),
         was_leader: false,
+        isr: None,
+        quiesced: false,
+        checkpointed: None,
         persist_failure: None,
     })
 }
@@ -310,6 +368,12 @@ fn replay_metadata(
 
 /// How long a follower waits for a forwarded metadata proposal to come back applied.
 const FORWARD_TIMEOUT_MS: i64 = 5_000;
+
+/// How often leaders refresh their ISR and report changes to the metadata log.
+const LEADER_REPORT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Partitions in one leader report at most (the rest go in the next).
+const MAX_LEADER_REPORT: usize = 5_000;
 
 /// The (proposer Raft id, token) a follower put in the key of a metadata record it forwarded.
 fn proposal_token(data: &[u8]) -> Option<(u64, u64)> {
@@ -412,6 +476,11 @@ impl Driver {
             next_metrics_ms: now,
             // Unique across restarts: a proposal forwarded before a crash may commit after it.
             next_token: (now.max(0) as u64) << 20,
+            next_leader_report_ms: now,
+            next_rebalance_ms: now + duration_ms(config.leader_imbalance_check_interval),
+            leader_report: None,
+            heard_ms: BTreeMap::new(),
+            fence_report: None,
             config,
             raft_id,
             shared,
@@ -421,7 +490,25 @@ impl Driver {
             partitions: BTreeMap::new(),
             transport,
             outbox: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            ticks: 0,
         };
+        let me = driver.raft_id;
+        let voters: Vec<u64> = driver
+            .metadata
+            .node
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&v| v != me)
+            .collect();
+        for v in voters {
+            driver.peers.entry(v).or_default();
+        }
         let topics: Vec<TopicMetadata> = driver.metadata_read().topics.values().cloned().collect();
         for topic in topics {
             driver.open_partitions(&topic, 0)?;
@@ -454,15 +541,6 @@ impl Driver {
         }
     }
 
-    fn group_mut(&mut self, id: &GroupId) -> Option<&mut Group> {
-        match id {
-            GroupId::Metadata => Some(&mut self.metadata),
-            GroupId::Partition { topic, partition } => {
-                self.partitions.get_mut(&(topic.clone(), *partition))
-            }
-        }
-    }
-
     pub fn group_state(&self, id: &GroupId) -> Option<GroupState> {
         let g = self.group(id)?;
         let raft = &g.node.raft;
@@ -472,6 +550,7 @@ impl Driver {
             is_leader: raft.state == StateRole::Leader,
             commit: raft.raft_log.committed,
             last_index: raft.raft_log.last_index(),
+            quiesced: g.quiesced,
         })
     }
 
@@ -518,29 +597,119 @@ impl Driver {
     }
 
     /// Feeds messages from broker `from` (a Raft id) to their groups. Messages of groups
-    /// this broker does not host (yet) are dropped: Raft sends them again.
+    /// this broker does not host (yet) are dropped: Raft sends them again. Any batch, even
+    /// an empty one, shows that `from` is alive.
     pub fn step_raft(&mut self, from: u64, envelopes: Vec<Envelope>) {
         let me = self.raft_id;
+        self.heard_from(from);
         for Envelope { group, message } in envelopes {
             if message.to != me || message.from != from {
                 tracing::debug!(from, to = message.to, claimed = message.from, %group, "dropping a misaddressed raft message");
                 continue;
             }
-            let Some(g) = self.group_mut(&group) else {
-                tracing::trace!(from, %group, "raft message for a group not hosted here");
+            let GroupId::Partition { topic, partition } = group else {
+                if let Err(e) = self.metadata.node.step(message) {
+                    tracing::debug!(from, group = %GroupId::Metadata, error = %e, "raft message refused");
+                }
                 continue;
             };
+            let key = (topic, partition);
+            let Some(g) = self.partitions.get_mut(&key) else {
+                tracing::trace!(
+                    from,
+                    topic = key.0,
+                    partition,
+                    "raft message for a group not hosted here"
+                );
+                continue;
+            };
+            let quiesce = is_quiesce_heartbeat(&message);
+            let (kind, term, commit) = (message.get_msg_type(), message.term, message.commit);
             if let Err(e) = g.node.step(message) {
-                tracing::debug!(from, %group, error = %e, "raft message refused");
+                tracing::debug!(from, topic = key.0, partition, error = %e, "raft message refused");
             }
+            if quiesce {
+                g.quiesced = follower_may_quiesce(g, from, term, commit);
+            } else if g.quiesced {
+                // A caught-up follower answering the heartbeat that quiesced its leader
+                // leaves it quiesced; anything else is activity.
+                let answer = kind == MessageType::MsgHeartbeatResponse
+                    && g.node.raft.state == StateRole::Leader
+                    && !g.node.has_ready();
+                g.quiesced = answer;
+            }
+            self.dirty.insert(key);
         }
     }
 
-    /// One Raft tick of every group (heartbeats, election timeouts).
+    /// One Raft tick of every group that is not quiesced (heartbeats, election timeouts);
+    /// idle partitions whose followers are all caught up quiesce instead, and quiesced ones
+    /// wake when a broker they depend on stops being heard from. Every peer gets a batch in
+    /// this cycle, if only an empty one: that is what tells it this broker is alive.
     pub fn tick(&mut self) {
         self.metadata.node.tick();
-        for g in self.partitions.values_mut() {
-            g.node.tick();
+        let now = self.clock.now_ms();
+        let timeout = self.liveness_timeout_ms();
+        for p in self.peers.values_mut() {
+            p.live = p.last_heard.is_some_and(|t| now - t < timeout);
+        }
+        let me = self.raft_id;
+        let peers = &self.peers;
+        let live = |id: u64| id == me || peers.get(&id).is_some_and(|p| p.live);
+        self.ticks += 1;
+        // Once a second, quiesced groups are looked at too, so that one changed where nobody
+        // marked it dirty still gets its Ready cycle.
+        let sweep = self.ticks % 10 == 0;
+        for (key, g) in self.partitions.iter_mut() {
+            if g.quiesced {
+                if !must_wake(g, &live) {
+                    if sweep && g.node.has_ready() {
+                        self.dirty.insert(key.clone());
+                    }
+                    continue;
+                }
+                wake(g);
+            }
+            if leader_may_quiesce(g, &live) {
+                quiesce(g, &live, &mut self.outbox);
+                continue;
+            }
+            if g.node.tick() || g.node.has_ready() {
+                self.dirty.insert(key.clone());
+            }
+        }
+        for &id in self.peers.keys() {
+            self.outbox.entry(id).or_default();
+        }
+    }
+
+    /// How long a broker may stay silent before quiesced groups stop counting on it: one
+    /// election timeout, so that a quiesced follower notices a dead leader as fast as a
+    /// ticking one would.
+    fn liveness_timeout_ms(&self) -> i64 {
+        duration_ms(self.config.tick).saturating_mul(self.config.election_tick.max(2) as i64)
+    }
+
+    /// Records a batch from `from`; a broker heard from again wakes the quiesced groups it
+    /// follows here, so their leaders catch it up (or learn it moved on).
+    fn heard_from(&mut self, from: u64) {
+        let now = self.clock.now_ms();
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        peer.last_heard = Some(now);
+        if peer.live {
+            return;
+        }
+        peer.live = true;
+        for (key, g) in self.partitions.iter_mut() {
+            if g.quiesced
+                && g.node.raft.state == StateRole::Leader
+                && g.node.raft.prs().conf().voters().contains(from)
+            {
+                g.quiesced = false;
+                self.dirty.insert(key.clone());
+            }
         }
     }
 
@@ -567,6 +736,19 @@ impl Driver {
         ) {
             self.apply_retention();
         }
+        if due(&mut self.next_leader_report_ms, now, LEADER_REPORT_INTERVAL) {
+            self.report_leaders(now);
+            self.fence_brokers(now);
+        }
+        if self.config.auto_leader_rebalance
+            && due(
+                &mut self.next_rebalance_ms,
+                now,
+                self.config.leader_imbalance_check_interval,
+            )
+        {
+            self.rebalance_leaders();
+        }
         if due(&mut self.next_metrics_ms, now, Duration::from_secs(5)) {
             self.publish_metrics();
         }
@@ -576,6 +758,221 @@ impl Driver {
             self.config.checkpoint_interval,
         ) {
             self.checkpoint_all();
+        }
+    }
+
+    /// Updates the ISR of every partition this broker leads, and proposes to the metadata
+    /// log the leaders and ISRs that differ from what it records (one record, one in flight
+    /// at a time; anything lost is simply found different again next time).
+    fn report_leaders(&mut self, now: i64) {
+        if let Some((rx, deadline)) = &mut self.leader_report {
+            let done = !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+            if done || *deadline <= now {
+                self.leader_report = None;
+            }
+        }
+        let lag_max = self.config.replica_lag_time_max_ms;
+        let me = self.raft_id;
+        let mut changed = Vec::new();
+        {
+            let metadata = self
+                .shared
+                .metadata
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            for (key, g) in self.partitions.iter_mut() {
+                if g.node.raft.state != StateRole::Leader {
+                    if g.isr.take().is_some() {
+                        g.node.store().replica().set_isr(Vec::new());
+                    }
+                    continue;
+                }
+                let term = g.node.raft.term;
+                let last_index = g.node.raft.raft_log.last_index();
+                let tracker = match &mut g.isr {
+                    Some(t) if t.term == term => t,
+                    _ => {
+                        // A new leader starts with every replica in sync, as Kafka's new
+                        // leader keeps the ISR it was elected with.
+                        let caught_up_ms =
+                            g.node.raft.prs().iter().map(|(&id, _)| (id, now)).collect();
+                        g.isr.insert(IsrTracker {
+                            term,
+                            sample_ms: now,
+                            sample_index: last_index,
+                            caught_up_ms,
+                        })
+                    }
+                };
+                for (&id, pr) in g.node.raft.prs().iter() {
+                    if id == me || pr.matched >= tracker.sample_index {
+                        let at = if id == me { now } else { tracker.sample_ms };
+                        let e = tracker.caught_up_ms.entry(id).or_insert(at);
+                        *e = (*e).max(at);
+                    }
+                }
+                tracker.sample_ms = now;
+                tracker.sample_index = last_index;
+                let mut isr: Vec<i32> = vec![broker_id(me)];
+                for (&id, &at) in &tracker.caught_up_ms {
+                    // A fenced broker leaves every ISR at once, as KRaft's controller does.
+                    if id != me
+                        && now - at <= lag_max
+                        && g.node.raft.prs().get(id).is_some()
+                        && !metadata.is_fenced(broker_id(id))
+                    {
+                        isr.push(broker_id(id));
+                    }
+                }
+                isr[1..].sort_unstable();
+                let replica = g.node.store().replica();
+                if replica.isr() != isr {
+                    replica.set_isr(isr.clone());
+                }
+                let epoch = i32::try_from(term).unwrap_or(i32::MAX);
+                let recorded = metadata.partition_leaders.get(key);
+                let same = recorded.is_some_and(|r| {
+                    r.leader == broker_id(me) && r.leader_epoch == epoch && r.isr == isr
+                });
+                if !same && changed.len() < MAX_LEADER_REPORT {
+                    changed.push(crate::proto::PartitionLeader {
+                        topic_id: replica.topic_id.as_bytes().to_vec(),
+                        partition: key.1,
+                        leader: broker_id(me),
+                        leader_epoch: epoch,
+                        isr,
+                    });
+                }
+            }
+        }
+        if changed.is_empty() || self.leader_report.is_some() {
+            return;
+        }
+        let record = crate::proto::metadata_record::Record::PartitionLeaders(
+            crate::proto::PartitionLeaders {
+                partitions: changed,
+            },
+        );
+        self.leader_report = Some(self.propose_internal(record, now));
+    }
+
+    /// The driver's own metadata proposal; the receiver answers once it is applied here.
+    fn propose_internal(
+        &mut self,
+        record: crate::proto::metadata_record::Record,
+        now: i64,
+    ) -> (oneshot::Receiver<Result<(), ReplicationError>>, i64) {
+        let (reply, rx) = oneshot::channel();
+        let record = MetadataRecord {
+            record: Some(record),
+        };
+        self.handle(Command::Metadata { record, reply });
+        (rx, now + FORWARD_TIMEOUT_MS)
+    }
+
+    /// On the metadata leader: fences voters not heard from for `broker.session.timeout.ms`
+    /// and unfences them when they are heard again (one change in flight at a time).
+    fn fence_brokers(&mut self, now: i64) {
+        if let Some((rx, deadline)) = &mut self.fence_report {
+            let done = !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+            if done || *deadline <= now {
+                self.fence_report = None;
+            }
+        }
+        if self.metadata.node.raft.state != StateRole::Leader {
+            self.heard_ms.clear();
+            return;
+        }
+        let me = self.raft_id;
+        for (&id, pr) in self.metadata.node.raft.prs().iter() {
+            if id == me || pr.recent_active {
+                self.heard_ms.insert(id, now);
+            } else {
+                // A new leader gives everyone a full session before fencing.
+                self.heard_ms.entry(id).or_insert(now);
+            }
+        }
+        if self.fence_report.is_some() {
+            return;
+        }
+        let change = {
+            let md = self.metadata_read();
+            self.heard_ms.iter().find_map(|(&id, &at)| {
+                let node = broker_id(id);
+                let fenced = now - at > self.config.broker_session_timeout_ms;
+                (fenced != md.is_fenced(node)).then_some((node, fenced))
+            })
+        };
+        if let Some((node_id, fenced)) = change {
+            tracing::info!(
+                node_id,
+                fenced,
+                "{} broker {node_id}",
+                if fenced { "fencing" } else { "unfencing" }
+            );
+            let record =
+                crate::proto::metadata_record::Record::FenceBroker(crate::proto::FenceBroker {
+                    node_id,
+                    fenced,
+                });
+            self.fence_report = Some(self.propose_internal(record, now));
+        }
+    }
+
+    /// `auto.leader.rebalance.enable`: when more than
+    /// `leader.imbalance.per.broker.percentage` of the partitions whose preferred leader
+    /// (first replica) is this broker are led elsewhere, asks their leaders to hand
+    /// leadership back (a Raft leader transfer, which the leader performs once this replica
+    /// has caught up).
+    fn rebalance_leaders(&mut self) {
+        let me = self.config.node_id;
+        let mut preferred = 0usize;
+        let mut imbalanced = 0usize;
+        let mut elsewhere = Vec::new();
+        let metadata = self.metadata_read();
+        for (key, g) in &self.partitions {
+            let first = metadata
+                .topics
+                .get(&key.0)
+                .and_then(|t| t.partitions.get(key.1 as usize))
+                .and_then(|r| r.first().copied());
+            if first != Some(me) {
+                continue;
+            }
+            preferred += 1;
+            let leader = g.node.raft.leader_id;
+            // Only once the leader counts this replica in sync (Kafka elects a preferred
+            // leader only from the ISR): a transfer to a lagging replica would stall writes
+            // until it timed out.
+            let in_sync = metadata
+                .partition_leaders
+                .get(key)
+                .is_some_and(|l| l.leader == broker_id(leader) && l.isr.contains(&me));
+            if g.node.raft.state != StateRole::Leader && leader != raft::INVALID_ID {
+                imbalanced += 1;
+                if in_sync {
+                    elsewhere.push(key.clone());
+                }
+            }
+        }
+        drop(metadata);
+        if elsewhere.is_empty()
+            || imbalanced * 100
+                <= preferred * self.config.leader_imbalance_per_broker_percentage as usize
+        {
+            return;
+        }
+        tracing::info!(
+            partitions = elsewhere.len(),
+            preferred,
+            "leader imbalance: asking for preferred leadership back"
+        );
+        for key in elsewhere {
+            if let Some(g) = self.partitions.get_mut(&key) {
+                g.node.transfer_leader(self.raft_id);
+                g.quiesced = false;
+                self.dirty.insert(key);
+            }
         }
     }
 
@@ -649,7 +1046,13 @@ impl Driver {
                 let term = i32::try_from(group.node.raft.term).unwrap_or(i32::MAX);
                 replica.set_leader(self.config.node_id, term);
             }
+            for &v in &voters {
+                if v != self.raft_id {
+                    self.peers.entry(v).or_default();
+                }
+            }
             self.partitions.insert(key.clone(), group);
+            self.dirty.insert(key.clone());
             self.shared
                 .replicas
                 .write()
@@ -706,7 +1109,8 @@ impl Driver {
                 guard,
                 reply,
             } => {
-                let Some(group) = self.partitions.get_mut(&(topic, partition)) else {
+                let key = (topic, partition);
+                let Some(group) = self.partitions.get_mut(&key) else {
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(ReplicationError::UnknownTopicOrPartition));
                     }
@@ -781,6 +1185,8 @@ impl Driver {
                             });
                     }
                 }
+                group.quiesced = false;
+                self.dirty.insert(key);
                 for b in batches {
                     if let Err(e) = group.node.propose(Vec::new(), b.to_vec()) {
                         if let Some(reply) = reply {
@@ -806,6 +1212,12 @@ impl Driver {
                     );
                 }
             }
+            Command::DeleteRecords {
+                topic,
+                partition,
+                offset,
+                reply,
+            } => self.delete_records(&topic, partition, offset, reply),
             Command::Metadata { record, reply } => {
                 let value = Bytes::from(record.encode_to_vec());
                 let group = &mut self.metadata;
@@ -865,8 +1277,75 @@ impl Driver {
         true
     }
 
-    /// One Ready cycle of every group that has one, then the cycle's messages go out, one
-    /// batch per destination.
+    /// Proposes a new log start offset (`DeleteRecords`) to a partition this broker leads.
+    fn delete_records(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: u64,
+        reply: Reply<ProduceAck>,
+    ) {
+        let Some(g) = self.partitions.get_mut(&(topic.to_string(), partition)) else {
+            let _ = reply.send(Err(ReplicationError::UnknownTopicOrPartition));
+            return;
+        };
+        if g.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(ReplicationError::NotLeaderOrFollower));
+            return;
+        }
+        let replica = g.node.store().replica().clone();
+        let hw = replica.high_watermark();
+        let log_start = replica.log().log_start_offset();
+        if offset > hw {
+            let _ = reply.send(Err(ReplicationError::Storage(
+                runnel_storage::StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: log_start,
+                    log_end_offset: hw,
+                },
+            )));
+            return;
+        }
+        if offset <= log_start {
+            let _ = reply.send(Ok(ProduceAck {
+                base_offset: hw,
+                log_start_offset: log_start,
+            }));
+            return;
+        }
+        let data = match batch::build_raft_control_batch(
+            batch::control_type::LOG_START_OFFSET,
+            Some(Bytes::copy_from_slice(&offset.to_be_bytes())),
+            self.clock.now_ms(),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        if let Err(e) = g.node.propose(Vec::new(), data.to_vec()) {
+            let _ = reply.send(Err(match e {
+                raft::Error::ProposalDropped => ReplicationError::NotLeaderOrFollower,
+                other => raft_err(other),
+            }));
+            return;
+        }
+        let last = g.node.raft.raft_log.last_index();
+        g.pending.insert(
+            last,
+            Pending::Produce {
+                first_index: last,
+                acks: -1,
+                reply,
+            },
+        );
+        g.quiesced = false;
+        self.dirty.insert((topic.to_string(), partition));
+    }
+
+    /// One Ready cycle of every group that may have one (the metadata group and the dirty
+    /// partitions, in order), then the cycle's messages go out, one batch per destination.
     pub fn process_ready(&mut self) {
         let mut effects = Vec::new();
         if self.metadata.node.has_ready() {
@@ -887,15 +1366,27 @@ impl Driver {
                 tracing::error!(error = %e, "applying a metadata change to local replicas failed");
             }
         }
-        for ((topic, partition), g) in self.partitions.iter_mut() {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(g) = self.partitions.get_mut(&key) else {
+                continue;
+            };
             if g.node.has_ready() {
                 match on_ready(g, &self.shared, &mut self.outbox) {
                     Ok(_) => {
                         if g.persist_failure.take().is_some() {
-                            tracing::info!(topic, partition, "partition persists again");
+                            tracing::info!(
+                                topic = key.0,
+                                partition = key.1,
+                                "partition persists again"
+                            );
                         }
                     }
-                    Err(e) => on_persist_failure(g, topic, *partition, e),
+                    Err(e) => on_persist_failure(g, &key.0, key.1, e),
+                }
+                // Committed entries beyond one cycle's budget, and entries that could not be
+                // persisted, are left for the next cycle.
+                if g.node.has_ready() || g.persist_failure.is_some() {
+                    self.dirty.insert(key);
                 }
             }
         }
@@ -916,6 +1407,7 @@ impl Driver {
             MetadataEffect::TopicDeleted(t) => {
                 for p in 0..t.partitions.len() as i32 {
                     let key = (t.name.clone(), p);
+                    self.dirty.remove(&key);
                     if let Some(mut g) = self.partitions.remove(&key) {
                         for (_, pending) in std::mem::take(&mut g.pending) {
                             fail(pending, ReplicationError::UnknownTopicOrPartition);
@@ -993,15 +1485,29 @@ impl Driver {
         crate::probe::partition_counts(self.partitions.len(), leaders);
     }
 
+    /// Checkpoints every log written to since its last checkpoint (an idle log's checkpoint
+    /// would only repeat its fsyncs: thousands of them a minute for thousands of partitions).
     fn checkpoint_all(&mut self) {
         for g in std::iter::once(&mut self.metadata).chain(self.partitions.values_mut()) {
-            let commit = g.node.raft.raft_log.committed;
+            let raft_log = &g.node.raft.raft_log;
+            let commit = raft_log.committed;
+            // Every append or truncation moves the last index or its term.
+            let mark = (raft_log.last_index(), raft_log.last_term(), commit);
+            if g.checkpointed == Some(mark) {
+                continue;
+            }
             let store = g.node.mut_store();
+            let mut ok = true;
             if let Err(e) = store.replica().log_mut().checkpoint() {
                 tracing::warn!(error = %e, "checkpoint failed");
+                ok = false;
             }
             if let Err(e) = store.set_commit(commit) {
                 tracing::warn!(error = %e, "storing commit index failed");
+                ok = false;
+            }
+            if ok {
+                g.checkpointed = Some(mark);
             }
         }
     }
@@ -1045,6 +1551,111 @@ fn queue_messages(out: &mut BTreeMap<u64, Vec<Envelope>>, group: &GroupId, messa
             group: group.clone(),
             message,
         });
+    }
+}
+
+/// The `context` of the heartbeat with which an idle leader tells a follower that it stops
+/// ticking (raft-rs echoes a heartbeat's context in the response and ignores it otherwise).
+const QUIESCE: &[u8] = b"runnel-quiesce";
+
+fn is_quiesce_heartbeat(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgHeartbeat && m.get_context() == QUIESCE
+}
+
+/// Whether a leader may stop ticking: nothing proposed, pending, uncommitted or unapplied, no
+/// leadership transfer or configuration change under way, a majority of its voters alive, and
+/// every live follower holding the whole log. Followers that are down are caught up when they
+/// are heard from again (which wakes the group).
+fn leader_may_quiesce(g: &Group, live: &impl Fn(u64) -> bool) -> bool {
+    let raft = &g.node.raft;
+    if raft.state != StateRole::Leader
+        || g.is_metadata()
+        || !g.pending.is_empty()
+        || !g.in_flight.is_empty()
+        || !g.markers_in_flight.is_empty()
+        || raft.lead_transferee.is_some()
+    {
+        return false;
+    }
+    let log = &raft.raft_log;
+    let last = log.last_index();
+    if log.committed != last || log.applied != last || raft.pending_conf_index > last {
+        return false;
+    }
+    if g.node.has_ready() {
+        return false;
+    }
+    let voters = raft.prs().conf().voters().ids();
+    let mut alive = 0;
+    for id in voters.iter() {
+        if !live(id) {
+            continue;
+        }
+        alive += 1;
+        if id != raft.id && raft.prs().get(id).is_none_or(|pr| pr.matched != last) {
+            return false;
+        }
+    }
+    2 * alive > voters.len()
+}
+
+/// Quiesces a leader: one last heartbeat, carrying the commit index and the quiesce mark, to
+/// every live follower, which quiesces too if its log matches.
+fn quiesce(g: &mut Group, live: &impl Fn(u64) -> bool, out: &mut BTreeMap<u64, Vec<Envelope>>) {
+    let raft = &g.node.raft;
+    for (&id, pr) in raft.prs().iter() {
+        if id == raft.id || !live(id) {
+            continue;
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.to = id;
+        m.from = raft.id;
+        m.term = raft.term;
+        m.commit = pr.matched.min(raft.raft_log.committed);
+        m.context = Bytes::from_static(QUIESCE);
+        out.entry(id).or_default().push(Envelope {
+            group: g.id.clone(),
+            message: m,
+        });
+    }
+    g.quiesced = true;
+}
+
+/// After stepping a quiesce heartbeat: a follower quiesces only if it follows that leader in
+/// that term and its log ends exactly at the leader's commit index.
+fn follower_may_quiesce(g: &Group, from: u64, term: u64, commit: u64) -> bool {
+    let raft = &g.node.raft;
+    raft.state == StateRole::Follower
+        && raft.leader_id == from
+        && raft.term == term
+        && raft.raft_log.committed == commit
+        && raft.raft_log.last_index() == commit
+}
+
+/// Whether a quiesced group must tick again: a follower whose leader's broker went silent, a
+/// leader that no longer hears from a majority (so that check-quorum can depose it).
+fn must_wake(g: &Group, live: &impl Fn(u64) -> bool) -> bool {
+    let raft = &g.node.raft;
+    match raft.state {
+        StateRole::Leader => {
+            let voters = raft.prs().conf().voters().ids();
+            let alive = voters.iter().filter(|&id| live(id)).count();
+            2 * alive <= voters.len()
+        }
+        _ => raft.leader_id == raft::INVALID_ID || !live(raft.leader_id),
+    }
+}
+
+/// Wakes a quiesced group because a broker went silent. A follower's election timer resumes
+/// as if it had been ticking since it last heard from its leader (one liveness timeout ago),
+/// so it campaigns within its usual randomized timeout instead of a whole new one.
+fn wake(g: &mut Group) {
+    g.quiesced = false;
+    let raft = &mut g.node.raft;
+    if raft.state != StateRole::Leader {
+        let timeout = raft.election_timeout().saturating_sub(1);
+        raft.election_elapsed = raft.election_elapsed.max(timeout);
     }
 }
 
@@ -1093,9 +1704,33 @@ fn on_ready(
     let mut ready = g.node.ready();
     // A leader's appends and heartbeats may leave before its own entries are persisted (they
     // leave with the rest of the cycle's messages, after persisting, which is as safe).
-    queue_messages(out, &g.id, ready.take_messages());
+    let messages = ready.take_messages();
+    // Runnel's snapshots are a few bytes inside the message itself: count one as delivered
+    // once sent. If it is lost, the follower rejects the next append and gets another.
+    let snapshots_to: Vec<u64> = messages
+        .iter()
+        .filter(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+        .map(|m| m.to)
+        .collect();
+    queue_messages(out, &g.id, messages);
     if !ready.snapshot().is_empty() {
-        tracing::warn!(group = %g.id, "snapshots are not supported yet; ignoring one");
+        if g.is_metadata() {
+            // The metadata log is never trimmed, so no leader sends one.
+            tracing::error!("ignoring a snapshot of the cluster metadata log");
+        } else {
+            let snapshot = ready.snapshot().clone();
+            let next_offset = g.node.mut_store().apply_snapshot(&snapshot)?;
+            let replica = g.node.store().replica();
+            replica.reset_high_watermark(next_offset);
+            replica.log_mut().on_high_watermark(next_offset);
+            tracing::info!(
+                group = %g.id,
+                index = snapshot.get_metadata().index,
+                next_offset,
+                "behind the leader's log start: restarted the log from the leader's snapshot"
+            );
+            shared.data_changed.notify_waiters();
+        }
     }
     let committed = ready.take_committed_entries();
     apply_committed(g, shared, &committed, &mut effects);
@@ -1122,6 +1757,9 @@ fn on_ready(
     let committed = light.take_committed_entries();
     apply_committed(g, shared, &committed, &mut effects);
     g.node.advance_apply();
+    for to in snapshots_to {
+        g.node.report_snapshot(to, raft::SnapshotStatus::Finish);
+    }
 
     let leader = g.node.raft.state == StateRole::Leader;
     let term = i32::try_from(g.node.raft.term).unwrap_or(i32::MAX);
@@ -1344,6 +1982,13 @@ fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &
         }
     }
     let replica = g.node.store().replica().clone();
+    for e in entries {
+        if let Some(offset) = batch::parse_log_start_offset(&e.data) {
+            if let Err(err) = replica.delete_records_before(offset) {
+                tracing::warn!(topic = replica.topic, partition = replica.partition, offset, error = %err, "could not move the log start offset");
+            }
+        }
+    }
     let end = offset_end_of_entry(&replica.log(), last.index);
     if let Some(end) = end {
         replica.set_high_watermark(end);

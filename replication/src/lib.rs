@@ -30,7 +30,9 @@ use runnel_storage::{CleanerConfig, StorageError};
 use tokio::sync::{oneshot, Notify};
 
 pub use driver::{Driver, GroupState};
-pub use metadata::{BrokerEndpoint, BrokerInfo, ClusterMetadata, TopicMetadata};
+pub use metadata::{
+    BrokerEndpoint, BrokerInfo, ClusterMetadata, PartitionLeaderState, TopicMetadata,
+};
 pub use proto::MetadataRecord;
 pub use raft_log::Replica;
 pub use transport::{Envelope, GroupId, NoopTransport, Transport};
@@ -68,6 +70,11 @@ pub enum ReplicationError {
     InvalidTxnState(String),
 }
 
+/// Ticks (of 100 ms) a follower waits without hearing from a leader before it campaigns:
+/// drawn from [5, 10), so a dead leader is replaced within about a second. Leaders send
+/// heartbeats every tick, so a follower misses five in a row before it acts.
+pub const DEFAULT_ELECTION_TICK: usize = 5;
+
 /// How the broker is started, as far as replication cares.
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
@@ -92,6 +99,19 @@ pub struct ReplicationConfig {
     /// Draw each election timeout at random from `[election_tick, 2 * election_tick)` (raft-rs
     /// uses the thread's RNG). Deterministic simulations turn it off and tick nodes unevenly.
     pub randomized_election_timeout: bool,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up with its leader for this
+    /// long leaves the ISR.
+    pub replica_lag_time_max_ms: i64,
+    /// `auto.leader.rebalance.enable`: preferred leaders take their partitions back.
+    pub auto_leader_rebalance: bool,
+    /// `leader.imbalance.check.interval.seconds`.
+    pub leader_imbalance_check_interval: Duration,
+    /// `leader.imbalance.per.broker.percentage`: the share of a broker's preferred
+    /// partitions that may be led elsewhere before it asks for them back.
+    pub leader_imbalance_per_broker_percentage: u32,
+    /// `broker.session.timeout.ms`: the metadata leader fences a broker it has not heard
+    /// from for this long, and its replicas are reported offline.
+    pub broker_session_timeout_ms: i64,
 }
 
 impl ReplicationConfig {
@@ -107,8 +127,13 @@ impl ReplicationConfig {
             cleaner: CleanerConfig::default(),
             producer_id_expiration_ms: 24 * 60 * 60 * 1000,
             metadata_voters: Vec::new(),
-            election_tick: 10,
+            election_tick: DEFAULT_ELECTION_TICK,
             randomized_election_timeout: true,
+            replica_lag_time_max_ms: 30_000,
+            auto_leader_rebalance: true,
+            leader_imbalance_check_interval: Duration::from_secs(300),
+            leader_imbalance_per_broker_percentage: 10,
+            broker_session_timeout_ms: 9_000,
         }
     }
 }
@@ -145,6 +170,14 @@ pub(crate) enum Command {
     Metadata {
         record: MetadataRecord,
         reply: Reply<()>,
+    },
+    /// `DeleteRecords` on a partition this broker leads: the new log start offset goes
+    /// through the partition's Raft group, so every replica moves it.
+    DeleteRecords {
+        topic: String,
+        partition: i32,
+        offset: u64,
+        reply: Reply<ProduceAck>,
     },
     /// Raft messages from broker `from` (a Raft id).
     Raft {
@@ -339,6 +372,26 @@ impl Replication {
             reply: Some(reply),
         })?;
         Ok(Some(rx))
+    }
+
+    /// `DeleteRecords`: moves the partition's log start offset to `offset` (at most its high
+    /// watermark) on every replica, through Raft. Returns the leader's new log start offset
+    /// once the change is committed and applied here.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: u64,
+    ) -> Result<u64, ReplicationError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::DeleteRecords {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            reply,
+        })?;
+        let ack = rx.await.map_err(|_| ReplicationError::ShuttingDown)??;
+        Ok(ack.log_start_offset)
     }
 
     /// Proposes a metadata change and waits until it is committed and applied here.

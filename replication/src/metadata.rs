@@ -1,7 +1,7 @@
 //! The cluster metadata state machine: what the controller log says the cluster is. Every
 //! broker rebuilds it by applying the committed records of `__cluster_metadata` in order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use runnel_storage::{CleanupPolicy, LogConfig};
 use uuid::Uuid;
@@ -50,6 +50,14 @@ pub struct TopicMetadata {
     pub configs: BTreeMap<String, String>,
 }
 
+/// A partition's leader and in-sync replicas, as its leader last reported them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLeaderState {
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub isr: Vec<i32>,
+}
+
 /// A change to apply to local replicas after a metadata record was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataEffect {
@@ -70,6 +78,10 @@ pub struct ClusterMetadata {
     pub next_producer_id: i64,
     /// The last block of producer ids granted to each broker: (first, size).
     pub producer_id_blocks: BTreeMap<i32, (i64, i32)>,
+    /// Leaders and ISRs reported by partition leaders, by (topic, partition).
+    pub partition_leaders: HashMap<(String, i32), PartitionLeaderState>,
+    /// Brokers the metadata leader has not heard from for `broker.session.timeout.ms`.
+    pub fenced_brokers: BTreeSet<i32>,
     /// Index of the last metadata entry applied.
     pub applied_index: u64,
 }
@@ -86,6 +98,10 @@ fn uuid_of(bytes: &[u8]) -> Option<Uuid> {
 }
 
 impl ClusterMetadata {
+    pub fn is_fenced(&self, node_id: i32) -> bool {
+        self.fenced_brokers.contains(&node_id)
+    }
+
     pub fn topic_by_id(&self, id: &Uuid) -> Option<&TopicMetadata> {
         self.topic_names
             .get(id)
@@ -149,6 +165,8 @@ impl ClusterMetadata {
                 let Some(name) = self.topic_names.remove(&id) else {
                     return MetadataEffect::None;
                 };
+                self.partition_leaders
+                    .retain(|(topic, _), _| *topic != name);
                 match self.topics.remove(&name) {
                     Some(t) => MetadataEffect::TopicDeleted(t),
                     None => MetadataEffect::None,
@@ -182,6 +200,43 @@ impl ClusterMetadata {
             Record::AlterBrokerConfig(b) => {
                 self.broker_configs = configs_map(&b.configs);
                 MetadataEffect::BrokerConfigChanged
+            }
+            Record::PartitionLeaders(l) => {
+                for p in &l.partitions {
+                    let Some(t) = uuid_of(&p.topic_id).and_then(|id| self.topic_by_id(&id)) else {
+                        continue;
+                    };
+                    if p.partition < 0 || p.partition as usize >= t.partitions.len() {
+                        continue;
+                    }
+                    let key = (t.name.clone(), p.partition);
+                    let newer = match self.partition_leaders.get(&key) {
+                        None => true,
+                        Some(cur) => {
+                            p.leader_epoch > cur.leader_epoch
+                                || (p.leader_epoch == cur.leader_epoch && p.leader == cur.leader)
+                        }
+                    };
+                    if newer {
+                        self.partition_leaders.insert(
+                            key,
+                            PartitionLeaderState {
+                                leader: p.leader,
+                                leader_epoch: p.leader_epoch,
+                                isr: p.isr.clone(),
+                            },
+                        );
+                    }
+                }
+                MetadataEffect::None
+            }
+            Record::FenceBroker(f) => {
+                if f.fenced {
+                    self.fenced_brokers.insert(f.node_id);
+                } else {
+                    self.fenced_brokers.remove(&f.node_id);
+                }
+                MetadataEffect::None
             }
             Record::ProducerIdsBlock(b) => {
                 if b.first == self.next_producer_id && b.size > 0 {
@@ -259,4 +314,84 @@ pub fn log_config_from(values: &BTreeMap<String, String>) -> LogConfig {
         c.cleanup_policy = p;
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{
+        CreateTopic, FenceBroker, PartitionAssignment, PartitionLeader, PartitionLeaders,
+    };
+
+    fn record(r: Record) -> MetadataRecord {
+        MetadataRecord { record: Some(r) }
+    }
+
+    fn with_topic(id: Uuid) -> ClusterMetadata {
+        let mut md = ClusterMetadata::default();
+        md.apply(&record(Record::CreateTopic(CreateTopic {
+            name: "t".into(),
+            topic_id: id.as_bytes().to_vec(),
+            partitions: vec![PartitionAssignment {
+                replicas: vec![1, 2, 3],
+            }],
+            configs: Vec::new(),
+        })));
+        md
+    }
+
+    fn report(id: Uuid, partition: i32, leader: i32, epoch: i32, isr: &[i32]) -> MetadataRecord {
+        record(Record::PartitionLeaders(PartitionLeaders {
+            partitions: vec![PartitionLeader {
+                topic_id: id.as_bytes().to_vec(),
+                partition,
+                leader,
+                leader_epoch: epoch,
+                isr: isr.to_vec(),
+            }],
+        }))
+    }
+
+    #[test]
+    fn leader_reports_with_an_older_epoch_or_a_rival_at_the_same_epoch_are_ignored() {
+        let id = Uuid::from_u128(7);
+        let mut md = with_topic(id);
+        let key = ("t".to_string(), 0);
+        md.apply(&report(id, 0, 2, 5, &[2, 1, 3]));
+        assert_eq!(md.partition_leaders[&key].leader, 2);
+        // The same leader shrinks its ISR.
+        md.apply(&report(id, 0, 2, 5, &[2, 3]));
+        assert_eq!(md.partition_leaders[&key].isr, [2, 3]);
+        // A stale report from the previous leader, and another claim at the same epoch.
+        md.apply(&report(id, 0, 1, 4, &[1]));
+        md.apply(&report(id, 0, 3, 5, &[3]));
+        assert_eq!(md.partition_leaders[&key].leader, 2);
+        md.apply(&report(id, 0, 3, 6, &[3, 2]));
+        assert_eq!(md.partition_leaders[&key].leader, 3);
+        // Partitions that do not exist, and unknown topics, are ignored.
+        md.apply(&report(id, 1, 1, 9, &[1]));
+        md.apply(&report(Uuid::from_u128(8), 0, 1, 9, &[1]));
+        assert_eq!(md.partition_leaders.len(), 1);
+    }
+
+    #[test]
+    fn deleting_a_topic_forgets_its_leaders_and_fencing_is_undone() {
+        let id = Uuid::from_u128(7);
+        let mut md = with_topic(id);
+        md.apply(&report(id, 0, 2, 5, &[2]));
+        md.apply(&record(Record::DeleteTopic(crate::proto::DeleteTopic {
+            topic_id: id.as_bytes().to_vec(),
+        })));
+        assert!(md.partition_leaders.is_empty());
+        md.apply(&record(Record::FenceBroker(FenceBroker {
+            node_id: 2,
+            fenced: true,
+        })));
+        assert!(md.is_fenced(2) && !md.is_fenced(1));
+        md.apply(&record(Record::FenceBroker(FenceBroker {
+            node_id: 2,
+            fenced: false,
+        })));
+        assert!(!md.is_fenced(2));
+    }
 }

@@ -4,7 +4,7 @@
 /// One change to the cluster metadata, the value of one record in `__cluster_metadata`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
-    #[prost(oneof = "metadata_record::Record", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "metadata_record::Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub record: Option<metadata_record::Record>,
 }
 
@@ -25,6 +25,10 @@ pub mod metadata_record {
         AlterBrokerConfig(super::AlterBrokerConfig),
         #[prost(message, tag = "7")]
         ProducerIdsBlock(super::ProducerIdsBlock),
+        #[prost(message, tag = "8")]
+        PartitionLeaders(super::PartitionLeaders),
+        #[prost(message, tag = "9")]
+        FenceBroker(super::FenceBroker),
     }
 }
 
@@ -134,6 +138,56 @@ pub struct ProducerIdsBlock {
     pub first: i64,
     #[prost(int32, tag = "3")]
     pub size: i32,
+}
+
+/// Partition leaders report who leads and which replicas are in sync (Kafka's
+/// `PartitionChangeRecord`, written by the leader instead of the controller because every
+/// partition elects its own leader), so every broker can answer Metadata for partitions it
+/// does not host. Reports with an older leader epoch than the one recorded are ignored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartitionLeaders {
+    #[prost(message, repeated, tag = "1")]
+    pub partitions: Vec<PartitionLeader>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartitionLeader {
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    #[prost(int32, tag = "3")]
+    pub leader: i32,
+    #[prost(int32, tag = "4")]
+    pub leader_epoch: i32,
+    /// The in-sync replicas (broker ids), leader included.
+    #[prost(int32, repeated, tag = "5")]
+    pub isr: Vec<i32>,
+}
+
+/// The metadata leader fences a broker it has not heard from for `broker.session.timeout.ms`
+/// (Kafka's `FenceBrokerRecord`) and unfences it when it is heard again: its replicas are
+/// reported offline meanwhile.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FenceBroker {
+    #[prost(int32, tag = "1")]
+    pub node_id: i32,
+    #[prost(bool, tag = "2")]
+    pub fenced: bool,
+}
+
+/// The data of a partition's Raft snapshot. Runnel's partition snapshots carry no records:
+/// a follower whose next entry the leader no longer holds (retention or `DeleteRecords`
+/// removed it) empties its log and restarts it where the leader's entries begin, as Kafka's
+/// follower does when it falls below the leader's log start (`truncateFullyAndStartAt`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartitionSnapshot {
+    /// The offset of the leader's first entry after the snapshot.
+    #[prost(uint64, tag = "1")]
+    pub next_offset: u64,
+    /// The leader's log start offset.
+    #[prost(uint64, tag = "2")]
+    pub log_start_offset: u64,
 }
 
 /// Raft messages from one broker to another, sent together (one Ready cycle's worth for one

@@ -16,7 +16,7 @@ use raft::{GetEntriesContext, RaftState};
 use runnel_storage::batch::{self, control_type, BatchHeader};
 use runnel_storage::{Clock, HardState, HardStateFile, Log, StorageError};
 
-use crate::proto::GroupMembership;
+use crate::proto::{GroupMembership, PartitionSnapshot};
 use crate::ReplicationError;
 
 const MEMBERSHIP_FILE: &str = "raft-membership";
@@ -41,6 +41,9 @@ pub struct Replica {
     /// with the guard still in place (Kafka's `VerificationGuard`).
     verification_guards: std::sync::Mutex<std::collections::HashMap<i64, (i16, u64)>>,
     next_guard: AtomicU64,
+    /// While this replica leads: the in-sync replicas (broker ids, leader first), the
+    /// followers that caught up with the leader within `replica.lag.time.max.ms`.
+    isr: std::sync::Mutex<Vec<i32>>,
 }
 
 impl Replica {
@@ -55,6 +58,7 @@ impl Replica {
             leader_id: AtomicI32::new(-1),
             verification_guards: std::sync::Mutex::new(std::collections::HashMap::new()),
             next_guard: AtomicU64::new(1),
+            isr: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -64,20 +68,11 @@ impl Replica {
         self.log.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `DeleteRecords`: moves the log start offset forward (never past the high watermark).
-    /// Single-broker only for now: with followers this must go through the partition's Raft
-    /// group so replicas agree.
-    pub fn delete_records_before(&self, offset: u64) -> Result<u64, StorageError> {
-        let hw = self.high_watermark();
-        if offset > hw {
-            let log = self.log();
-            return Err(StorageError::OffsetOutOfRange {
-                offset,
-                log_start_offset: log.log_start_offset(),
-                log_end_offset: hw,
-            });
-        }
+    /// Applies a committed `DeleteRecords`: moves the log start offset forward to `offset`
+    /// (the leader checked it against its high watermark before proposing it).
+    pub(crate) fn delete_records_before(&self, offset: u64) -> Result<u64, StorageError> {
         let mut log = self.log_mut();
+        let offset = offset.min(log.log_end_offset());
         log.advance_log_start_offset(offset)?;
         Ok(log.log_start_offset())
     }
@@ -140,6 +135,15 @@ impl Replica {
 
     pub(crate) fn clear_verification_guard(&self, producer_id: i64) {
         self.guards().remove(&producer_id);
+    }
+
+    /// The in-sync replicas while this replica leads (empty otherwise).
+    pub fn isr(&self) -> Vec<i32> {
+        self.isr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_isr(&self, isr: Vec<i32>) {
+        *self.isr.lock().unwrap_or_else(|e| e.into_inner()) = isr;
     }
 
     pub(crate) fn set_leader(&self, leader_id: i32, epoch: i32) {
@@ -270,6 +274,25 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Installs a snapshot from the leader: the log restarts empty at the snapshot's next
+    /// offset, numbering entries after the snapshot's index. Returns that offset (the new
+    /// high watermark: everything up to the snapshot is committed).
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<u64, ReplicationError> {
+        let meta = snapshot.get_metadata();
+        let data = PartitionSnapshot::decode(snapshot.data.as_ref())
+            .map_err(|e| ReplicationError::Corrupt(format!("snapshot data: {e}")))?;
+        let epoch = i32::try_from(meta.term)
+            .map_err(|_| ReplicationError::Corrupt(format!("snapshot term {}", meta.term)))?;
+        self.replica
+            .log_mut()
+            .reset(data.next_offset, meta.index + 1, epoch)?;
+        self.set_membership(meta.get_conf_state())?;
+        let mut state = self.hard_state.get();
+        state.commit = state.commit.max(meta.index);
+        self.hard_state.store(state)?;
+        Ok(data.next_offset)
+    }
+
     pub fn set_membership(&mut self, cs: &ConfState) -> Result<(), ReplicationError> {
         let m = GroupMembership {
             voters: cs.voters.clone(),
@@ -343,6 +366,8 @@ fn batch_to_entry(index: u64, term: u64, data: Bytes) -> Entry {
                 });
                 e.data = value.slice(1.min(value.len())..);
             }
+            // Replicated state changes keep their batch: every replica applies it.
+            Some(control_type::LOG_START_OFFSET) => e.data = data,
             _ => e.data = Bytes::new(),
         }
         return e;
@@ -398,10 +423,13 @@ impl raft::Storage for RaftLog {
         let log = self.replica.log();
         let first = log.first_entry_index();
         if idx + 1 == first {
-            // The entry before the first available one: its term survives in the epoch cache
-            // (0 for an empty log).
+            // The entry before the first available one: recorded when it went (retention,
+            // a snapshot), else the epoch cache's oldest (0 for an empty log).
             if idx == 0 {
                 return Ok(0);
+            }
+            if let Some(epoch) = log.prev_entry_epoch() {
+                return Ok(epoch.max(0) as u64);
             }
             return Ok(log
                 .leader_epochs()
@@ -425,9 +453,46 @@ impl raft::Storage for RaftLog {
         Ok(self.replica.log().next_entry_index().saturating_sub(1))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(
-            raft::StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// A snapshot at the entry before the first one held: its term, the membership and
+    /// where the leader's entries start (see [`PartitionSnapshot`]).
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || {
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ))
+        };
+        let log = self.replica.log();
+        let first = log.first_entry_index();
+        let Some(prev_epoch) = log.prev_entry_epoch() else {
+            return unavailable();
+        };
+        let next_offset = if first < log.next_entry_index() {
+            log.entry_offset(first).map_err(storage_err)?
+        } else {
+            log.log_end_offset()
+        };
+        if log.log_start_offset() < next_offset {
+            // Records before the first entry that survive only in compacted segments: a
+            // snapshot without them would lose them on the follower.
+            tracing::warn!(
+                topic = self.replica.topic,
+                partition = self.replica.partition,
+                follower = to,
+                "a follower is behind the compacted part of the log; it cannot catch up until snapshots carry records"
+            );
+            return unavailable();
+        }
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = first - 1;
+        meta.term = prev_epoch.max(0) as u64;
+        meta.set_conf_state(self.conf_state.clone());
+        snapshot.data = PartitionSnapshot {
+            next_offset,
+            log_start_offset: log.log_start_offset(),
+        }
+        .encode_to_vec()
+        .into();
+        Ok(snapshot)
     }
 }

@@ -8,6 +8,11 @@
 //! [`MAX_BATCH_BYTES`](crate::transport::MAX_BATCH_BYTES) and hands each decoded batch to a
 //! callback (the broker's [`Replication::step_raft`](crate::Replication::step_raft)).
 //!
+//! Availability zones: given each broker's AZ ([`Zones`], from `broker.rack`), the transport
+//! counts the bytes it sends to and receives from brokers in other AZs (what AWS bills for),
+//! and can hold every frame to another AZ for a configured one-way delay (`runnel dev
+//! --az-latency-ms`), each peer's writer waiting on its own frames only.
+//!
 //! Peer addresses are `host:port` strings resolved at every connection attempt, not once at
 //! start: in a container network a peer's name exists only once its container runs, and its
 //! address may change when it is restarted or reconnected.
@@ -16,13 +21,15 @@
 //! Peers are not authenticated: run brokers on a private network (rust-protobuf's
 //! RUSTSEC-2024-0437 makes that a requirement, not only advice).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use metrics::counter;
 
 use crate::transport::{decode_batch, encode_batch, Envelope, Transport, MAX_BATCH_BYTES};
 
@@ -39,11 +46,122 @@ pub struct TcpStats {
     pub frames_dropped: AtomicU64,
     pub frames_received: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// Bytes written to brokers in other AZs, by their AZ.
+    pub cross_az_bytes_sent: Mutex<BTreeMap<String, u64>>,
+    /// Bytes read from brokers in other AZs, by their AZ.
+    pub cross_az_bytes_received: Mutex<BTreeMap<String, u64>>,
 }
+
+impl TcpStats {
+    /// Cross-AZ bytes sent so far, by peer AZ.
+    pub fn cross_az_sent(&self) -> BTreeMap<String, u64> {
+        self.cross_az_bytes_sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Cross-AZ bytes received so far, by peer AZ.
+    pub fn cross_az_received(&self) -> BTreeMap<String, u64> {
+        self.cross_az_bytes_received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn sent(&self, peer_az: Option<&str>, frames: u64, bytes: u64) {
+        self.frames_sent.fetch_add(frames, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        counter!("runnel_raft_bytes_sent_total").increment(bytes);
+        if let Some(az) = peer_az {
+            add(&self.cross_az_bytes_sent, az, bytes);
+            counter!("runnel_cross_az_bytes_sent_total", "peer_az" => az.to_string(), "traffic" => "replication")
+                .increment(bytes);
+        }
+    }
+
+    fn received(&self, peer_az: Option<&str>, bytes: u64) {
+        self.frames_received.fetch_add(1, Ordering::Relaxed);
+        self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+        counter!("runnel_raft_bytes_received_total").increment(bytes);
+        if let Some(az) = peer_az {
+            add(&self.cross_az_bytes_received, az, bytes);
+            counter!("runnel_cross_az_bytes_received_total", "peer_az" => az.to_string(), "traffic" => "replication")
+                .increment(bytes);
+        }
+    }
+}
+
+fn add(map: &Mutex<BTreeMap<String, u64>>, key: &str, n: u64) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    match map.get_mut(key) {
+        Some(v) => *v += n,
+        None => {
+            map.insert(key.to_string(), n);
+        }
+    }
+}
+
+/// The AZ of this broker and of its peers (by Raft id), as far as known: peers' come from the
+/// cluster metadata (`broker.rack` of registered brokers) and may arrive after the transport
+/// starts. Traffic to a peer of unknown AZ is neither delayed nor counted as cross-AZ.
+#[derive(Debug, Default)]
+pub struct Zones {
+    local: Option<String>,
+    peers: RwLock<HashMap<u64, String>>,
+}
+
+impl Zones {
+    pub fn new(local: Option<String>) -> Zones {
+        Zones {
+            local,
+            peers: RwLock::default(),
+        }
+    }
+
+    pub fn local(&self) -> Option<&str> {
+        self.local.as_deref()
+    }
+
+    /// Records (or forgets, with `None`) the AZ of broker `raft_id`.
+    pub fn set_peer(&self, raft_id: u64, az: Option<&str>) {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        match az {
+            Some(az) if peers.get(&raft_id).map(String::as_str) != Some(az) => {
+                peers.insert(raft_id, az.to_string());
+            }
+            Some(_) => {}
+            None => {
+                peers.remove(&raft_id);
+            }
+        }
+    }
+
+    /// The AZ of broker `raft_id` when it is known and differs from this broker's.
+    pub fn remote(&self, raft_id: u64) -> Option<String> {
+        let local = self.local.as_deref()?;
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers
+            .get(&raft_id)
+            .filter(|az| az.as_str() != local)
+            .cloned()
+    }
+}
+
+/// How a [`TcpTransport`] treats availability zones.
+#[derive(Debug, Clone, Default)]
+pub struct TcpOptions {
+    pub zones: Arc<Zones>,
+    /// One-way delay added to every frame to a broker in another AZ (zero: none).
+    pub az_latency: Duration,
+}
+
+/// A frame waiting in a peer's queue, and when it may leave.
+type Queued = (Instant, Vec<u8>);
 
 #[derive(Debug)]
 struct Peer {
-    queue: SyncSender<Vec<u8>>,
+    queue: SyncSender<Queued>,
 }
 
 /// Outgoing half: implements [`Transport`] over one writer thread per peer.
@@ -53,12 +171,23 @@ pub struct TcpTransport {
     peers: HashMap<u64, Peer>,
     stats: Arc<TcpStats>,
     stop: Arc<AtomicBool>,
+    options: TcpOptions,
 }
 
 impl TcpTransport {
     /// A transport from broker `from` (a Raft id) to `peers` (Raft id -> `host:port`, a name
     /// or an IP address).
     pub fn new(from: u64, peers: HashMap<u64, String>, stats: Arc<TcpStats>) -> TcpTransport {
+        TcpTransport::with_options(from, peers, stats, TcpOptions::default())
+    }
+
+    /// [`TcpTransport::new`] knowing the brokers' AZs (cross-AZ counters, injected latency).
+    pub fn with_options(
+        from: u64,
+        peers: HashMap<u64, String>,
+        stats: Arc<TcpStats>,
+        options: TcpOptions,
+    ) -> TcpTransport {
         let stop = Arc::new(AtomicBool::new(false));
         let peers = peers
             .into_iter()
@@ -67,9 +196,10 @@ impl TcpTransport {
                 let (queue, rx) = sync_channel(QUEUE_FRAMES);
                 let stats = stats.clone();
                 let stop = stop.clone();
+                let zones = options.zones.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("raft-send-{id}"))
-                    .spawn(move || run_writer(addr, rx, &stats, &stop));
+                    .spawn(move || run_writer(addr, rx, &stats, &stop, &|| zones.remote(id)));
                 if let Err(e) = spawned {
                     tracing::error!(peer = id, error = %e, "cannot start a raft writer thread");
                 }
@@ -81,6 +211,7 @@ impl TcpTransport {
             peers,
             stats,
             stop,
+            options,
         }
     }
 }
@@ -108,7 +239,11 @@ impl Transport for TcpTransport {
             self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match peer.queue.try_send(frame) {
+        let mut due = Instant::now();
+        if !self.options.az_latency.is_zero() && self.options.zones.remote(to).is_some() {
+            due += self.options.az_latency;
+        }
+        match peer.queue.try_send((due, frame)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
@@ -117,22 +252,50 @@ impl Transport for TcpTransport {
     }
 }
 
-/// Connects on demand, writes queued frames, reconnects with backoff after errors.
-fn run_writer(addr: String, rx: Receiver<Vec<u8>>, stats: &TcpStats, stop: &AtomicBool) {
+/// Connects on demand (resolving the peer's name at each attempt), writes queued frames
+/// once they are due (all at once when they are due together), reconnects with backoff after
+/// errors. `remote_az` is the peer's AZ when it is another than this broker's.
+fn run_writer(
+    addr: String,
+    rx: Receiver<Queued>,
+    stats: &TcpStats,
+    stop: &AtomicBool,
+    remote_az: &dyn Fn() -> Option<String>,
+) {
     let mut conn: Option<TcpStream> = None;
     let mut backoff = Duration::from_millis(10);
-    let mut resolved_at = std::time::Instant::now();
+    // Frames taken off the queue but not due yet (latency injection), in due order: every
+    // frame to one peer has the same delay.
+    let mut held: VecDeque<Queued> = VecDeque::new();
+    let mut resolved_at = Instant::now();
     while !stop.load(Ordering::Acquire) {
-        let first = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(f) => f,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
+        let wait = held.front().map_or(Duration::from_millis(200), |(due, _)| {
+            due.saturating_duration_since(Instant::now())
+        });
+        if held.is_empty() || !wait.is_zero() {
+            match rx.recv_timeout(wait) {
+                Ok(f) => held.push_back(f),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) if held.is_empty() => return,
+                Err(RecvTimeoutError::Disconnected) => {}
+            }
+        }
+        while held.len() < QUEUE_FRAMES {
+            match rx.try_recv() {
+                Ok(f) => held.push_back(f),
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let ready = held.iter().take_while(|(due, _)| *due <= now).count();
+        if ready == 0 {
+            continue;
+        }
         // A peer whose name now resolves elsewhere (a container restarted or reconnected to
         // its network with a new IP) leaves our connection to its old address silently
         // black-holed: TCP would take minutes to notice. Reconnect to where the name points.
         if resolved_at.elapsed() > Duration::from_secs(1) {
-            resolved_at = std::time::Instant::now();
+            resolved_at = Instant::now();
             let moved = conn
                 .as_ref()
                 .and_then(|c| c.peer_addr().ok())
@@ -145,14 +308,13 @@ fn run_writer(addr: String, rx: Receiver<Vec<u8>>, stats: &TcpStats, stop: &Atom
                 conn = None;
             }
         }
-        // Everything queued goes out in one write.
-        let mut out = Vec::with_capacity(first.len() + 4);
-        let mut frames = 0u64;
-        for frame in std::iter::once(first).chain(rx.try_iter()) {
+        // Everything due goes out in one write.
+        let mut out = Vec::new();
+        for (_, frame) in held.drain(..ready) {
             out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
             out.extend_from_slice(&frame);
-            frames += 1;
         }
+        let frames = ready as u64;
         if conn.is_none() {
             match connect(&addr) {
                 Ok(s) => {
@@ -172,12 +334,7 @@ fn run_writer(addr: String, rx: Receiver<Vec<u8>>, stats: &TcpStats, stop: &Atom
         }
         let Some(s) = conn.as_mut() else { continue };
         match s.write_all(&out) {
-            Ok(()) => {
-                stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
-                stats
-                    .bytes_sent
-                    .fetch_add(out.len() as u64, Ordering::Relaxed);
-            }
+            Ok(()) => stats.sent(remote_az().as_deref(), frames, out.len() as u64),
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "raft connection lost");
                 stats.frames_dropped.fetch_add(frames, Ordering::Relaxed);
@@ -237,6 +394,19 @@ pub fn listen<F>(
 where
     F: Fn(u64, Vec<Envelope>) + Send + Sync + 'static,
 {
+    listen_with_zones(addr, stats, Arc::default(), deliver)
+}
+
+/// [`listen`], counting what brokers in other AZs (per `zones`) send as cross-AZ traffic.
+pub fn listen_with_zones<F>(
+    addr: SocketAddr,
+    stats: Arc<TcpStats>,
+    zones: Arc<Zones>,
+    deliver: F,
+) -> std::io::Result<TcpListenerHandle>
+where
+    F: Fn(u64, Vec<Envelope>) + Send + Sync + 'static,
+{
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -252,9 +422,10 @@ where
                     }
                     let Ok(conn) = conn else { continue };
                     let (stats, deliver, stop) = (stats.clone(), deliver.clone(), stop.clone());
+                    let zones = zones.clone();
                     let _ = std::thread::Builder::new()
                         .name("raft-recv".into())
-                        .spawn(move || read_frames(conn, &stats, &*deliver, &stop));
+                        .spawn(move || read_frames(conn, &stats, &zones, &*deliver, &stop));
                 }
             })?
     };
@@ -269,6 +440,7 @@ where
 fn read_frames(
     mut conn: TcpStream,
     stats: &TcpStats,
+    zones: &Zones,
     deliver: &(dyn Fn(u64, Vec<Envelope>) + Send + Sync),
     stop: &AtomicBool,
 ) {
@@ -298,12 +470,11 @@ fn read_frames(
             Ok(true) => {}
             _ => return,
         }
-        stats.frames_received.fetch_add(1, Ordering::Relaxed);
-        stats
-            .bytes_received
-            .fetch_add(n as u64 + 4, Ordering::Relaxed);
         match decode_batch(&frame) {
-            Ok((from, envelopes)) => deliver(from, envelopes),
+            Ok((from, envelopes)) => {
+                stats.received(zones.remote(from).as_deref(), n as u64 + 4);
+                deliver(from, envelopes)
+            }
             Err(e) => {
                 tracing::warn!(?peer, error = %e, "malformed raft frame; closing the connection");
                 return;

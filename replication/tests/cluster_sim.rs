@@ -87,6 +87,12 @@ struct Sim {
     committed_payloads: HashSet<(GroupId, Vec<u8>)>,
     leaders: HashMap<(GroupId, u64), u64>,
     crashes: u64,
+    /// `auto.leader.rebalance.enable` on every broker.
+    rebalance: bool,
+    /// No proposals before this step: idle stretches, in which idle groups quiesce.
+    quiet_until: u64,
+    /// Partition groups seen quiesced (summed over steps and brokers).
+    quiesced_seen: u64,
 }
 
 const PAYLOAD_LEN: usize = 11;
@@ -108,6 +114,10 @@ fn payloads_in(data: &[u8]) -> Vec<Vec<u8>> {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::new_with(seed, true)
+    }
+
+    fn new_with(seed: u64, rebalance: bool) -> Sim {
         let mut rng = SimRng::new(seed);
         let n = if seed % 5 == 0 { 5 } else { 3 };
         let faults = Faults {
@@ -149,6 +159,9 @@ impl Sim {
             committed_payloads: HashSet::new(),
             leaders: HashMap::new(),
             crashes: 0,
+            rebalance,
+            quiet_until: 0,
+            quiesced_seen: 0,
         };
         for i in 0..sim.nodes.len() {
             sim.start_node(i);
@@ -175,6 +188,13 @@ impl Sim {
         config.metadata_voters = (0..self.nodes.len() as i32).collect();
         config.randomized_election_timeout = false;
         config.checkpoint_interval = Duration::from_secs(3);
+        // Leader transfers back to preferred leaders, ISR changes and broker fencing all
+        // happen within a run, under the same faults.
+        config.leader_imbalance_check_interval = Duration::from_secs(3);
+        config.auto_leader_rebalance = self.rebalance;
+        config.replica_lag_time_max_ms = 2_000;
+        config.broker_session_timeout_ms = 2_000;
+        config.retention_check_interval = Duration::from_secs(1);
         let transport = Box::new(self.net.transport(node.broker as u64 + 1));
         match Driver::open(config, Arc::new(self.clock.clone()), transport) {
             Ok(d) => self.nodes[i].driver = Some(d),
@@ -309,7 +329,10 @@ impl Sim {
                 }
             }
         }
-        if chaos && self.groups.len() > 1 && self.rng.chance(0.6) {
+        if chaos && self.step >= self.quiet_until && self.rng.chance(0.02) {
+            self.quiet_until = self.step + 20 + self.rng.below(60);
+        }
+        if chaos && self.step >= self.quiet_until && self.groups.len() > 1 && self.rng.chance(0.6) {
             let group = self.groups[self.rng.below(self.groups.len() as u64) as usize].clone();
             let leaders = self.leader_of(&group);
             let live = self.live();
@@ -372,6 +395,12 @@ impl Sim {
             }
         }
         for (i, me, group, state, replica) in seen {
+            if state.quiesced {
+                if group == GroupId::Metadata {
+                    self.fail(format!("the metadata group quiesced on broker {i}"));
+                }
+                self.quiesced_seen += 1;
+            }
             if state.is_leader {
                 let other = *self
                     .leaders
@@ -394,8 +423,13 @@ impl Sim {
                 ));
             }
             if commit > known {
+                // Retention may have deleted the oldest entries (or a snapshot skipped them).
                 let entries = log
-                    .entries(known + 1, commit + 1, usize::MAX)
+                    .entries(
+                        (known + 1).max(log.first_entry_index()),
+                        commit + 1,
+                        usize::MAX,
+                    )
                     .unwrap_or_else(|e| self.fail(format!("{group} on broker {i}: {e}")));
                 for e in entries {
                     let d = digest(e.epoch, &e.data);
@@ -550,6 +584,18 @@ impl Sim {
 
     /// Faults off until the metadata group has a leader and the topic exists everywhere.
     fn bootstrap(&mut self, partitions: usize) {
+        self.bootstrap_with(partitions, &[]);
+    }
+
+    /// [`Sim::bootstrap`] with topic configs.
+    fn bootstrap_with(&mut self, partitions: usize, configs: &[(&str, &str)]) {
+        let configs: Vec<proto::ConfigEntry> = configs
+            .iter()
+            .map(|(name, value)| proto::ConfigEntry {
+                name: name.to_string(),
+                value: value.to_string(),
+            })
+            .collect();
         let n = self.nodes.len() as i32;
         let mut proposed = false;
         for _ in 0..600 {
@@ -568,7 +614,7 @@ impl Sim {
                                     replicas: (0..n).map(|r| (r + p) % n).collect(),
                                 })
                                 .collect(),
-                            configs: Vec::new(),
+                            configs: configs.clone(),
                         })),
                     };
                     let driver = self.nodes[i].driver.as_mut().expect("leader is live");
@@ -627,6 +673,7 @@ impl Sim {
                         }
                     }
                 }
+                self.await_preferred_leaders();
                 return;
             }
         }
@@ -650,6 +697,43 @@ impl Sim {
         ));
     }
 
+    /// `auto.leader.rebalance.enable`: once healed, every partition goes back to its
+    /// preferred leader (its first replica) within a few check intervals.
+    fn await_preferred_leaders(&mut self) {
+        if !self.rebalance {
+            return;
+        }
+        let partitions: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|g| matches!(g, GroupId::Partition { .. }))
+            .cloned()
+            .collect();
+        for _ in 0..600 {
+            let back = partitions.iter().all(|g| {
+                let GroupId::Partition { topic, partition } = g else {
+                    return true;
+                };
+                let preferred = self.nodes.iter().find_map(|n| {
+                    let md = n.driver.as_ref()?.metadata();
+                    md.topics
+                        .get(topic)?
+                        .partitions
+                        .get(*partition as usize)?
+                        .first()
+                        .copied()
+                });
+                let leaders = self.leader_of(g);
+                leaders.len() == 1 && preferred.is_some_and(|p| self.nodes[leaders[0]].broker == p)
+            });
+            if back {
+                return;
+            }
+            self.step(false);
+        }
+        self.fail("partitions did not return to their preferred leaders after healing".to_string());
+    }
+
     fn converged(&self) -> bool {
         self.groups.iter().all(|group| {
             let states: Vec<_> = self
@@ -660,7 +744,23 @@ impl Sim {
             let Some(Some(first)) = states.first().copied() else {
                 return false;
             };
+            // Every broker's metadata names the leader (reported through the metadata log)
+            // and fences nobody.
+            let reported = match group {
+                GroupId::Metadata => true,
+                GroupId::Partition { topic, partition } => self.nodes.iter().all(|n| {
+                    n.driver.as_ref().is_some_and(|d| {
+                        let md = d.metadata();
+                        md.fenced_brokers.is_empty()
+                            && md
+                                .partition_leaders
+                                .get(&(topic.clone(), *partition))
+                                .is_some_and(|l| l.leader as u64 + 1 == first.leader)
+                    })
+                }),
+            };
             first.leader != 0
+                && reported
                 && first.commit == first.last_index
                 && states.iter().all(|s| {
                     s.is_some_and(|s| {
@@ -687,6 +787,7 @@ fn run_seed(seed: u64, steps: u64) -> Stats {
             acked: sim.acked.len() as u64,
             terms: sim.leaders.len() as u64,
             crashes: sim.crashes,
+            quiesced: sim.quiesced_seen,
         }
     });
     match outcome {
@@ -705,6 +806,8 @@ struct Stats {
     /// Distinct (group, term) leaderships.
     terms: u64,
     crashes: u64,
+    /// Partition groups seen quiesced, summed over brokers and steps.
+    quiesced: u64,
 }
 
 fn run_seeds(default_seeds: u64, steps: u64) {
@@ -728,11 +831,99 @@ fn run_seeds(default_seeds: u64, steps: u64) {
         total.acked += s.acked;
         total.terms += s.terms;
         total.crashes += s.crashes;
+        total.quiesced += s.quiesced;
     }
     eprintln!(
         "cluster simulation: {seeds} seeds x {steps} steps in {:?}: {total:?}",
         started.elapsed()
     );
+}
+
+/// A follower that was down while retention deleted the entries it would need next catches
+/// up by snapshot: it restarts its log where the leader's entries begin and then follows
+/// the leader entry for entry.
+fn snapshot_catch_up(seed: u64) {
+    let mut sim = Sim::new(seed);
+    sim.bootstrap_with(1, &[("segment.bytes", "600"), ("retention.bytes", "1500")]);
+    let group = sim.groups[1].clone();
+    for _ in 0..200 {
+        if !sim.leader_of(&group).is_empty() {
+            break;
+        }
+        sim.step(false);
+    }
+    let leader = sim.leader_of(&group)[0];
+    let victim = (leader + 1) % sim.nodes.len();
+    sim.nodes[victim].driver = None;
+    sim.nodes[victim].down_until = u64::MAX;
+    sim.net.drop_to(sim.nodes[victim].broker as u64 + 1);
+    let before = {
+        let d = sim.nodes[leader].driver.as_ref().expect("leader");
+        d.replica(&group).expect("replica").log().next_entry_index()
+    };
+    for _ in 0..200 {
+        let leaders = sim.leader_of(&group);
+        if let Some(&l) = leaders.first() {
+            sim.propose(l, group.clone());
+        }
+        sim.step(false);
+        // Retention deletes acknowledged writes here by design: only catching up is checked.
+        sim.acked.clear();
+    }
+    for _ in 0..300 {
+        if !sim.leader_of(&group).is_empty() {
+            break;
+        }
+        sim.step(false);
+        sim.acked.clear();
+    }
+    let first = {
+        let states: Vec<_> = sim
+            .nodes
+            .iter()
+            .map(|n| n.driver.as_ref().and_then(|d| d.group_state(&group)))
+            .collect();
+        let l = *sim
+            .leader_of(&group)
+            .first()
+            .unwrap_or_else(|| panic!("seed {seed}: no leader: {states:?}"));
+        let d = sim.nodes[l].driver.as_ref().expect("leader");
+        d.replica(&group)
+            .expect("replica")
+            .log()
+            .first_entry_index()
+    };
+    assert!(
+        first > before,
+        "seed {seed}: retention must have deleted entries the victim lacks ({first} <= {before})"
+    );
+    sim.nodes[victim].down_until = 0;
+    sim.converge();
+    let d = sim.nodes[victim].driver.as_ref().expect("victim back");
+    let replica = d.replica(&group).expect("replica");
+    let log = replica.log();
+    assert!(
+        log.first_entry_index() >= first,
+        "seed {seed}: the victim restarted from a snapshot, not from entries the leader lacks"
+    );
+    let l = sim.leader_of(&group)[0];
+    let leader_log = sim.nodes[l]
+        .driver
+        .as_ref()
+        .and_then(|d| d.replica(&group))
+        .expect("leader replica");
+    assert_eq!(
+        log.log_end_offset(),
+        leader_log.log().log_end_offset(),
+        "seed {seed}: same log end offset"
+    );
+}
+
+#[test]
+fn followers_behind_the_leaders_log_start_catch_up_by_snapshot() {
+    for seed in 0..10 {
+        snapshot_catch_up(seed);
+    }
 }
 
 #[test]
@@ -744,4 +935,158 @@ fn simulated_clusters_keep_committed_writes() {
 #[ignore = "soak: thousands of seeds, minutes"]
 fn simulated_clusters_soak() {
     run_seeds(5000, 600);
+}
+
+impl Sim {
+    /// Partition groups quiesced on broker `i`, and how many it hosts.
+    fn quiesced_on(&self, i: usize) -> (usize, usize) {
+        let Some(d) = self.nodes[i].driver.as_ref() else {
+            return (0, 0);
+        };
+        let partitions: Vec<GroupId> = d
+            .groups()
+            .into_iter()
+            .filter(|g| *g != GroupId::Metadata)
+            .collect();
+        let quiesced = partitions
+            .iter()
+            .filter(|g| d.group_state(g).is_some_and(|s| s.quiesced))
+            .count();
+        (quiesced, partitions.len())
+    }
+
+    fn all_quiesced(&self) -> bool {
+        self.live().into_iter().all(|i| {
+            let (q, n) = self.quiesced_on(i);
+            q == n
+        })
+    }
+
+    /// Runs fault-free-of-crashes steps until `done`, failing after `limit` steps.
+    fn run_until(&mut self, limit: u64, what: &str, mut done: impl FnMut(&Sim) -> bool) -> u64 {
+        for n in 0..limit {
+            if done(self) {
+                return n;
+            }
+            self.step(false);
+        }
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| match &node.driver {
+                None => "down".to_string(),
+                Some(d) => format!(
+                    "{:?}",
+                    d.groups()
+                        .iter()
+                        .map(|g| (g.to_string(), d.group_state(g)))
+                        .collect::<Vec<_>>()
+                ),
+            })
+            .collect();
+        self.fail(format!(
+            "{what}: not within {limit} steps (faults {:?}):\n  {}",
+            self.faults,
+            states.join("\n  ")
+        ))
+    }
+}
+
+/// Idle partitions quiesce (no ticks, no heartbeats) and still fail over: with the network's
+/// seeded drops, delays and duplicates but no crashes, every partition group quiesces on every
+/// broker; the broker leading most partitions then crashes and stays down, and every
+/// partition must elect a leader among the others and acknowledge a write; the broker comes
+/// back and the cluster converges. Steps are 100 ms of the driven clock.
+fn quiesce_and_fail_over(seed: u64) -> (u64, u64) {
+    // Leader transfers (auto.leader.rebalance.enable) keep partitions busy on a lossy
+    // network; this scenario is about quiescence, the chaos runs cover transfers.
+    let mut sim = Sim::new_with(seed, false);
+    sim.bootstrap(6);
+    let quiesce = sim.run_until(1000, "every partition quiesces", Sim::all_quiesced);
+    // While nothing happens they stay quiesced, or (when the lossy network made a broker look
+    // silent for a whole election timeout) quiesce again.
+    for _ in 0..30 {
+        sim.step(false);
+    }
+    sim.run_until(200, "every partition quiesces again", Sim::all_quiesced);
+    let partitions: Vec<GroupId> = sim
+        .groups
+        .iter()
+        .filter(|g| **g != GroupId::Metadata)
+        .cloned()
+        .collect();
+    let victim = (0..sim.nodes.len())
+        .max_by_key(|&i| {
+            partitions
+                .iter()
+                .filter(|g| sim.leader_of(g).contains(&i))
+                .count()
+        })
+        .expect("brokers");
+    let led: Vec<GroupId> = partitions
+        .iter()
+        .filter(|g| sim.leader_of(g).contains(&victim))
+        .cloned()
+        .collect();
+    sim.crash(victim);
+    sim.nodes[victim].down_until = u64::MAX;
+    let failover = sim.run_until(600, "a new leader for every partition", |sim| {
+        led.iter().all(|g| !sim.leader_of(g).is_empty())
+    });
+    // A write to each of them, retried (a leader may lose its term before it commits).
+    let before = sim.acked.len();
+    let mut written: HashSet<GroupId> = HashSet::new();
+    for _ in 0..600 {
+        written.extend(sim.acked[before..].iter().map(|(g, _)| g.clone()));
+        if written.len() == led.len() {
+            break;
+        }
+        for g in &led {
+            if written.contains(g) || sim.proposals.iter().any(|p| p.group == *g) {
+                continue;
+            }
+            if let Some(&leader) = sim.leader_of(g).first() {
+                sim.propose(leader, g.clone());
+            }
+        }
+        sim.step(false);
+    }
+    if written.len() != led.len() {
+        sim.run_until(0, "writes acknowledged by the new leaders", |_| false);
+    }
+    sim.nodes[victim].down_until = 0;
+    sim.converge();
+    (quiesce, failover)
+}
+
+#[test]
+fn quiesced_partitions_fail_over_when_their_leader_dies() {
+    let seeds: Vec<u64> = match std::env::var("RUNNEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(seed) => vec![seed],
+        None => (0..std::env::var("RUNNEL_SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(40u64))
+            .collect(),
+    };
+    let mut worst = (0, 0);
+    for seed in seeds {
+        let outcome = std::panic::catch_unwind(|| quiesce_and_fail_over(seed));
+        match outcome {
+            Ok((q, f)) => worst = (worst.0.max(q), worst.1.max(f)),
+            Err(e) => {
+                eprintln!(
+                    "quiescence simulation: seed {seed} failed; replay with RUNNEL_SEED={seed}"
+                );
+                std::panic::resume_unwind(e);
+            }
+        }
+    }
+    eprintln!(
+        "quiescence simulation: slowest quiescence {} steps, slowest failover {} steps (100 ms each)",
+        worst.0, worst.1
+    );
 }

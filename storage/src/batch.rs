@@ -62,6 +62,9 @@ pub mod control_type {
     pub const COMMIT: i16 = 1;
     pub const LEADER_CHANGE: i16 = 2;
     pub const KRAFT_VOTERS: i16 = 6;
+    /// Runnel's own: `DeleteRecords` replicated through Raft, the value the new log start
+    /// offset (8 bytes, big-endian). Clients skip control batches they do not know.
+    pub const LOG_START_OFFSET: i16 = 1000;
 }
 
 fn be_i16(b: &[u8], at: usize) -> i16 {
@@ -586,6 +589,18 @@ pub fn build_raft_control_batch(
     let mut header = BatchHeader::parse(&batch)?;
     header.last_offset_delta = -1;
     Ok(assemble(&header, &batch[HEADER_SIZE..]))
+}
+
+/// The new log start offset a [`control_type::LOG_START_OFFSET`] batch carries.
+pub fn parse_log_start_offset(batch: &[u8]) -> Option<u64> {
+    if control_type_of(batch)? != control_type::LOG_START_OFFSET {
+        return None;
+    }
+    let header = BatchHeader::parse(batch).ok()?;
+    let body = records_body(batch, &header, 1 << 20).ok()?;
+    let records = parse_records(&body, header.records_count).ok()?;
+    let value = records.first()?.value?;
+    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
 }
 
 /// The control type of a control batch's first record, if it is a well-formed control batch.

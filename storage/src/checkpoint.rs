@@ -14,6 +14,8 @@ pub(crate) const LOG_START_OFFSET_FILE: &str = "log-start-offset-checkpoint";
 pub(crate) const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";
 pub(crate) const CLEANER_FILE: &str = "cleaner-offset-checkpoint";
 pub(crate) const HARD_STATE_FILE: &str = "raft-hard-state";
+/// The Raft index and leader epoch of the last entry before the first one the log holds.
+pub(crate) const PREV_ENTRY_FILE: &str = "prev-entry-checkpoint";
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).at(dir)?.sync_all().at(dir)
@@ -69,6 +71,33 @@ pub(crate) fn read_offset(dir: &Path, name: &str) -> Result<Option<u64>> {
         .and_then(|l| l.trim().parse().ok())
         .ok_or_else(|| corrupt(&path, "missing offset"))?;
     Ok(Some(offset))
+}
+
+/// An entry index and its leader epoch: `0\n1\n<index> <epoch>\n`.
+pub(crate) fn write_entry(dir: &Path, name: &str, index: u64, epoch: i32) -> Result<()> {
+    write_atomic(dir, name, format!("0\n1\n{index} {epoch}\n").as_bytes())
+}
+
+pub(crate) fn read_entry(dir: &Path, name: &str) -> Result<Option<(u64, i32)>> {
+    let path = dir.join(name);
+    let Some(raw) = read_optional(&path)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(raw).map_err(|_| corrupt(&path, "not UTF-8"))?;
+    let mut lines = text.lines();
+    if lines.next() != Some("0") || lines.next() != Some("1") {
+        return Err(corrupt(&path, "unknown checkpoint version"));
+    }
+    let line = lines
+        .next()
+        .ok_or_else(|| corrupt(&path, "missing entry"))?;
+    let mut parts = line.split_whitespace();
+    let index = parts.next().and_then(|v| v.parse().ok());
+    let epoch = parts.next().and_then(|v| v.parse().ok());
+    match (index, epoch) {
+        (Some(i), Some(e)) => Ok(Some((i, e))),
+        _ => Err(corrupt(&path, "expected `<index> <epoch>`")),
+    }
 }
 
 /// Where recovery starts: everything before `position` in segment `segment_base` (data and

@@ -88,6 +88,9 @@ pub struct Log {
     recovery_point: Option<RecoveryPoint>,
     producer_state: ProducerStateManager,
     producer_snapshot_offset: Option<u64>,
+    /// (index, leader epoch) of the last entry before the first one held: what Raft needs to
+    /// know of the entries retention, `DeleteRecords` or a snapshot removed.
+    prev_entry: Option<(u64, i32)>,
 }
 
 fn parse_base_offset(name: &str, suffix: &str) -> Option<u64> {
@@ -279,6 +282,7 @@ impl Log {
         epochs.truncate_from_end(log_end);
         let first_base = segments.first().map_or(0, |s| s.base_offset());
         let log_start_offset = stored_log_start.unwrap_or(0).max(first_base).min(log_end);
+        let prev_entry = checkpoint::read_entry(&dir, checkpoint::PREV_ENTRY_FILE)?;
         let mut log = Log {
             dir,
             config,
@@ -290,6 +294,7 @@ impl Log {
             recovery_point,
             producer_state: ProducerStateManager::default(),
             producer_snapshot_offset: None,
+            prev_entry,
         };
         if stored_log_start.is_some_and(|stored| stored != log_start_offset) {
             checkpoint::write_offset(&log.dir, LOG_START_OFFSET_FILE, log_start_offset)?;
@@ -380,6 +385,41 @@ impl Log {
             Some(i) if i + 1 < self.segments.len() => self.segments[i + 1].first_entry_index(),
             Some(_) => self.next_entry_index(),
         }
+    }
+
+    /// The leader epoch of entry `first_entry_index() - 1`, the last one removed from the
+    /// front, when it is known (recorded as segments went, or by a snapshot).
+    pub fn prev_entry_epoch(&self) -> Option<i32> {
+        let first = self.first_entry_index();
+        self.prev_entry
+            .filter(|(index, _)| index + 1 == first)
+            .map(|(_, epoch)| epoch)
+    }
+
+    /// Records the epoch of the last entry of the first `count` segments before they go.
+    fn remember_prev_entry(&mut self, count: usize) -> Result<()> {
+        let Some(next) = self.segments.get(count) else {
+            return Ok(());
+        };
+        let Some(last) = next.first_entry_index().checked_sub(1).filter(|&i| i > 0) else {
+            return Ok(());
+        };
+        let epoch = match self.entry_epoch(last) {
+            Ok(e) => Some(e),
+            // Cleaned segments lost their entry positions; the epoch of the offset before
+            // the next segment is that entry's.
+            Err(_) => next
+                .base_offset()
+                .checked_sub(1)
+                .and_then(|o| self.epochs.epoch_for_offset(o)),
+        };
+        if let Some(epoch) = epoch {
+            if self.prev_entry != Some((last, epoch)) {
+                checkpoint::write_entry(&self.dir, checkpoint::PREV_ENTRY_FILE, last, epoch)?;
+                self.prev_entry = Some((last, epoch));
+            }
+        }
+        Ok(())
     }
 
     pub fn next_entry_index(&self) -> u64 {
@@ -1127,6 +1167,7 @@ impl Log {
         if count == 0 {
             return Ok(RetentionOutcome::default());
         }
+        self.remember_prev_entry(count)?;
         let new_start = self.segments[count]
             .base_offset()
             .max(self.log_start_offset);
@@ -1189,11 +1230,20 @@ impl Log {
     }
 
     /// Empties the log and restarts it at `next_offset`, numbering entries from
-    /// `next_entry_index` (installing a Raft snapshot). Producer state, transactions and the
-    /// aborted-transaction indexes go too (Kafka's `truncateFullyAndStartAt`). Durable on
-    /// return.
-    pub fn reset(&mut self, next_offset: u64, next_entry_index: u64) -> Result<()> {
+    /// `next_entry_index` (installing a Raft snapshot whose last entry, `next_entry_index - 1`,
+    /// had `prev_epoch`). Producer state, transactions and the aborted-transaction indexes go
+    /// too (Kafka's `truncateFullyAndStartAt`). Durable on return.
+    pub fn reset(
+        &mut self,
+        next_offset: u64,
+        next_entry_index: u64,
+        prev_epoch: i32,
+    ) -> Result<()> {
         let now = self.clock.now_ms();
+        if let Some(prev) = next_entry_index.checked_sub(1).filter(|&i| i > 0) {
+            checkpoint::write_entry(&self.dir, checkpoint::PREV_ENTRY_FILE, prev, prev_epoch)?;
+            self.prev_entry = Some((prev, prev_epoch));
+        }
         checkpoint::write_offset(&self.dir, LOG_START_OFFSET_FILE, next_offset)?;
         for seg in self.segments.drain(..) {
             LogSegment::delete_files(&self.dir, seg.base_offset())?;

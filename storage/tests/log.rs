@@ -655,7 +655,12 @@ fn reset_restarts_an_empty_log_at_an_offset_and_entry() {
         log.append(&batch_of(2, &format!("r{i}"), T0), 0)
             .expect("append");
     }
-    log.reset(1000, 500).expect("reset");
+    log.reset(1000, 500, 2).expect("reset");
+    assert_eq!(
+        log.prev_entry_epoch(),
+        Some(2),
+        "the snapshot's last entry epoch"
+    );
     assert_eq!(
         (
             log.log_start_offset(),
@@ -676,6 +681,39 @@ fn reset_restarts_an_empty_log_at_an_offset_and_entry() {
         ),
         (1000, 1001, 501)
     );
+    assert_eq!(log.prev_entry_epoch(), Some(2), "kept across a restart");
+}
+
+/// Raft asks for the term of the entry just before the first one held; once retention has
+/// deleted segments that entry is gone, so its epoch is recorded before they go.
+#[test]
+fn the_epoch_of_the_last_entry_deleted_from_the_front_is_remembered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let mut log = open(dir.path(), small_segments(), &clock);
+    let mut epoch_of = Vec::new();
+    for i in 0..40 {
+        let epoch = i / 10 + 1;
+        let info = log
+            .append(&batch_of(2, &format!("r{i}"), T0), epoch)
+            .expect("append");
+        epoch_of.push((info.first_entry_index, epoch));
+    }
+    assert!(log.segment_count() > 2, "small segments roll");
+    assert_eq!(log.prev_entry_epoch(), None, "nothing deleted yet");
+    let second = log.segment_base_offsets()[2];
+    log.advance_log_start_offset(second).expect("advance");
+    let first = log.first_entry_index();
+    let want = epoch_of
+        .iter()
+        .find(|(index, _)| *index + 1 == first)
+        .map(|(_, e)| *e);
+    assert!(want.is_some(), "entries were deleted from the front");
+    assert_eq!(log.prev_entry_epoch(), want);
+    drop(log);
+    let log = open(dir.path(), small_segments(), &clock);
+    assert_eq!(log.first_entry_index(), first);
+    assert_eq!(log.prev_entry_epoch(), want, "kept across a restart");
 }
 
 #[test]

@@ -448,7 +448,7 @@ fn reset_forgets_transactions_and_the_aborted_index() {
     let mut log = open(dir.path(), LogConfig::default(), &clock);
     let mut p = Producers::default();
     write_history(&mut log, &mut p);
-    log.reset(100, 50).expect("reset");
+    log.reset(100, 50, 0).expect("reset");
     assert_eq!(all_aborted(&log), vec![]);
     assert_eq!(log.first_unstable_offset(), None);
     assert!(log.producer_state().producers().is_empty());

@@ -86,26 +86,25 @@ pub fn handle(
                 break;
             }
             budget -= 1;
-            let replica = broker.replication.replica(&name, p as i32);
-            let (leader, epoch) = replica
-                .as_ref()
-                .map_or((-1, -1), |r| (r.leader_id(), r.leader_epoch()));
+            let view = broker.leader_view(&md, &name, p as i32);
             let nodes: Vec<BrokerId> = replicas.iter().map(|&r| BrokerId(r)).collect();
+            let offline: Vec<BrokerId> = replicas
+                .iter()
+                .filter(|r| md.is_fenced(**r))
+                .map(|&r| BrokerId(r))
+                .collect();
             partitions.push(
                 DescribeTopicPartitionsResponsePartition::default()
                     .with_partition_index(p as i32)
-                    .with_error_code(if leader < 0 {
+                    .with_error_code(if view.leader < 0 {
                         ResponseError::LeaderNotAvailable.code()
                     } else {
                         0
                     })
-                    .with_leader_id(BrokerId(leader))
-                    .with_leader_epoch(epoch)
-                    .with_isr_nodes(if leader < 0 {
-                        Vec::new()
-                    } else {
-                        nodes.clone()
-                    })
+                    .with_leader_id(BrokerId(view.leader))
+                    .with_leader_epoch(view.leader_epoch)
+                    .with_isr_nodes(view.isr.into_iter().map(BrokerId).collect())
+                    .with_offline_replicas(offline)
                     .with_replica_nodes(nodes)
                     .with_eligible_leader_replicas(Some(Vec::new()))
                     .with_last_known_elr(Some(Vec::new())),

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_protocol::kafka_protocol::messages::fetch_response::{
-    AbortedTransaction, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
 use runnel_protocol::kafka_protocol::messages::{
-    FetchRequest, FetchResponse, ProducerId, TopicName,
+    BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName,
 };
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
@@ -28,6 +28,8 @@ struct Read {
     key: PartitionKey,
     data: PartitionData,
     bytes: usize,
+    /// Sent elsewhere (a preferred read replica): answer at once.
+    redirect: bool,
 }
 
 fn error_partition(partition: i32, code: i16) -> PartitionData {
@@ -40,6 +42,32 @@ fn error_partition(partition: i32, code: i16) -> PartitionData {
         .with_records(Some(Bytes::new()))
 }
 
+/// Who is fetching, as far as choosing a replica goes.
+struct Fetcher {
+    /// A consumer speaking Fetch v11+ (KIP-392): followers serve it too.
+    may_read_follower: bool,
+    /// Its `client.rack`, if it sent one.
+    rack: Option<String>,
+}
+
+/// KIP-392 on the leader (Kafka's `RackAwareReplicaSelector`): an in-sync follower in the
+/// consumer's AZ, unless the leader is in that AZ itself.
+fn preferred_read_replica(
+    broker: &Broker,
+    replica: &runnel_replication::Replica,
+    rack: &str,
+) -> Option<i32> {
+    if !broker.config.rack_aware_replica_selector || broker.config.rack.as_deref() == Some(rack) {
+        return None;
+    }
+    let md = broker.replication.metadata();
+    replica
+        .isr()
+        .into_iter()
+        .filter(|&r| r != broker.config.node_id && !md.is_fenced(r))
+        .find(|r| md.brokers.get(r).and_then(|b| b.rack.as_deref()) == Some(rack))
+}
+
 /// Reads one partition within `budget` bytes.
 fn read_partition(
     broker: &Broker,
@@ -48,12 +76,14 @@ fn read_partition(
     budget: usize,
     min_one: bool,
     isolation: i8,
+    fetcher: &Fetcher,
 ) -> Read {
     let (topic, topic_id, partition) = key;
     let done = |data: PartitionData, bytes: usize| Read {
         key: key.clone(),
         data,
         bytes,
+        redirect: false,
     };
     let known = {
         let md = broker.replication.metadata();
@@ -72,10 +102,20 @@ fn read_partition(
         return done(error_partition(*partition, code), 0);
     };
     let Some(replica) = broker.replication.replica(&name, *partition) else {
-        return done(
-            error_partition(*partition, ResponseError::UnknownTopicOrPartition.code()),
-            0,
-        );
+        // A partition that exists but lives on other brokers (Kafka's
+        // `getPartitionOrError`): the client should ask its leader.
+        let exists = broker
+            .replication
+            .metadata()
+            .topics
+            .get(&name)
+            .is_some_and(|t| (*partition as usize) < t.partitions.len() && *partition >= 0);
+        let code = if exists {
+            ResponseError::NotLeaderOrFollower.code()
+        } else {
+            ResponseError::UnknownTopicOrPartition.code()
+        };
+        return done(error_partition(*partition, code), 0);
     };
     let epoch = replica.leader_epoch();
     if p.current_leader_epoch >= 0 && p.current_leader_epoch < epoch {
@@ -90,7 +130,8 @@ fn read_partition(
             0,
         );
     }
-    if replica.leader_id() != broker.config.node_id {
+    let leads = replica.leader_id() == broker.config.node_id;
+    if !leads && !fetcher.may_read_follower {
         return done(
             error_partition(*partition, ResponseError::NotLeaderOrFollower.code()),
             0,
@@ -116,7 +157,23 @@ fn read_partition(
         } else {
             None
         })
-        .with_preferred_read_replica(runnel_protocol::kafka_protocol::messages::BrokerId(-1));
+        .with_preferred_read_replica(BrokerId(-1));
+    if let Some(preferred) = fetcher
+        .rack
+        .as_deref()
+        .filter(|_| leads)
+        .and_then(|rack| preferred_read_replica(broker, &replica, rack))
+    {
+        // No records: the consumer moves to the replica in its AZ.
+        return Read {
+            key: key.clone(),
+            data: base
+                .with_preferred_read_replica(BrokerId(preferred))
+                .with_records(Some(Bytes::new())),
+            bytes: 0,
+            redirect: true,
+        };
+    }
     if p.fetch_offset < 0 {
         return done(
             base.with_error_code(ResponseError::OffsetOutOfRange.code())
@@ -184,7 +241,12 @@ fn aborted_in(
         .collect()
 }
 
-pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> FetchResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: FetchRequest,
+    version: i16,
+    listener: &str,
+) -> FetchResponse {
     let use_ids = version >= 13;
     let key_of = |name: &TopicName, id: uuid::Uuid, partition: i32| -> PartitionKey {
         if use_ids {
@@ -251,6 +313,19 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
             }
         };
 
+    let replica_id = if version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
+    let fetcher = Fetcher {
+        may_read_follower: version >= 11 && replica_id < 0,
+        rack: if version >= 11 {
+            Some(request.rack_id.to_string()).filter(|r| !r.is_empty())
+        } else {
+            None
+        },
+    };
     let max_bytes = if request.max_bytes <= 0 {
         usize::MAX
     } else {
@@ -267,9 +342,17 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         let mut any_error = false;
         for (key, p) in &partitions {
             let budget = max_bytes.saturating_sub(total);
-            let read = read_partition(broker, key, p, budget, total == 0, request.isolation_level);
+            let read = read_partition(
+                broker,
+                key,
+                p,
+                budget,
+                total == 0,
+                request.isolation_level,
+                &fetcher,
+            );
             total += read.bytes;
-            any_error |= read.data.error_code != 0;
+            any_error |= read.data.error_code != 0 || read.redirect;
             reads.push(read);
         }
         let now = Instant::now();
@@ -285,6 +368,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         }
     };
 
+    broker.count_fetch_bytes(&request.rack_id, reads.iter().map(|r| r.bytes).sum());
     let mut topics: Vec<FetchableTopicResponse> = Vec::new();
     for read in reads {
         let (name, id, _) = &read.key;
@@ -327,7 +411,64 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
             t.partitions.push(read.data);
         }
     }
+    let node_endpoints = if version >= 12 {
+        leader_hints(broker, &mut topics, version, listener)
+    } else {
+        Vec::new()
+    };
     FetchResponse::default()
         .with_session_id(session_id)
         .with_responses(topics)
+        .with_node_endpoints(node_endpoints)
+}
+
+/// KIP-951: partitions answered NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH carry the
+/// leader this broker knows of, and (v16+) the response carries those leaders' endpoints.
+fn leader_hints(
+    broker: &Broker,
+    topics: &mut [FetchableTopicResponse],
+    version: i16,
+    listener: &str,
+) -> Vec<NodeEndpoint> {
+    let not_leader = ResponseError::NotLeaderOrFollower.code();
+    let fenced = ResponseError::FencedLeaderEpoch.code();
+    let md = broker.replication.metadata();
+    let mut leaders = Vec::new();
+    for t in topics.iter_mut() {
+        let name = if t.topic.0.is_empty() {
+            md.topic_by_id(&t.topic_id).map(|t| t.name.clone())
+        } else {
+            Some(t.topic.0.to_string())
+        };
+        let Some(name) = name else { continue };
+        for p in &mut t.partitions {
+            if p.error_code != not_leader && p.error_code != fenced {
+                continue;
+            }
+            let view = broker.leader_view(&md, &name, p.partition_index);
+            p.current_leader = LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(view.leader))
+                .with_leader_epoch(view.leader_epoch);
+            if view.leader >= 0 && !leaders.contains(&view.leader) {
+                leaders.push(view.leader);
+            }
+        }
+    }
+    if version < 16 {
+        return Vec::new();
+    }
+    leaders
+        .iter()
+        .filter_map(|id| md.brokers.get(id))
+        .filter_map(|b| {
+            let (host, port) = b.endpoint(listener)?;
+            Some(
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(b.node_id))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(port)
+                    .with_rack(b.rack.clone().map(StrBytes::from_string)),
+            )
+        })
+        .collect()
 }

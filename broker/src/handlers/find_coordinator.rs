@@ -114,11 +114,8 @@ async fn find(broker: &Arc<Broker>, key: &str, key_type: i8, listener: &str) -> 
             )
         }
     };
-    let leader = broker
-        .replication
-        .replica(topic, partition)
-        .map_or(-1, |r| r.leader_id());
     let md = broker.replication.metadata();
+    let leader = broker.leader_view(&md, topic, partition).leader;
     // The coordinator's endpoint on the listener the request came in on; a coordinator
     // without that listener is not available to this client (Kafka's answer too).
     match md

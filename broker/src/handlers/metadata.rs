@@ -11,7 +11,7 @@ use runnel_protocol::kafka_protocol::messages::{
 };
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
-use runnel_replication::TopicMetadata;
+use runnel_replication::{ClusterMetadata, TopicMetadata};
 use uuid::Uuid;
 
 use super::create_topics::{create_topic, validate_topic_name, NewTopic};
@@ -60,7 +60,7 @@ pub async fn handle(
     match requested {
         None => {
             for t in md.topics.values() {
-                topics.push(topic_response(broker, t, version));
+                topics.push(topic_response(broker, &md, t, version));
             }
         }
         Some(list) => {
@@ -70,7 +70,7 @@ pub async fn handle(
                     None => md.topic_by_id(&id),
                 };
                 match found {
-                    Some(t) => topics.push(topic_response(broker, t, version)),
+                    Some(t) => topics.push(topic_response(broker, &md, t, version)),
                     None => {
                         let code = match &name {
                             Some(n) if validate_topic_name(n).is_err() => {
@@ -129,30 +129,36 @@ pub async fn handle(
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }
 
-fn topic_response(broker: &Broker, t: &TopicMetadata, version: i16) -> MetadataResponseTopic {
+fn topic_response(
+    broker: &Broker,
+    md: &ClusterMetadata,
+    t: &TopicMetadata,
+    version: i16,
+) -> MetadataResponseTopic {
     let partitions = t
         .partitions
         .iter()
         .enumerate()
         .map(|(p, replicas)| {
-            let replica = broker.replication.replica(&t.name, p as i32);
-            let (leader, epoch) = replica
-                .as_ref()
-                .map_or((-1, -1), |r| (r.leader_id(), r.leader_epoch()));
-            let nodes: Vec<BrokerId> = replicas.iter().map(|&r| BrokerId(r)).collect();
-            let error = if leader < 0 {
+            let view = broker.leader_view(md, &t.name, p as i32);
+            let error = if view.leader < 0 {
                 ResponseError::LeaderNotAvailable.code()
             } else {
                 0
             };
+            let offline: Vec<BrokerId> = replicas
+                .iter()
+                .filter(|r| md.is_fenced(**r))
+                .map(|&r| BrokerId(r))
+                .collect();
             MetadataResponsePartition::default()
                 .with_error_code(error)
                 .with_partition_index(p as i32)
-                .with_leader_id(BrokerId(leader))
-                .with_leader_epoch(if version >= 7 { epoch } else { -1 })
-                .with_replica_nodes(nodes.clone())
-                .with_isr_nodes(if leader < 0 { Vec::new() } else { nodes })
-                .with_offline_replicas(Vec::new())
+                .with_leader_id(BrokerId(view.leader))
+                .with_leader_epoch(if version >= 7 { view.leader_epoch } else { -1 })
+                .with_replica_nodes(replicas.iter().map(|&r| BrokerId(r)).collect())
+                .with_isr_nodes(view.isr.into_iter().map(BrokerId).collect())
+                .with_offline_replicas(if version >= 5 { offline } else { Vec::new() })
         })
         .collect();
     MetadataResponseTopic::default()

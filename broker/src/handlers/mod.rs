@@ -183,7 +183,7 @@ pub fn start(
     if let (RequestKind::Produce(body), true) = (&request.body, supported_version) {
         let body = body.clone();
         let started = Instant::now();
-        let begun = produce::begin(&broker, body, version);
+        let begun = produce::begin(&broker, body, version, &listener);
         return Box::pin(async move {
             let Some(response) = produce::finish(begun).await else {
                 return Reply::Nothing;
@@ -244,12 +244,14 @@ pub async fn handle(
             ResponseKind::Metadata(metadata::handle(broker, r, version, listener).await)
         }
         RequestKind::Produce(r) => {
-            match produce::finish(produce::begin(broker, r, version)).await {
+            match produce::finish(produce::begin(broker, r, version, listener)).await {
                 Some(resp) => ResponseKind::Produce(resp),
                 None => return Reply::Nothing,
             }
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(broker, r, version).await),
+        RequestKind::Fetch(r) => {
+            ResponseKind::Fetch(fetch::handle(broker, r, version, listener).await)
+        }
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::handle(broker, r, version))
         }
@@ -263,7 +265,7 @@ pub async fn handle(
             ResponseKind::DeleteTopics(delete_topics::handle(broker, r, version).await)
         }
         RequestKind::DeleteRecords(r) => {
-            ResponseKind::DeleteRecords(delete_records::handle(broker, r, version))
+            ResponseKind::DeleteRecords(delete_records::handle(broker, r, version).await)
         }
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(broker, r, version))

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use runnel_protocol::kafka_protocol::messages::produce_response::{
-    PartitionProduceResponse, TopicProduceResponse,
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
-use runnel_protocol::kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use runnel_protocol::kafka_protocol::messages::{
+    BrokerId, ProduceRequest, ProduceResponse, TopicName,
+};
 use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
 use runnel_replication::{ProduceAck, ReplicationError, TopicMetadata};
@@ -59,6 +61,8 @@ struct TopicRules {
     log_append_time: bool,
     before_max_ms: i64,
     after_max_ms: i64,
+    /// `min.insync.replicas`: acks=all writes need at least this many in-sync replicas.
+    min_insync_replicas: usize,
 }
 
 fn rules(broker: &Broker, t: &TopicMetadata) -> TopicRules {
@@ -75,6 +79,7 @@ fn rules(broker: &Broker, t: &TopicMetadata) -> TopicRules {
             .is_some_and(|v| v == "LogAppendTime"),
         before_max_ms: long("message.timestamp.before.max.ms"),
         after_max_ms: long("message.timestamp.after.max.ms"),
+        min_insync_replicas: long("min.insync.replicas").clamp(1, i64::from(i16::MAX)) as usize,
     }
 }
 
@@ -253,6 +258,9 @@ fn check_transactional(
 /// A produce request whose batches have been proposed, waiting for its answers.
 #[derive(Debug)]
 pub struct Begun {
+    broker: Arc<Broker>,
+    /// The listener the request came in on: leader endpoints (KIP-951) are given on it.
+    listener: String,
     acks: i16,
     version: i16,
     topics: Vec<(TopicName, uuid::Uuid, Vec<Outcome>)>,
@@ -261,7 +269,7 @@ pub struct Begun {
 /// Validates and proposes every partition's batches. Not async on purpose: the connection
 /// calls it in request order, so pipelined requests of one producer reach each partition's
 /// Raft log in the order they were sent (Kafka's per-connection ordering).
-pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Begun {
+pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16, listener: &str) -> Begun {
     let acks = request.acks;
     let now = now_ms();
     let transactional_id = request
@@ -321,6 +329,21 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
                 partitions.push(Outcome::Done(failed(index, code, None, version)));
                 continue;
             };
+            if acks == -1 && replica.leader_id() == broker.config.node_id {
+                let isr = replica.isr().len();
+                if isr > 0 && isr < rules.min_insync_replicas {
+                    partitions.push(Outcome::Done(failed(
+                        index,
+                        ResponseError::NotEnoughReplicas.code(),
+                        Some(format!(
+                            "The in-sync replicas ({isr}) are fewer than min.insync.replicas ({})",
+                            rules.min_insync_replicas
+                        )),
+                        version,
+                    )));
+                    continue;
+                }
+            }
             let config = replica.log().config().clone();
             let records = p.records.unwrap_or_default();
             let batches = match validate(&records, &config, rules, now) {
@@ -375,6 +398,8 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
         topics.push((t.name, t.topic_id, partitions));
     }
     Begun {
+        broker: broker.clone(),
+        listener: listener.to_string(),
         acks,
         version,
         topics,
@@ -384,6 +409,8 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Beg
 /// Waits for the proposals of [`begin`]; `None` for acks=0 (no response at all).
 pub async fn finish(begun: Begun) -> Option<ProduceResponse> {
     let Begun {
+        broker,
+        listener,
         acks,
         version,
         topics,
@@ -392,6 +419,7 @@ pub async fn finish(begun: Begun) -> Option<ProduceResponse> {
         return None;
     }
     let mut responses = Vec::with_capacity(topics.len());
+    let mut leaders: Vec<i32> = Vec::new();
     for (name, topic_id, partitions) in topics {
         let mut out = Vec::with_capacity(partitions.len());
         for outcome in partitions {
@@ -425,6 +453,20 @@ pub async fn finish(begun: Begun) -> Option<ProduceResponse> {
                 }
             });
         }
+        if version >= 10 {
+            // KIP-951: a client sent to the wrong broker learns the leader at once.
+            for r in &mut out {
+                if r.error_code == ResponseError::NotLeaderOrFollower.code() {
+                    let view = broker.partition_leader(name.0.as_str(), r.index);
+                    r.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(view.leader))
+                        .with_leader_epoch(view.leader_epoch);
+                    if view.leader >= 0 && !leaders.contains(&view.leader) {
+                        leaders.push(view.leader);
+                    }
+                }
+            }
+        }
         responses.push(
             TopicProduceResponse::default()
                 .with_name(name)
@@ -432,5 +474,26 @@ pub async fn finish(begun: Begun) -> Option<ProduceResponse> {
                 .with_partition_responses(out),
         );
     }
-    Some(ProduceResponse::default().with_responses(responses))
+    let node_endpoints = {
+        let md = broker.replication.metadata();
+        leaders
+            .iter()
+            .filter_map(|id| md.brokers.get(id))
+            .filter_map(|b| {
+                let (host, port) = b.endpoint(&listener)?;
+                Some(
+                    NodeEndpoint::default()
+                        .with_node_id(BrokerId(b.node_id))
+                        .with_host(StrBytes::from_string(host.to_string()))
+                        .with_port(port)
+                        .with_rack(b.rack.clone().map(StrBytes::from_string)),
+                )
+            })
+            .collect()
+    };
+    Some(
+        ProduceResponse::default()
+            .with_responses(responses)
+            .with_node_endpoints(node_endpoints),
+    )
 }

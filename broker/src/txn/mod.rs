@@ -13,10 +13,17 @@
 pub mod records;
 pub mod state;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use runnel_protocol::kafka_protocol::messages::write_txn_markers_request::{
+    WritableTxnMarker, WritableTxnMarkerTopic,
+};
+use runnel_protocol::kafka_protocol::messages::{
+    ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+};
+use runnel_protocol::kafka_protocol::protocol::StrBytes;
 use runnel_protocol::kafka_protocol::ResponseError;
 use runnel_replication::ReplicationError;
 use runnel_storage::batch;
@@ -345,6 +352,50 @@ async fn complete_transaction(
             );
             return false;
         }
+        // Partitions led elsewhere get their markers through WriteTxnMarkers to the leader.
+        let mut remote: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+        remaining.retain(|tp| {
+            let here = broker
+                .replication
+                .replica(&tp.0, tp.1)
+                .is_some_and(|r| r.leader_id() == broker.config.node_id);
+            let leader = broker.partition_leader(&tp.0, tp.1).leader;
+            if here
+                || leader < 0
+                || leader == broker.config.node_id
+                || !partition_exists(broker, tp)
+            {
+                return true;
+            }
+            remote.entry(leader).or_default().push(tp.clone());
+            false
+        });
+        let mut failed = Vec::new();
+        for (leader, partitions) in remote {
+            let request = marker_request(&prepared, commit, coordinator_epoch, &partitions);
+            match crate::inter_broker::write_txn_markers(broker, leader, request).await {
+                Ok(response) => {
+                    for (tp, code) in marker_results(&response, &partitions) {
+                        match remote_marker_error(broker, &tp, code) {
+                            None => {}
+                            Some(MarkerError::Retry(_)) => failed.push(tp),
+                            Some(e) => {
+                                tracing::warn!(transactional_id = id, topic = tp.0, partition = tp.1, leader, error = ?e, "marker not written")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        transactional_id = id,
+                        leader,
+                        error = e,
+                        "WriteTxnMarkers failed; retrying"
+                    );
+                    failed.extend(partitions);
+                }
+            }
+        }
         let begun: Vec<_> = remaining
             .iter()
             .map(|(topic, p)| {
@@ -360,7 +411,6 @@ async fn complete_transaction(
                 ((topic.clone(), *p), marker)
             })
             .collect();
-        let mut failed = Vec::new();
         for (tp, marker) in begun {
             match finish_marker(broker, &tp, prepared.producer_id, commit, marker).await {
                 Ok(()) => {}
@@ -435,6 +485,73 @@ async fn complete_transaction(
     }
 }
 
+/// WriteTxnMarkers v1 for one transaction's partitions on one leader.
+fn marker_request(
+    prepared: &TxnMetadata,
+    commit: bool,
+    coordinator_epoch: i32,
+    partitions: &[(String, i32)],
+) -> WriteTxnMarkersRequest {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in partitions {
+        by_topic.entry(t.as_str()).or_default().push(*p);
+    }
+    let topics = by_topic
+        .into_iter()
+        .map(|(t, ps)| {
+            WritableTxnMarkerTopic::default()
+                .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                .with_partition_indexes(ps)
+        })
+        .collect();
+    WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+        .with_producer_id(ProducerId(prepared.producer_id))
+        .with_producer_epoch(prepared.producer_epoch)
+        .with_transaction_result(commit)
+        .with_topics(topics)
+        .with_coordinator_epoch(coordinator_epoch)])
+}
+
+/// Each asked partition's error code in a WriteTxnMarkers response; a partition the leader
+/// did not answer for counts as NOT_LEADER_OR_FOLLOWER (retried).
+fn marker_results(
+    response: &WriteTxnMarkersResponse,
+    asked: &[(String, i32)],
+) -> Vec<((String, i32), i16)> {
+    asked
+        .iter()
+        .map(|(t, p)| {
+            let code = response
+                .markers
+                .iter()
+                .flat_map(|m| &m.topics)
+                .filter(|r| r.name.0.as_str() == t)
+                .flat_map(|r| &r.partitions)
+                .find(|r| r.partition_index == *p)
+                .map_or(ResponseError::NotLeaderOrFollower.code(), |r| r.error_code);
+            ((t.clone(), *p), code)
+        })
+        .collect()
+}
+
+/// What a leader's error code for one marker means to the coordinator.
+fn remote_marker_error(broker: &Broker, tp: &(String, i32), code: i16) -> Option<MarkerError> {
+    if code == 0 {
+        None
+    } else if code == ResponseError::InvalidProducerEpoch.code()
+        || code == ResponseError::TransactionCoordinatorFenced.code()
+    {
+        Some(MarkerError::Fenced(ReplicationError::InvalidTxnState(
+            format!("the leader answered error code {code}"),
+        )))
+    } else if code == ResponseError::UnknownTopicOrPartition.code() && !partition_exists(broker, tp)
+    {
+        Some(MarkerError::Unknown)
+    } else {
+        Some(MarkerError::Retry(ReplicationError::NotLeaderOrFollower))
+    }
+}
+
 /// Why a marker was not written.
 #[derive(Debug)]
 pub enum MarkerError {
@@ -458,12 +575,21 @@ fn partition_exists(broker: &Broker, (topic, partition): &(String, i32)) -> bool
 /// The newest coordinator epoch any `__transaction_state` partition this broker leads has:
 /// markers claiming a newer one cannot come from a real coordinator.
 pub fn max_coordinator_epoch(broker: &Broker) -> i32 {
-    led_partitions(broker)
+    let local = led_partitions(broker)
         .into_iter()
         .filter_map(|p| broker.replication.replica(TRANSACTION_STATE_TOPIC, p))
         .map(|r| r.leader_epoch())
         .max()
+        .unwrap_or(-1);
+    // Coordinators on other brokers: the leader epochs their partitions reported.
+    let md = broker.replication.metadata();
+    md.partition_leaders
+        .iter()
+        .filter(|((t, _), _)| t == TRANSACTION_STATE_TOPIC)
+        .map(|(_, l)| l.leader_epoch)
+        .max()
         .unwrap_or(-1)
+        .max(local)
 }
 
 type MarkerReply =

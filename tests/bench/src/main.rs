@@ -24,6 +24,7 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 mod groups;
+mod idle;
 mod transactions;
 
 #[derive(Debug, Parser)]
@@ -71,6 +72,28 @@ struct Args {
     /// Records per transaction with --transactions.
     #[arg(long, default_value_t = 100)]
     txn_records: usize,
+    /// Produce at this many messages/s instead of as fast as possible, so the latency
+    /// percentiles are the cluster's own rather than queueing in the client (0: unpaced).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Measure what idle partitions cost instead: start a cluster of --brokers processes,
+    /// create --idle-topics x --idle-partitions partitions at RF 3, and print each broker's
+    /// CPU (% of one core) while nothing is produced; also creation and restart times.
+    #[arg(long)]
+    idle: bool,
+    /// Brokers of the --idle cluster.
+    #[arg(long, default_value_t = 3)]
+    brokers: u16,
+    #[arg(long, default_value_t = 3)]
+    idle_topics: usize,
+    #[arg(long, default_value_t = 1000)]
+    idle_partitions: i32,
+    /// Seconds to wait after every partition has a leader, before measuring.
+    #[arg(long, default_value_t = 10)]
+    idle_settle_secs: u64,
+    /// Seconds of CPU measurement.
+    #[arg(long, default_value_t = 30)]
+    idle_secs: u64,
     /// Bytes for the raw disk and loopback measurements.
     #[arg(long, default_value_t = 1024 * 1024 * 1024)]
     raw_bytes: usize,
@@ -249,6 +272,17 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.idle {
+        return idle::run(&idle::IdleArgs {
+            runnel: args.runnel.clone(),
+            brokers: args.brokers,
+            topics: args.idle_topics,
+            partitions: args.idle_partitions,
+            settle_secs: args.idle_settle_secs,
+            measure_secs: args.idle_secs,
+            no_fsync: args.no_fsync,
+        });
+    }
     let (own, bootstrap, data_dir) = match &args.bootstrap {
         Some(b) => (None, b.clone(), std::env::temp_dir()),
         None => {
@@ -306,9 +340,10 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!("# runnel-bench: {} messages of {} bytes, acks={}, partitions={}, replication factor={}, linger.ms={}, compression={}{}",
+    println!("# runnel-bench: {} messages of {} bytes, acks={}, partitions={}, replication factor={}, linger.ms={}, compression={}{}{}",
         args.messages, args.size, args.acks, args.partitions, args.replication_factor, args.linger_ms, args.compression,
-        if args.no_fsync { ", broker --no-fsync" } else { "" });
+        if args.no_fsync { ", broker --no-fsync" } else { "" },
+        if args.rate > 0 { format!(", paced at {} msgs/s", args.rate) } else { String::new() });
     if let Some(b) = &own {
         println!(
             "broker ready (port accepting) {} ms after spawn",
@@ -352,6 +387,13 @@ fn main() -> anyhow::Result<()> {
     let before = pid.and_then(proc_usage);
     let start = Instant::now();
     for i in 0..args.messages {
+        if args.rate > 0 {
+            let due = start + Duration::from_secs_f64(i as f64 / args.rate as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
         let mut record: BaseRecord<'_, (), [u8], Box<Instant>> =
             BaseRecord::with_opaque_to(&topic, Box::new(Instant::now())).payload(&payload[..]);
         if args.partitions > 1 {
