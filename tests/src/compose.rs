@@ -175,7 +175,9 @@ impl Cluster {
             // Small internal topics and no initial rebalance delay keep the tests quick.
             .env("RUNNEL_OFFSETS_TOPIC_NUM_PARTITIONS", "6")
             .env("RUNNEL_TRANSACTION_STATE_LOG_NUM_PARTITIONS", "3")
-            .env("RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS", "0");
+            .env("RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+            // Preferred leaders return within seconds, so each scenario can require it.
+            .env("RUNNEL_LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS", "2");
         cmd
     }
 

@@ -122,9 +122,9 @@ fn leaders_rebalanced(md: &Metadata) -> bool {
         .all(|p| p.replicas().first() == Some(&p.leader()))
 }
 
-/// TODO(auto.leader.rebalance.enable): the preferred-leader rebalance is being built on main;
-/// once it is merged, make this `true` so every scenario also requires rebalanced leaders.
-const REQUIRE_REBALANCED_LEADERS: bool = false;
+/// Every scenario ends with each partition led by its preferred replica again
+/// (`auto.leader.rebalance.enable`, checked every 2 s in these clusters).
+const REQUIRE_REBALANCED_LEADERS: bool = true;
 
 /// Full health: Docker reports every broker healthy, and each broker, asked alone from the
 /// host, lists all three brokers at their EXTERNAL endpoints and a leader for every partition.
