@@ -267,6 +267,7 @@ fn run_writer(
     // Frames taken off the queue but not due yet (latency injection), in due order: every
     // frame to one peer has the same delay.
     let mut held: VecDeque<Queued> = VecDeque::new();
+    let mut resolved_at = Instant::now();
     while !stop.load(Ordering::Acquire) {
         let wait = held.front().map_or(Duration::from_millis(200), |(due, _)| {
             due.saturating_duration_since(Instant::now())
@@ -289,6 +290,23 @@ fn run_writer(
         let ready = held.iter().take_while(|(due, _)| *due <= now).count();
         if ready == 0 {
             continue;
+        }
+        // A peer whose name now resolves elsewhere (a container restarted or reconnected to
+        // its network with a new IP) leaves our connection to its old address silently
+        // black-holed: TCP would take minutes to notice. Reconnect to where the name points.
+        if resolved_at.elapsed() > Duration::from_secs(1) {
+            resolved_at = Instant::now();
+            let moved = conn
+                .as_ref()
+                .and_then(|c| c.peer_addr().ok())
+                .is_some_and(|at| {
+                    addr.to_socket_addrs()
+                        .is_ok_and(|mut now| now.all(|a| a != at))
+                });
+            if moved {
+                tracing::info!(%addr, "raft peer moved to a new address; reconnecting");
+                conn = None;
+            }
         }
         // Everything due goes out in one write.
         let mut out = Vec::new();

@@ -175,7 +175,9 @@ impl Cluster {
             // Small internal topics and no initial rebalance delay keep the tests quick.
             .env("RUNNEL_OFFSETS_TOPIC_NUM_PARTITIONS", "6")
             .env("RUNNEL_TRANSACTION_STATE_LOG_NUM_PARTITIONS", "3")
-            .env("RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS", "0");
+            .env("RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+            // Preferred leaders return within seconds, so each scenario can require it.
+            .env("RUNNEL_LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS", "2");
         cmd
     }
 
@@ -185,6 +187,22 @@ impl Cluster {
 
     pub fn project(&self) -> &str {
         &self.project
+    }
+
+    /// `down` without removing volumes, then `up` again (same project, same ports), and
+    /// waits until healthy: what a developer does at the end and start of a day.
+    pub fn down_up(&mut self) -> anyhow::Result<()> {
+        self.compose_ok(&["down", "-t", "10"])?;
+        self.compose_ok(&["up", "-d"])?;
+        self.containers.clear();
+        for service in SERVICES {
+            let id = self.compose_ok(&["ps", "-q", service])?;
+            if id.is_empty() {
+                bail!("no container for {service}");
+            }
+            self.containers.push(id);
+        }
+        self.wait_healthy(Duration::from_secs(60))
     }
 
     /// The host's bootstrap list (the EXTERNAL listeners).
