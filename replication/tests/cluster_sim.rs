@@ -677,8 +677,16 @@ impl Sim {
                 return;
             }
         }
-        let states: Vec<String> = self
-            .nodes
+        let states = self.group_states();
+        self.fail(format!(
+            "no convergence after healing: {}",
+            states.join("\n  ")
+        ));
+    }
+
+    /// Every broker's view of every group it hosts, one line per broker (failure messages).
+    fn group_states(&self) -> Vec<String> {
+        self.nodes
             .iter()
             .map(|node| match &node.driver {
                 None => "down".to_string(),
@@ -690,11 +698,7 @@ impl Sim {
                         .collect::<Vec<_>>()
                 ),
             })
-            .collect();
-        self.fail(format!(
-            "no convergence after healing: {}",
-            states.join("\n  ")
-        ));
+            .collect()
     }
 
     /// `auto.leader.rebalance.enable`: once healed, every partition goes back to its
@@ -970,20 +974,7 @@ impl Sim {
             }
             self.step(false);
         }
-        let states: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|node| match &node.driver {
-                None => "down".to_string(),
-                Some(d) => format!(
-                    "{:?}",
-                    d.groups()
-                        .iter()
-                        .map(|g| (g.to_string(), d.group_state(g)))
-                        .collect::<Vec<_>>()
-                ),
-            })
-            .collect();
+        let states = self.group_states();
         self.fail(format!(
             "{what}: not within {limit} steps (faults {:?}):\n  {}",
             self.faults,

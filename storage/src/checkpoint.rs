@@ -58,19 +58,27 @@ pub(crate) fn write_offset(dir: &Path, name: &str, offset: u64) -> Result<()> {
 
 pub(crate) fn read_offset(dir: &Path, name: &str) -> Result<Option<u64>> {
     let path = dir.join(name);
-    let Some(raw) = read_optional(&path)? else {
+    let Some(line) = read_versioned_line(&path)? else {
         return Ok(None);
     };
-    let text = String::from_utf8(raw).map_err(|_| corrupt(&path, "not UTF-8"))?;
-    let mut lines = text.lines();
-    if lines.next() != Some("0") || lines.next() != Some("1") {
-        return Err(corrupt(&path, "unknown checkpoint version"));
-    }
-    let offset = lines
-        .next()
+    let offset = line
         .and_then(|l| l.trim().parse().ok())
         .ok_or_else(|| corrupt(&path, "missing offset"))?;
     Ok(Some(offset))
+}
+
+/// The line after the `0\n1\n` header of a small checkpoint file: `None` without the
+/// file, `Some(None)` when the line is missing.
+fn read_versioned_line(path: &Path) -> Result<Option<Option<String>>> {
+    let Some(raw) = read_optional(path)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(raw).map_err(|_| corrupt(path, "not UTF-8"))?;
+    let mut lines = text.lines();
+    if lines.next() != Some("0") || lines.next() != Some("1") {
+        return Err(corrupt(path, "unknown checkpoint version"));
+    }
+    Ok(Some(lines.next().map(str::to_string)))
 }
 
 /// An entry index and its leader epoch: `0\n1\n<index> <epoch>\n`.
@@ -80,17 +88,10 @@ pub(crate) fn write_entry(dir: &Path, name: &str, index: u64, epoch: i32) -> Res
 
 pub(crate) fn read_entry(dir: &Path, name: &str) -> Result<Option<(u64, i32)>> {
     let path = dir.join(name);
-    let Some(raw) = read_optional(&path)? else {
+    let Some(line) = read_versioned_line(&path)? else {
         return Ok(None);
     };
-    let text = String::from_utf8(raw).map_err(|_| corrupt(&path, "not UTF-8"))?;
-    let mut lines = text.lines();
-    if lines.next() != Some("0") || lines.next() != Some("1") {
-        return Err(corrupt(&path, "unknown checkpoint version"));
-    }
-    let line = lines
-        .next()
-        .ok_or_else(|| corrupt(&path, "missing entry"))?;
+    let line = line.ok_or_else(|| corrupt(&path, "missing entry"))?;
     let mut parts = line.split_whitespace();
     let index = parts.next().and_then(|v| v.parse().ok());
     let epoch = parts.next().and_then(|v| v.parse().ok());

@@ -429,6 +429,57 @@ fn leaders_killed_in_turn_rejoin_the_isr_and_preferred_leaders_take_back_their_p
     eprintln!("sent {sent}, acknowledged {}, read {read}", acked.len());
 }
 
+/// Writes `0..count` as values to partition 0 of `topic` with acks=all and waits for them.
+fn produce_numbers(bootstrap: &str, topic: &str, count: u32) {
+    let producer: ThreadedProducer<Acks> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .create_with_context(Acks(Arc::new(Mutex::new(Vec::new()))))
+        .expect("producer");
+    for i in 0..count {
+        let value = format!("{i}");
+        producer
+            .send(BaseRecord::<(), _>::to(topic).payload(&value).partition(0))
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// The values a consumer made from `config` (bootstrap, group and the like set) reads from
+/// the start of `partitions`, in arrival order: until `want` arrived (20 s at most), then
+/// `settle` longer, to catch anything that should not be there.
+fn read_from_start(
+    config: &ClientConfig,
+    topic: &str,
+    partitions: &[i32],
+    want: usize,
+    settle: Duration,
+) -> Vec<String> {
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if until.is_none() && (got.len() >= want || now >= deadline) {
+            until = Some(now + settle);
+        }
+        if until.is_some_and(|u| now >= u) {
+            return got;
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+}
+
 /// A raw Kafka connection to one broker (blocking), for fields librdkafka hides.
 struct Raw {
     stream: std::net::TcpStream,
@@ -785,33 +836,17 @@ fn a_transaction_spanning_partitions_led_by_three_brokers_commits_and_aborts_ato
         }
     }
     let read = |isolation: &str, want: usize| {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &all)
-            .set("group.id", format!("reader-{isolation}"))
-            .set("isolation.level", isolation)
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..3 {
-            tpl.add_partition_offset("txn-spread", p, Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&tpl).expect("assign");
-        let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && got.len() < want {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-            }
-        }
-        // A little longer, to catch anything that should not be there.
-        let until = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < until {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-            }
-        }
+        let mut got = read_from_start(
+            ClientConfig::new()
+                .set("bootstrap.servers", &all)
+                .set("group.id", format!("reader-{isolation}"))
+                .set("isolation.level", isolation)
+                .set("enable.auto.commit", "false"),
+            "txn-spread",
+            &[0, 1, 2],
+            want,
+            Duration::from_millis(500),
+        );
         got.sort();
         got
     };
@@ -832,23 +867,7 @@ fn consumers_fetch_from_the_in_sync_replica_in_their_own_az() {
     let brokers = cluster();
     let all = bootstrap(&brokers);
     create_topic(&all, "racks", 1, 3);
-    let producer: ThreadedProducer<Acks> = ClientConfig::new()
-        .set("bootstrap.servers", &all)
-        .set("acks", "all")
-        .create_with_context(Acks(Arc::new(Mutex::new(Vec::new()))))
-        .expect("producer");
-    for i in 0..100 {
-        let value = format!("{i}");
-        producer
-            .send(
-                BaseRecord::<(), _>::to("racks")
-                    .payload(&value)
-                    .partition(0),
-            )
-            .map_err(|(e, _)| e)
-            .expect("send");
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
+    produce_numbers(&all, "racks", 100);
     let leader = leaders(&all, "racks")[&0];
     let follower = leader % 3 + 1;
     let follower_az = format!("az-{follower}");
@@ -903,33 +922,19 @@ fn consumers_fetch_from_the_in_sync_replica_in_their_own_az() {
     assert_eq!(served.high_watermark, 100);
     assert!(served.records.as_ref().is_some_and(|r| !r.is_empty()));
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &all)
-        .set("group.id", "rack-reader")
-        .set("client.rack", &follower_az)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("racks", 0, Offset::Beginning)
-        .expect("partition");
-    consumer.assign(&tpl).expect("assign");
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while got.len() < 100 && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            got.push(
-                String::from_utf8_lossy(m.payload().unwrap_or_default())
-                    .parse::<u32>()
-                    .expect("value"),
-            );
-        }
-    }
-    assert_eq!(
-        got,
-        (0..100).collect::<Vec<u32>>(),
-        "every record once, in order"
+    let got = read_from_start(
+        ClientConfig::new()
+            .set("bootstrap.servers", &all)
+            .set("group.id", "rack-reader")
+            .set("client.rack", &follower_az)
+            .set("enable.auto.commit", "false"),
+        "racks",
+        &[0],
+        100,
+        Duration::ZERO,
     );
+    let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "every record once, in order");
 }
 
 /// DeleteRecords goes through the partition's Raft group: after the leader is killed, the
@@ -939,23 +944,7 @@ fn delete_records_moves_the_log_start_on_every_replica() {
     let mut brokers = cluster();
     let all = bootstrap(&brokers);
     create_topic(&all, "trimmed", 1, 3);
-    let producer: ThreadedProducer<Acks> = ClientConfig::new()
-        .set("bootstrap.servers", &all)
-        .set("acks", "all")
-        .create_with_context(Acks(Arc::new(Mutex::new(Vec::new()))))
-        .expect("producer");
-    for i in 0..100 {
-        let value = format!("{i}");
-        producer
-            .send(
-                BaseRecord::<(), _>::to("trimmed")
-                    .payload(&value)
-                    .partition(0),
-            )
-            .map_err(|(e, _)| e)
-            .expect("send");
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
+    produce_numbers(&all, "trimmed", 100);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &all)
         .create()
@@ -1107,22 +1096,15 @@ fn the_cli_producer_rides_out_a_leader_election() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "runnel produce failed: {stderr}");
     assert!(stderr.contains("produced 50"), "{stderr}");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &live)
-        .set("group.id", "cli-reader")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("cli-failover", 0, Offset::Beginning)
-        .expect("partition");
-    consumer.assign(&tpl).expect("assign");
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while got.len() < 50 && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-        }
-    }
+    let got = read_from_start(
+        ClientConfig::new()
+            .set("bootstrap.servers", &live)
+            .set("group.id", "cli-reader"),
+        "cli-failover",
+        &[0],
+        50,
+        Duration::ZERO,
+    );
     let want: Vec<String> = (0..50).map(|i| format!("line-{i}")).collect();
     assert_eq!(got, want, "every line once, in order");
 }
