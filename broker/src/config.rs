@@ -212,6 +212,10 @@ pub struct BrokerConfig {
     /// Where this broker listens for other brokers' Raft traffic (its own entry of
     /// `controller_voters` by default).
     pub raft_listen: Option<SocketAddr>,
+    /// Where other brokers reach this one's Raft listener, recorded when it registers
+    /// (default: its entry of `controller_voters`, else `raft_listen` with the advertised
+    /// host when it listens on every address).
+    pub raft_advertised: Option<String>,
     /// `auto.leader.rebalance.enable`.
     pub auto_leader_rebalance: bool,
     /// `leader.imbalance.check.interval.seconds`, in ms.
@@ -251,12 +255,45 @@ impl BrokerConfig {
             producer_id_expiration_ms: 86_400_000,
             controller_voters: Vec::new(),
             raft_listen: None,
+            raft_advertised: None,
             auto_leader_rebalance: true,
             leader_imbalance_check_interval_ms: 300_000,
             leader_imbalance_per_broker_percentage: 10,
             replica_lag_time_max_ms: 30_000,
             broker_session_timeout_ms: 9_000,
             rack_aware_replica_selector: true,
+        }
+    }
+
+    /// Whether this broker is one of the controller voters (or the only broker).
+    pub fn is_controller_voter(&self) -> bool {
+        self.controller_voters.is_empty()
+            || self
+                .controller_voters
+                .iter()
+                .any(|(id, _)| *id == self.node_id)
+    }
+
+    /// The Raft address this broker registers (empty for a broker alone): see
+    /// [`BrokerConfig::raft_advertised`].
+    pub fn raft_address(&self) -> String {
+        if self.controller_voters.is_empty() {
+            return String::new();
+        }
+        if let Some(a) = &self.raft_advertised {
+            return a.clone();
+        }
+        if let Some((_, a)) = self
+            .controller_voters
+            .iter()
+            .find(|(id, _)| *id == self.node_id)
+        {
+            return a.clone();
+        }
+        match self.raft_listen {
+            Some(l) if l.ip().is_unspecified() => format!("{}:{}", self.advertised_host, l.port()),
+            Some(l) => l.to_string(),
+            None => String::new(),
         }
     }
 

@@ -72,8 +72,9 @@ pub struct TransportOptions {
 /// The listener for other brokers' Raft traffic, and its counters.
 type RaftListener = (tcp::TcpListenerHandle, Arc<tcp::TcpStats>);
 
-/// Replication of a broker in a cluster: Raft over TCP to the controller voters, which (for
-/// now) are every broker of the cluster.
+/// Replication of a broker in a cluster: Raft over TCP to the controller voters, and to
+/// every other broker once the metadata log names its Raft address. A broker that is not a
+/// voter joins as a learner of the metadata group (it needs `raft_listen`).
 fn start_clustered(
     config: &BrokerConfig,
     mut rc: ReplicationConfig,
@@ -91,7 +92,7 @@ fn start_clustered(
                 .map(|(_, a)| a.as_str())
                 .ok_or_else(|| {
                     BrokerError::Config(format!(
-                        "broker {} is not among the controller voters: give it --raft-listen",
+                        "broker {} is not among the controller voters, so it joins the cluster: give it --raft-listen (the address other brokers reach it at, for Raft traffic)",
                         config.node_id
                     ))
                 })?;
@@ -340,6 +341,7 @@ impl Broker {
             port: i32::from(self.config.advertised_port),
             rack: self.config.rack.clone(),
             endpoints,
+            raft_address: self.config.raft_address(),
         };
         let current = self
             .replication
@@ -351,6 +353,7 @@ impl Broker {
             b.host == wanted.host
                 && b.port == wanted.port
                 && b.rack == wanted.rack
+                && b.raft_address == wanted.raft_address
                 && b.endpoints.len() == wanted.endpoints.len()
                 && b.endpoints
                     .iter()
@@ -361,6 +364,7 @@ impl Broker {
         });
         if !same {
             let mut attempts = 0;
+            let mut warned = std::time::Instant::now();
             loop {
                 let record = MetadataRecord {
                     record: Some(Record::RegisterBroker(wanted.clone())),
@@ -369,8 +373,19 @@ impl Broker {
                     Ok(()) => break,
                     // A lone broker's metadata group elects itself within a tick or two; a
                     // cluster's takes an election timeout once enough voters are up.
-                    Err(ReplicationError::NotLeaderOrFollower) if attempts < 3000 => {
+                    // A broker joining later waits for the quorum to take it in (each attempt
+                    // waits up to five seconds for its record to come back).
+                    Err(ReplicationError::NotLeaderOrFollower)
+                        if attempts < 3000 || !self.config.is_controller_voter() =>
+                    {
                         attempts += 1;
+                        if warned.elapsed() > std::time::Duration::from_secs(30) {
+                            warned = std::time::Instant::now();
+                            tracing::warn!(
+                                attempts,
+                                "not registered yet: are the controller voters up and reachable at the Raft addresses of --controller-quorum-voters?"
+                            );
+                        }
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
                     Err(e) => return Err(e.into()),

@@ -14,9 +14,13 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub(crate) struct DevArgs {
-    /// How many brokers (every one a controller voter).
+    /// How many brokers.
     #[arg(long, default_value_t = 3)]
     brokers: u16,
+    /// How many of them (the first ones) are controller voters, holding the cluster
+    /// metadata quorum; the others join as brokers that follow it.
+    #[arg(long, default_value_t = 3)]
+    controller_voters: u16,
     /// How many availability zones to spread them over.
     #[arg(long, default_value_t = 3)]
     azs: u16,
@@ -78,7 +82,11 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the runnel binary")?;
     let kafka_port = |i: u16| args.base_port + i - 1;
     let raft_port = |i: u16| args.base_port + 100 + i - 1;
-    let voters: Vec<String> = (1..=args.brokers)
+    if args.controller_voters == 0 {
+        bail!("--controller-voters must be at least 1");
+    }
+    let voter_count = args.controller_voters.min(args.brokers);
+    let voters: Vec<String> = (1..=voter_count)
         .map(|i| format!("{i}@127.0.0.1:{}", raft_port(i)))
         .collect();
     let voters = voters.join(",");
@@ -94,6 +102,17 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
             .args(["--listen", &format!("127.0.0.1:{}", kafka_port(i))])
             .args(["--az", &az])
             .args(["--controller-quorum-voters", &voters])
+            .args(
+                (i > voter_count)
+                    .then(|| {
+                        [
+                            "--raft-listen".to_string(),
+                            format!("127.0.0.1:{}", raft_port(i)),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--metrics-listen", ""])
             .arg("--data-dir")
             .arg(&dir)
@@ -133,8 +152,9 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
         .map(|i| format!("127.0.0.1:{}", kafka_port(i)))
         .collect();
     println!(
-        "runnel dev: {} brokers in {} AZs, data in {}{}",
+        "runnel dev: {} brokers ({} controller voters) in {} AZs, data in {}{}",
         args.brokers,
+        voter_count,
         args.azs.min(args.brokers),
         args.data_dir.display(),
         if args.az_latency_ms > 0 {

@@ -85,6 +85,12 @@ pub(crate) struct ServeArgs {
     /// --controller-quorum-voters).
     #[arg(long, env = "RUNNEL_RAFT_LISTEN")]
     raft_listen: Option<String>,
+    /// The `host:port` other brokers reach this broker's Raft listener at, recorded in the
+    /// cluster metadata when it registers (default: its --controller-quorum-voters entry;
+    /// for a broker that joins, --raft-listen, with the advertised host in place of
+    /// 0.0.0.0).
+    #[arg(long, env = "RUNNEL_RAFT_ADVERTISED_ADDRESS")]
+    raft_advertised_address: Option<String>,
     /// Whether preferred leaders take their partitions back after failures
     /// (`auto.leader.rebalance.enable`, default true).
     #[arg(long, env = "RUNNEL_AUTO_LEADER_REBALANCE_ENABLE")]
@@ -429,12 +435,16 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<(BrokerConfig, Option<Socket
             .any(|(id, _)| *id == node_id)
             && args.raft_listen.is_none()
         {
-            bail!("node {node_id} is not in --controller-quorum-voters {spec}: every broker is a voter for now");
+            bail!("node {node_id} is not in --controller-quorum-voters {spec}: to join the cluster as a broker that is not a voter, give it --raft-listen (where other brokers reach its Raft traffic)");
         }
     }
     if let Some(addr) = &args.raft_listen {
         config.raft_listen = Some(resolve(addr)?);
     }
+    config.raft_advertised = args
+        .raft_advertised_address
+        .clone()
+        .or_else(|| prop("raft.advertised.address"));
     if let Some(v) = number(&props, "producer.id.expiration.ms")? {
         config.producer_id_expiration_ms = v;
     }

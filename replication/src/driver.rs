@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
+};
 use raft::{RawNode, StateRole};
 use runnel_storage::batch::{self, BatchHeader, BatchOptions, NewRecord};
 use runnel_storage::{Clock, Log, LogConfig, SystemClock};
@@ -375,6 +377,10 @@ fn replay_metadata(
 /// How long a follower waits for a forwarded metadata proposal to come back applied.
 const FORWARD_TIMEOUT_MS: i64 = 5_000;
 
+/// How long a joining broker waits for its record before handing it to the next voter
+/// (the first may have had no leader to pass it to).
+const JOIN_RETRY_MS: i64 = 1_000;
+
 /// How often leaders refresh their ISR and report changes to the metadata log.
 const LEADER_REPORT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -516,6 +522,7 @@ impl Driver {
         for v in voters {
             driver.peers.entry(v).or_default();
         }
+        driver.sync_peer_addresses();
         let topics: Vec<TopicMetadata> = driver.metadata_read().topics.values().cloned().collect();
         for topic in topics {
             driver.open_partitions(&topic, 0)?;
@@ -757,6 +764,7 @@ impl Driver {
         if due(&mut self.next_leader_report_ms, now, LEADER_REPORT_INTERVAL) {
             self.report_leaders(now);
             self.fence_brokers(now);
+            self.add_learners();
         }
         if self.config.auto_leader_rebalance
             && due(
@@ -1036,6 +1044,57 @@ impl Driver {
         }
     }
 
+    /// On the metadata leader: a broker that registered a Raft address but is in no
+    /// membership of the metadata group (it joined after the cluster formed, not among the
+    /// controller voters) is added as a learner, so that it receives the metadata log as
+    /// KRaft's brokers observe theirs. One change at a time, as Raft requires.
+    fn add_learners(&mut self) {
+        let raft = &self.metadata.node.raft;
+        if raft.state != StateRole::Leader || raft.has_pending_conf() {
+            return;
+        }
+        let conf = raft.prs().conf();
+        let joining = self
+            .metadata_read()
+            .brokers
+            .values()
+            .filter(|b| !b.raft_address.is_empty())
+            .map(|b| raft_id(b.node_id))
+            .find(|&id| !conf.voters().contains(id) && !conf.learners().contains(&id));
+        let Some(id) = joining else {
+            return;
+        };
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddLearnerNode);
+        cc.node_id = id;
+        match self.metadata.node.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => tracing::info!(
+                node_id = broker_id(id),
+                "broker {} joined: adding it to the metadata group as a learner",
+                broker_id(id)
+            ),
+            Err(e) => {
+                tracing::debug!(node_id = broker_id(id), error = %e, "could not propose a learner")
+            }
+        }
+    }
+
+    /// Tells the transport where every registered broker listens for Raft traffic (brokers
+    /// that joined later are known only from the metadata log).
+    fn sync_peer_addresses(&mut self) {
+        let me = self.raft_id;
+        let addresses: Vec<(u64, String)> = self
+            .metadata_read()
+            .brokers
+            .values()
+            .filter(|b| !b.raft_address.is_empty() && raft_id(b.node_id) != me)
+            .map(|b| (raft_id(b.node_id), b.raft_address.clone()))
+            .collect();
+        for (id, address) in addresses {
+            self.transport.set_peer_address(id, &address);
+        }
+    }
+
     fn metadata_read(&self) -> std::sync::RwLockReadGuard<'_, ClusterMetadata> {
         self.shared
             .metadata
@@ -1309,7 +1368,35 @@ impl Driver {
                 };
                 if let Some(token) = token {
                     if group.node.raft.leader_id == raft::INVALID_ID {
-                        let _ = reply.send(Err(ReplicationError::NotLeaderOrFollower));
+                        let me = self.raft_id;
+                        let conf = group.node.raft.prs().conf();
+                        let member = conf.voters().contains(me) || conf.learners().contains(&me);
+                        let voters: Vec<u64> = conf.voters().ids().iter().collect();
+                        if member || voters.is_empty() {
+                            let _ = reply.send(Err(ReplicationError::NotLeaderOrFollower));
+                            return true;
+                        }
+                        // A broker joining the cluster is in no membership yet, so nobody
+                        // sends it anything and it knows no leader: it hands its record to a
+                        // voter (another one each attempt), whose Raft passes it on to the
+                        // leader. It learns the outcome once it receives the log as a
+                        // learner (see `add_learners`).
+                        let to = voters[(token % voters.len() as u64) as usize];
+                        let entry = Entry {
+                            data: data.clone(),
+                            ..Default::default()
+                        };
+                        let mut m = Message::default();
+                        m.set_msg_type(MessageType::MsgPropose);
+                        m.to = to;
+                        m.from = me;
+                        m.set_entries(vec![entry].into());
+                        self.outbox.entry(to).or_default().push(Envelope {
+                            group: GroupId::Metadata,
+                            message: m,
+                        });
+                        let deadline = self.clock.now_ms() + JOIN_RETRY_MS;
+                        group.forwarded.insert(token, (reply, deadline));
                         return true;
                     }
                     match group.node.propose(Vec::new(), data.to_vec()) {
@@ -1488,6 +1575,7 @@ impl Driver {
             }
             MetadataEffect::TopicConfigChanged { topic } => self.reconfigure(Some(&topic)),
             MetadataEffect::BrokerConfigChanged => self.reconfigure(None),
+            MetadataEffect::BrokerRegistered { .. } => self.sync_peer_addresses(),
         }
         Ok(())
     }
@@ -2050,6 +2138,9 @@ fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &
             metadata.applied_index = e.index;
         }
     }
+    for e in entries {
+        apply_conf_change(g, e);
+    }
     let replica = g.node.store().replica().clone();
     for e in entries {
         if let Some(offset) = batch::parse_log_start_offset(&e.data) {
@@ -2086,6 +2177,32 @@ fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &
         }
     }
     shared.data_changed.notify_waiters();
+}
+
+/// Applies a committed membership change to the group's Raft state and stores the new
+/// membership (the group's `membership` file) before anything else is applied.
+fn apply_conf_change(g: &mut Group, e: &Entry) {
+    use protobuf::Message as _;
+    let applied = match e.get_entry_type() {
+        EntryType::EntryNormal => return,
+        EntryType::EntryConfChange => ConfChange::parse_from_bytes(&e.data)
+            .map_err(|e| e.to_string())
+            .and_then(|cc| g.node.apply_conf_change(&cc).map_err(|e| e.to_string())),
+        EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&e.data)
+            .map_err(|e| e.to_string())
+            .and_then(|cc| g.node.apply_conf_change(&cc).map_err(|e| e.to_string())),
+    };
+    match applied {
+        Ok(cs) => {
+            tracing::info!(group = %g.id, index = e.index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+            if let Err(err) = g.node.mut_store().set_membership(&cs) {
+                tracing::error!(group = %g.id, error = %err, "could not store the new membership");
+            }
+        }
+        Err(err) => {
+            tracing::warn!(group = %g.id, index = e.index, error = %err, "membership change refused")
+        }
+    }
 }
 
 /// The compaction thread: for each compacted log, plan under a read lock, build with no lock,

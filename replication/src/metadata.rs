@@ -17,6 +17,9 @@ pub struct BrokerInfo {
     /// Advertised endpoints by listener name; empty for a broker registered before named
     /// listeners existed (then `host` and `port` serve every listener).
     pub endpoints: Vec<BrokerEndpoint>,
+    /// Its Raft listener, `host:port` (empty: not given; a controller voter is also found
+    /// by `controller.quorum.voters`).
+    pub raft_address: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +65,19 @@ pub struct PartitionLeaderState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataEffect {
     None,
-    PartitionsAdded { topic: String, from: usize },
+    PartitionsAdded {
+        topic: String,
+        from: usize,
+    },
     TopicDeleted(TopicMetadata),
-    TopicConfigChanged { topic: String },
+    TopicConfigChanged {
+        topic: String,
+    },
     BrokerConfigChanged,
+    /// A broker registered or changed its endpoints: its Raft address may be new.
+    BrokerRegistered {
+        node_id: i32,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -132,9 +144,10 @@ impl ClusterMetadata {
                                 port: e.port,
                             })
                             .collect(),
+                        raft_address: b.raft_address.clone(),
                     },
                 );
-                MetadataEffect::None
+                MetadataEffect::BrokerRegistered { node_id: b.node_id }
             }
             Record::CreateTopic(t) => {
                 let Some(id) = uuid_of(&t.topic_id) else {

@@ -47,6 +47,11 @@ pub struct RegisterBroker {
     /// `host`/`port` stay filled with the first endpoint, for readers of those records.
     #[prost(message, repeated, tag = "5")]
     pub endpoints: Vec<Endpoint>,
+    /// Where other brokers reach this one's Raft listener (`host:port`). Brokers that are
+    /// not controller voters are found only by it; empty in records of older brokers and
+    /// in the simulation's filler records.
+    #[prost(string, tag = "6")]
+    pub raft_address: String,
 }
 
 /// One advertised listener of a broker: a client that connected on listener `name` is told

@@ -161,6 +161,7 @@ type Queued = (Instant, Vec<u8>);
 
 #[derive(Debug)]
 struct Peer {
+    address: String,
     queue: SyncSender<Queued>,
 }
 
@@ -188,31 +189,17 @@ impl TcpTransport {
         stats: Arc<TcpStats>,
         options: TcpOptions,
     ) -> TcpTransport {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peers = peers
-            .into_iter()
-            .filter(|(id, _)| *id != from)
-            .map(|(id, addr)| {
-                let (queue, rx) = sync_channel(QUEUE_FRAMES);
-                let stats = stats.clone();
-                let stop = stop.clone();
-                let zones = options.zones.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("raft-send-{id}"))
-                    .spawn(move || run_writer(addr, rx, &stats, &stop, &|| zones.remote(id)));
-                if let Err(e) = spawned {
-                    tracing::error!(peer = id, error = %e, "cannot start a raft writer thread");
-                }
-                (id, Peer { queue })
-            })
-            .collect();
-        TcpTransport {
+        let mut transport = TcpTransport {
             from,
-            peers,
+            peers: HashMap::new(),
             stats,
-            stop,
+            stop: Arc::new(AtomicBool::new(false)),
             options,
+        };
+        for (id, addr) in peers {
+            transport.set_peer_address(id, &addr);
         }
+        transport
     }
 }
 
@@ -223,6 +210,40 @@ impl Drop for TcpTransport {
 }
 
 impl Transport for TcpTransport {
+    /// Starts a writer thread for a new peer; a peer whose address changed gets a new
+    /// writer (the old one ends once its queue is dropped).
+    fn set_peer_address(&mut self, to: u64, address: &str) {
+        if to == self.from || self.peers.get(&to).is_some_and(|p| p.address == address) {
+            return;
+        }
+        let (queue, rx) = sync_channel(QUEUE_FRAMES);
+        let stats = self.stats.clone();
+        let stop = self.stop.clone();
+        let zones = self.options.zones.clone();
+        let addr = address.to_string();
+        let spawned = std::thread::Builder::new()
+            .name(format!("raft-send-{to}"))
+            .spawn(move || run_writer(addr, rx, &stats, &stop, &|| zones.remote(to)));
+        if let Err(e) = spawned {
+            tracing::error!(peer = to, error = %e, "cannot start a raft writer thread");
+            return;
+        }
+        if self.peers.contains_key(&to) {
+            tracing::info!(
+                peer = to,
+                address,
+                "raft peer moved to a new registered address"
+            );
+        }
+        self.peers.insert(
+            to,
+            Peer {
+                address: address.to_string(),
+                queue,
+            },
+        );
+    }
+
     fn send(&mut self, to: u64, batch: Vec<Envelope>) {
         let Some(peer) = self.peers.get(&to) else {
             tracing::debug!(to, "raft message for an unknown peer dropped");

@@ -69,6 +69,11 @@ pub struct Envelope {
 pub trait Transport: Send + fmt::Debug {
     /// Sends one Ready cycle's messages for broker `to` (a Raft id: Kafka broker id + 1).
     fn send(&mut self, to: u64, batch: Vec<Envelope>);
+
+    /// Learns (or relearns) where broker `to` listens: a broker that joined after this one
+    /// started, or one whose registered Raft address changed. Transports that route by id
+    /// alone ignore it.
+    fn set_peer_address(&mut self, _to: u64, _address: &str) {}
 }
 
 /// The transport of a broker without peers: anything sent is dropped (a single voter sends

@@ -93,6 +93,8 @@ struct Sim {
     quiet_until: u64,
     /// Partition groups seen quiesced (summed over steps and brokers).
     quiesced_seen: u64,
+    /// The controller voters: the first brokers; any others joined later.
+    voters: usize,
 }
 
 const PAYLOAD_LEN: usize = 11;
@@ -162,6 +164,7 @@ impl Sim {
             rebalance,
             quiet_until: 0,
             quiesced_seen: 0,
+            voters: n as usize,
         };
         for i in 0..sim.nodes.len() {
             sim.start_node(i);
@@ -185,7 +188,7 @@ impl Sim {
         let mut config = ReplicationConfig::new(node.broker, node.dir.clone());
         // A process crash keeps the page cache: fsync only costs time here.
         config.fsync = false;
-        config.metadata_voters = (0..self.nodes.len() as i32).collect();
+        config.metadata_voters = (0..self.voters as i32).collect();
         config.randomized_election_timeout = false;
         config.checkpoint_interval = Duration::from_secs(3);
         // Leader transfers back to preferred leaders, ISR changes and broker fencing all
@@ -237,6 +240,7 @@ impl Sim {
                     port: 9092,
                     rack: None,
                     endpoints: Vec::new(),
+                    raft_address: String::new(),
                 })),
             })),
             GroupId::Partition { topic, partition } => {
@@ -401,6 +405,11 @@ impl Sim {
                 }
                 self.quiesced_seen += 1;
             }
+            if state.is_leader && group == GroupId::Metadata && i >= self.voters {
+                self.fail(format!(
+                    "broker {i} joined as a learner but leads the metadata group"
+                ));
+            }
             if state.is_leader {
                 let other = *self
                     .leaders
@@ -554,9 +563,14 @@ impl Sim {
             }
         }
         let live = self.live().len();
-        let majority = self.nodes.len() / 2 + 1;
         let down = self.nodes.len() - live;
         for (group, payload) in &self.acked {
+            // The metadata group's majority is of its voters (learners may hold it too).
+            let majority = if *group == GroupId::Metadata {
+                self.voters / 2 + 1
+            } else {
+                self.nodes.len() / 2 + 1
+            };
             let holders = (0..self.nodes.len())
                 .filter(|&i| {
                     payloads
@@ -921,6 +935,107 @@ fn snapshot_catch_up(seed: u64) {
         leader_log.log().log_end_offset(),
         "seed {seed}: same log end offset"
     );
+}
+
+impl Sim {
+    /// Starts one more broker, not a controller voter, and runs (without faults) until its
+    /// registration is in every broker's metadata and it follows the metadata leader as a
+    /// learner.
+    fn join_broker(&mut self) -> usize {
+        let i = self.nodes.len();
+        let broker = i as i32;
+        let dir = self._tmp.path().join(format!("broker-{broker}"));
+        self.nodes.push(Node {
+            broker,
+            dir,
+            driver: None,
+            down_until: 0,
+            committed: HashMap::new(),
+        });
+        self.start_node(i);
+        let mut answer = None;
+        for _ in 0..600 {
+            let registered = self.nodes.iter().all(|n| {
+                n.driver
+                    .as_ref()
+                    .is_some_and(|d| d.metadata().brokers.contains_key(&broker))
+            });
+            let following = self.nodes[i]
+                .driver
+                .as_ref()
+                .and_then(|d| d.group_state(&GroupId::Metadata))
+                .is_some_and(|s| s.leader != 0 && s.commit == s.last_index);
+            if registered && following {
+                return i;
+            }
+            let pending = answer
+                .as_mut()
+                .is_some_and(|rx: &mut oneshot::Receiver<_>| {
+                    matches!(rx.try_recv(), Err(TryRecvError::Empty))
+                });
+            if !pending && !registered {
+                let driver = self.nodes[i].driver.as_mut().expect("joiner is up");
+                answer = Some(driver.propose_metadata(MetadataRecord {
+                    record: Some(Record::RegisterBroker(proto::RegisterBroker {
+                        node_id: broker,
+                        host: "127.0.0.1".into(),
+                        port: 9092 + broker,
+                        rack: None,
+                        endpoints: Vec::new(),
+                        raft_address: format!("sim-{broker}:9093"),
+                    })),
+                }));
+            }
+            self.step(false);
+        }
+        let states = self.group_states();
+        self.fail(format!(
+            "broker {broker} did not join: {}",
+            states.join("\n  ")
+        ))
+    }
+}
+
+/// Brokers that are not controller voters join later: each registers by handing its record
+/// to a voter, becomes a learner of the metadata group, and then hosts replicas of a topic
+/// created over every broker, under the same faults (crashes of the joiners included); the
+/// voters alone elect metadata leaders.
+fn join_later(seed: u64) {
+    let mut sim = Sim::new(seed);
+    let joiners = 1 + (seed % 2) as usize;
+    for _ in 0..joiners {
+        sim.join_broker();
+    }
+    sim.bootstrap(2);
+    for _ in 0..300 {
+        sim.step(true);
+    }
+    sim.converge();
+    let n = sim.nodes.len() as i32;
+    for node in &sim.nodes {
+        let d = node.driver.as_ref().expect("up after converging");
+        let md = d.metadata();
+        assert_eq!(
+            md.brokers.keys().filter(|&&b| b < n).count(),
+            joiners,
+            "seed {seed}: broker {} sees the joined brokers",
+            node.broker
+        );
+    }
+}
+
+#[test]
+fn brokers_join_later_as_learners_and_host_replicas() {
+    if let Some(seed) = std::env::var("RUNNEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        join_later(seed);
+        return;
+    }
+    for seed in 0..20 {
+        join_later(seed);
+    }
 }
 
 #[test]

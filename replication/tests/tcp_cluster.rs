@@ -256,6 +256,7 @@ fn three_brokers_replicate_over_tcp_and_a_restarted_follower_catches_up() {
                 port: 9000 + id,
                 rack: Some(format!("az-{id}")),
                 endpoints: Vec::new(),
+                raft_address: String::new(),
             })),
         };
         let deadline = Instant::now() + Duration::from_secs(20);

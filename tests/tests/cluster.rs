@@ -41,13 +41,15 @@ fn cluster_with(extra: &[&str]) -> Vec<Broker> {
     cluster_of(3, 3, extra)
 }
 
-/// Brokers 1..=`brokers`, broker i in AZ `az-((i - 1) % azs + 1)`, all controller voters.
+/// Brokers 1..=`brokers`, broker i in AZ `az-((i - 1) % azs + 1)`; brokers 1..=3 are the
+/// controller voters (the default), any others join the cluster as brokers that are not.
 fn cluster_of(brokers: usize, azs: usize, extra: &[&str]) -> Vec<Broker> {
     let ports: Vec<(u16, u16)> = (0..brokers)
         .map(|_| (free_port().expect("port"), free_port().expect("port")))
         .collect();
     let voters: String = ports
         .iter()
+        .take(3)
         .enumerate()
         .map(|(i, (_, raft))| format!("{}@127.0.0.1:{raft}", i + 1))
         .collect::<Vec<_>>()
@@ -55,19 +57,55 @@ fn cluster_of(brokers: usize, azs: usize, extra: &[&str]) -> Vec<Broker> {
     ports
         .iter()
         .enumerate()
-        .map(|(i, (kafka, _))| {
-            let az = format!("az-{}", i % azs + 1);
-            let mut args = vec![
-                "--no-fsync",
-                "--az",
-                &az,
-                "--controller-quorum-voters",
-                &voters,
-            ];
-            args.extend_from_slice(extra);
-            Broker::start_node(i as i32 + 1, *kafka, &args).expect("broker")
-        })
+        .map(|(i, (kafka, raft))| start_broker(i as i32 + 1, *kafka, *raft, azs, &voters, extra))
         .collect()
+}
+
+/// Broker `node` in AZ `az-((node - 1) % azs + 1)` of the cluster whose voters are
+/// `voters`; one that is not among them listens for Raft traffic on `raft`.
+fn start_broker(
+    node: i32,
+    kafka: u16,
+    raft: u16,
+    azs: usize,
+    voters: &str,
+    extra: &[&str],
+) -> Broker {
+    let az = format!("az-{}", (node as usize - 1) % azs + 1);
+    let raft_listen = format!("127.0.0.1:{raft}");
+    let mut args = vec![
+        "--no-fsync",
+        "--az",
+        &az,
+        "--controller-quorum-voters",
+        voters,
+    ];
+    if !voters
+        .split(',')
+        .any(|v| v.starts_with(&format!("{node}@")))
+    {
+        args.extend_from_slice(&["--raft-listen", &raft_listen]);
+    }
+    args.extend_from_slice(extra);
+    Broker::start_node(node, kafka, &args).expect("broker")
+}
+
+/// Waits until `count` brokers are registered (in the Metadata answer).
+fn wait_registered(bootstrap: &str, count: usize) {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("client");
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{count} brokers registered"),
+        || {
+            client
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map_or(0, |md| md.brokers().len())
+                >= count
+        },
+    );
 }
 
 fn bootstrap(brokers: &[Broker]) -> String {
@@ -1002,6 +1040,7 @@ fn losing_a_whole_az_loses_no_acknowledged_write() {
     let mut brokers = cluster_of(6, 3, &["--leader-imbalance-check-interval-seconds", "2"]);
     let all = bootstrap(&brokers);
     let count = 6;
+    wait_registered(&all, 6);
     create_topic(&all, "azs", count, 3);
     let az_of = |broker: i32| (broker - 1) % 3 + 1;
     for (p, info) in partitions(&all, "azs") {
@@ -1016,7 +1055,7 @@ fn losing_a_whole_az_loses_no_acknowledged_write() {
     }
     let load = Load::start(&all, "azs", count);
     std::thread::sleep(Duration::from_secs(1));
-    eprintln!("killing az-1: brokers 1 and 4");
+    eprintln!("killing az-1: brokers 1 (a controller voter) and 4 (a broker that joined)");
     brokers[0].kill_9();
     brokers[3].kill_9();
     let live = brokers[1].bootstrap();
@@ -1107,4 +1146,114 @@ fn the_cli_producer_rides_out_a_leader_election() {
     );
     let want: Vec<String> = (0..50).map(|i| format!("line-{i}")).collect();
     assert_eq!(got, want, "every line once, in order");
+}
+
+/// A broker that is not a controller voter joins a running cluster: it registers through
+/// the voters, its Metadata answers are current, new topics place replicas (and preferred
+/// leaders) on it, and after kill -9 and a restart it catches up and takes its partitions
+/// back, with no acknowledged write lost.
+#[test]
+fn a_broker_that_joins_later_hosts_new_replicas_and_survives_kill_9() {
+    let ports: Vec<(u16, u16)> = (0..4)
+        .map(|_| (free_port().expect("port"), free_port().expect("port")))
+        .collect();
+    let voters: String = ports[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, (_, raft))| format!("{}@127.0.0.1:{raft}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let extra = ["--leader-imbalance-check-interval-seconds", "2"];
+    let mut brokers: Vec<Broker> = ports[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, (kafka, raft))| start_broker(i as i32 + 1, *kafka, *raft, 3, &voters, &extra))
+        .collect();
+    let voters_only = bootstrap(&brokers);
+    create_topic(&voters_only, "before", 3, 3);
+    produce_numbers(&voters_only, "before", 300);
+
+    let (kafka, raft) = ports[3];
+    brokers.push(start_broker(4, kafka, raft, 3, &voters, &extra));
+    let joiner = brokers[3].bootstrap();
+    wait_registered(&voters_only, 4);
+    // The joiner's own metadata is the cluster's: it learned the log from the voters.
+    wait_for(
+        Duration::from_secs(20),
+        "the joined broker answers Metadata with the topic created before it joined",
+        || {
+            let seen = partitions(&joiner, "before");
+            seen.len() == 3 && seen == partitions(&voters_only, "before")
+        },
+    );
+    let mut reader = ClientConfig::new();
+    reader
+        .set("bootstrap.servers", &joiner)
+        .set("group.id", "joined-reader")
+        .set("enable.auto.commit", "false");
+    assert_eq!(
+        read_from_start(&reader, "before", &[0], 300, Duration::ZERO).len(),
+        300,
+        "a consumer bootstrapped from the joined broker reads the older topic"
+    );
+
+    let all = bootstrap(&brokers);
+    let count = 8;
+    create_topic(&all, "after", count, 3);
+    let placed = partitions(&all, "after");
+    let hosted: Vec<i32> = placed
+        .iter()
+        .filter(|(_, i)| i.replicas.contains(&4))
+        .map(|(p, _)| *p)
+        .collect();
+    let preferred = placed
+        .values()
+        .filter(|i| i.replicas.first() == Some(&4))
+        .count();
+    assert!(
+        hosted.len() >= count as usize / 2,
+        "new replicas go to the joined broker too: it hosts {hosted:?} of {placed:?}"
+    );
+    assert!(
+        preferred >= 1,
+        "the joined broker is the preferred leader of some new partitions: {placed:?}"
+    );
+
+    let load = Load::start(&all, "after", count);
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("killing the joined broker 4");
+    brokers[3].kill_9();
+    wait_for(
+        Duration::from_secs(20),
+        "every partition of the joined broker led elsewhere",
+        || {
+            let now = partitions(&voters_only, "after");
+            now.len() == count as usize && now.values().all(|i| i.leader >= 1 && i.leader != 4)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    brokers[3].restart().expect("restart broker 4");
+    let took = wait_for(
+        Duration::from_secs(40),
+        "the joined broker back in every ISR and leading its preferred partitions",
+        || {
+            let now = partitions(&all, "after");
+            now.len() == count as usize
+                && now
+                    .values()
+                    .all(|i| i.replicas.first() == Some(&i.leader) && i.isr.len() == 3)
+        },
+    );
+    eprintln!(
+        "broker 4 back: preferred leaders and full ISRs after {} ms",
+        took.as_millis()
+    );
+    let (sent, acked) = load.finish();
+    assert!(
+        acked.len() > 500,
+        "only {} of {sent} acknowledged",
+        acked.len()
+    );
+    let read = verify_exactly_once(&joiner, "after", count, &acked);
+    eprintln!("sent {sent}, acknowledged {}, read {read}", acked.len());
 }

@@ -75,10 +75,13 @@ impl NewTopic {
 
 type Failure = (i16, String);
 
-/// The registered brokers with their AZs, for placement.
+/// The registered brokers with their AZs, for placement. Fenced brokers (not heard from for
+/// `broker.session.timeout.ms`) get no new replicas, as Kafka's controller places only on
+/// unfenced ones.
 pub fn placeable_brokers(md: &runnel_replication::ClusterMetadata) -> Vec<Placeable> {
     md.brokers
         .values()
+        .filter(|b| !md.is_fenced(b.node_id))
         .map(|b| Placeable {
             node_id: b.node_id,
             az: b.rack.clone(),
