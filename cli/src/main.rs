@@ -95,6 +95,16 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
+        // The client commands print like Unix tools: `runnel consume ... | head` ends quietly
+        // when the pipe closes instead of panicking in `println!`. Rust ignores SIGPIPE by
+        // default; sockets are unaffected (their writes use MSG_NOSIGNAL).
+        // SAFETY: setting a signal disposition before any thread starts.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Dev(args) => dev::run(args),

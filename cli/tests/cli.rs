@@ -484,3 +484,57 @@ fn dev_starts_a_three_az_cluster_that_replicates_and_stops_it_on_sigterm() {
         "the brokers are gone"
     );
 }
+
+/// `runnel consume ... | head -1`: the client ends quietly when its output pipe closes, as
+/// Unix tools do (killed by SIGPIPE), instead of panicking in `println!`.
+#[test]
+fn client_commands_end_quietly_when_their_output_pipe_closes() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let server = serve();
+    let out = runnel(&server, &["topic", "create", "piped"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: String = (0..20_000).map(|i| format!("line-{i}\n")).collect();
+    let out = runnel(&server, &["produce", "piped"], Some(&lines));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args([
+            "consume",
+            "piped",
+            "--from",
+            "earliest",
+            "--timeout-ms",
+            "5000",
+        ])
+        .args(["--bootstrap-server", &server.2])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn runnel consume");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read a line");
+    assert_eq!(first, "line-0\n");
+    // The reader is dropped here: the pipe is closed with 19,999 lines still to print.
+    let out = child.wait_with_output().expect("consume ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "no panic on a closed pipe: {stderr}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "ended by SIGPIPE like a Unix tool: {:?} {stderr}",
+        out.status
+    );
+}
