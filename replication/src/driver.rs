@@ -1649,7 +1649,9 @@ const CHECKPOINTS_PER_CALL: usize = 32;
 /// thousands of partitions).
 fn checkpoint(g: &mut Group) {
     let raft_log = &g.node.raft.raft_log;
-    let commit = raft_log.committed;
+    // What is applied, not merely committed: a restart applies everything after it again
+    // (every apply is idempotent), so nothing committed is skipped.
+    let commit = raft_log.applied;
     // Every append or truncation moves the last index or its term.
     let mark = (raft_log.last_index(), raft_log.last_term(), commit);
     if g.checkpointed == Some(mark) {

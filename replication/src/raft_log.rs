@@ -253,11 +253,15 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Stores term and vote. The commit index stored stays the one [`RaftLog::set_commit`]
+    /// last stored: only what has been applied, so that entries committed but not yet
+    /// applied (a DeleteRecords control batch, say) are applied again after a restart
+    /// rather than skipped.
     pub fn set_hard_state(&mut self, hs: &RaftHardState) -> Result<(), ReplicationError> {
         let state = HardState {
             term: hs.term,
             vote: hs.vote,
-            commit: hs.commit,
+            commit: self.hard_state.get().commit,
         };
         if state != self.hard_state.get() {
             self.hard_state.store(state)?;
@@ -265,6 +269,7 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Stores `commit`, the index of the last entry applied (Raft's `applied`), if higher.
     pub fn set_commit(&mut self, commit: u64) -> Result<(), ReplicationError> {
         let mut state = self.hard_state.get();
         if commit > state.commit {
@@ -494,5 +499,52 @@ impl raft::Storage for RaftLog {
         .encode_to_vec()
         .into();
         Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_storage::{LogConfig, ManualClock};
+
+    fn open(dir: &Path) -> RaftLog {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_700_000_000_000));
+        let log = Log::open(dir, LogConfig::default(), clock.clone()).expect("log");
+        let replica = Arc::new(Replica::new("t".into(), 0, uuid::Uuid::nil(), log));
+        RaftLog::open(replica, dir, &[1, 2, 3], false, clock).expect("raft log")
+    }
+
+    /// A term change persists term and vote but not a commit index beyond what was applied:
+    /// entries committed but not applied before a crash are applied after the restart.
+    #[test]
+    fn the_stored_commit_index_never_passes_what_was_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut raft_log = open(dir.path());
+        let entries: Vec<Entry> = (1..=10)
+            .map(|index| Entry {
+                index,
+                term: 2,
+                data: batch::build_raft_control_batch(control_type::LEADER_CHANGE, None, 0)
+                    .expect("batch"),
+                ..Default::default()
+            })
+            .collect();
+        raft_log.append_entries(&entries).expect("append");
+        raft_log.set_commit(4).expect("applied up to 4");
+        let hs = RaftHardState {
+            term: 3,
+            vote: 2,
+            commit: 9,
+            ..Default::default()
+        };
+        raft_log.set_hard_state(&hs).expect("hard state");
+        drop(raft_log);
+        let reopened = open(dir.path());
+        let state = raft::Storage::initial_state(&reopened).expect("state");
+        assert_eq!((state.hard_state.term, state.hard_state.vote), (3, 2));
+        assert_eq!(
+            state.hard_state.commit, 4,
+            "only the applied index is stored"
+        );
     }
 }
