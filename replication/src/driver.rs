@@ -204,7 +204,18 @@ pub struct Driver {
     ticks: u64,
     /// A checkpoint pass under way: the last partition checkpointed (`None`: none yet).
     checkpoint_from: Option<Option<(String, i32)>>,
+    /// Raft messages for partitions not hosted here yet, with when they came (clock ms):
+    /// a new partition's preferred leader campaigns the moment it applies the topic's
+    /// record, often before its followers have applied it. Stepped once the group opens,
+    /// so the first election takes a round trip instead of an election timeout.
+    unhosted: BTreeMap<(String, i32), Vec<(i64, Message)>>,
+    unhosted_count: usize,
 }
+
+/// Messages kept for partitions not hosted yet, at most.
+const MAX_UNHOSTED: usize = 4096;
+/// How long such a message is kept.
+const UNHOSTED_MS: i64 = 2_000;
 
 /// Whether another broker is alive, as far as quiesced groups care: it is while batches (at
 /// least the empty one every broker sends each peer every tick) keep coming from it.
@@ -506,6 +517,8 @@ impl Driver {
             peers: BTreeMap::new(),
             ticks: 0,
             checkpoint_from: None,
+            unhosted: BTreeMap::new(),
+            unhosted_count: 0,
         };
         let me = driver.raft_id;
         let voters: Vec<u64> = driver
@@ -633,8 +646,13 @@ impl Driver {
                     from,
                     topic = key.0,
                     partition,
-                    "raft message for a group not hosted here"
+                    "raft message for a group not hosted here (yet)"
                 );
+                if self.unhosted_count < MAX_UNHOSTED {
+                    self.unhosted_count += 1;
+                    let now = self.clock.now_ms();
+                    self.unhosted.entry(key).or_default().push((now, message));
+                }
                 continue;
             };
             let quiesce = is_quiesce_heartbeat(&message);
@@ -674,6 +692,13 @@ impl Driver {
     pub fn tick(&mut self) {
         self.metadata.node.tick();
         let now = self.clock.now_ms();
+        if self.unhosted_count > 0 {
+            self.unhosted.retain(|_, messages| {
+                messages.retain(|(at, _)| now - at < UNHOSTED_MS);
+                !messages.is_empty()
+            });
+            self.unhosted_count = self.unhosted.values().map(Vec::len).sum();
+        }
         let timeout = self.liveness_timeout_ms();
         for p in self.peers.values_mut() {
             p.live = p.last_heard.is_some_and(|t| now - t < timeout);
@@ -1170,6 +1195,14 @@ impl Driver {
                     self.peers.entry(v).or_default();
                 }
             }
+            if let Some(early) = self.unhosted.remove(&key) {
+                self.unhosted_count -= early.len();
+                for (_, m) in early {
+                    if let Err(e) = group.node.step(m) {
+                        tracing::debug!(topic = topic.name, partition, error = %e, "early raft message refused");
+                    }
+                }
+            }
             self.partitions.insert(key.clone(), group);
             self.dirty.insert(key.clone());
             self.shared
@@ -1501,6 +1534,21 @@ impl Driver {
                 Err(e) => tracing::error!(error = %e, "metadata group failed to persist"),
             }
         }
+        let slow = effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Apply(MetadataEffect::PartitionsAdded { .. })
+                    | Effect::Apply(MetadataEffect::TopicDeleted(_))
+            )
+        });
+        if slow {
+            // Opening (or removing) many logs takes a while: the metadata group's messages
+            // (the commit that lets followers apply the same record) leave first, so the
+            // brokers do that work side by side rather than one after the other.
+            for (to, batch) in std::mem::take(&mut self.outbox) {
+                self.transport.send(to, batch);
+            }
+        }
         for effect in effects {
             let effect = match effect {
                 Effect::Reply(reply) => {
@@ -1518,8 +1566,14 @@ impl Driver {
                 continue;
             };
             if g.node.has_ready() {
+                let was_leader = g.was_leader;
                 match on_ready(g, &self.shared, &mut self.outbox) {
                     Ok(_) => {
+                        if !was_leader && g.was_leader {
+                            // A new leader is reported at once, not at the next interval:
+                            // clients of a new topic or a failed-over partition find it.
+                            self.next_leader_report_ms = self.clock.now_ms();
+                        }
                         if g.persist_failure.take().is_some() {
                             tracing::info!(
                                 topic = key.0,

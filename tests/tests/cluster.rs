@@ -1257,3 +1257,55 @@ fn a_broker_that_joins_later_hosts_new_replicas_and_survives_kill_9() {
     let read = verify_exactly_once(&joiner, "after", count, &acked);
     eprintln!("sent {sent}, acknowledged {}, read {read}", acked.len());
 }
+
+/// As in KRaft, whose topic records carry their leaders: when CreateTopics (and
+/// CreatePartitions) answer, every broker's Metadata already names a leader for each new
+/// partition, so a producer that starts at once does not get LEADER_NOT_AVAILABLE and back
+/// off.
+#[test]
+fn every_new_partition_has_a_leader_when_create_topics_answers() {
+    let brokers = cluster();
+    let all = bootstrap(&brokers);
+    wait_registered(&all, 3);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers[1].bootstrap())
+        .create()
+        .expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for round in 0..3 {
+        let topic = format!("fresh-{round}");
+        let new = NewTopic::new(&topic, 12, TopicReplication::Fixed(3));
+        for r in rt
+            .block_on(admin.create_topics([&new], &options))
+            .expect("create")
+        {
+            r.expect("topic created");
+        }
+        for b in &brokers {
+            let led = partitions(&b.bootstrap(), &topic);
+            assert_eq!(led.len(), 12, "{topic} on broker {}", b.bootstrap());
+            assert!(
+                led.values().all(|i| i.leader >= 1),
+                "{topic}: every partition led when CreateTopics answered, per {}: {led:?}",
+                b.bootstrap()
+            );
+        }
+        let grown = rdkafka::admin::NewPartitions::new(&topic, 20);
+        for r in rt
+            .block_on(admin.create_partitions([&grown], &options))
+            .expect("create partitions")
+        {
+            r.expect("partitions created");
+        }
+        let led = partitions(&brokers[2].bootstrap(), &topic);
+        assert_eq!(led.len(), 20);
+        assert!(
+            led.values().all(|i| i.leader >= 1),
+            "{topic}: the new partitions led when CreatePartitions answered: {led:?}"
+        );
+    }
+}

@@ -159,7 +159,15 @@ pub async fn handle(
         .filter(|t| !seen.insert(&t.name))
         .map(|t| t.name.clone())
         .collect();
+    let mut added = Vec::new();
     for t in &request.topics {
+        let name = t.name.0.to_string();
+        let before = broker
+            .replication
+            .metadata()
+            .topics
+            .get(&name)
+            .map_or(0, |m| m.partitions.len());
         let outcome = if !duplicates.contains(&t.name) {
             create_partitions(broker, t, request.validate_only).await
         } else {
@@ -169,6 +177,9 @@ pub async fn handle(
             ))
         };
         let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        if outcome.is_ok() && !request.validate_only && t.count as usize > before {
+            added.push((name, before..t.count as usize));
+        }
         if let Err((code, message)) = outcome {
             r = r
                 .with_error_code(code)
@@ -176,5 +187,6 @@ pub async fn handle(
         }
         results.push(r);
     }
+    super::create_topics::await_leaders(broker, &added, request.timeout_ms).await;
     CreatePartitionsResponse::default().with_results(results)
 }

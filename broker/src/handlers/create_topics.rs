@@ -205,6 +205,39 @@ pub async fn create_topic(
     }
 }
 
+/// Waits (at most `timeout_ms`, capped at 10 s) until every broker's metadata can name a
+/// leader for each of these new partitions: in KRaft the records that create a topic carry
+/// its leaders, so clients that produce right after CreateTopics find them at once. Here the
+/// preferred leader is elected and reported moments later; without this wait the first
+/// Metadata answers LEADER_NOT_AVAILABLE and clients back off for up to a second.
+pub(crate) async fn await_leaders(
+    broker: &Broker,
+    created: &[(String, std::ops::Range<usize>)],
+    timeout_ms: i32,
+) {
+    if created.is_empty() {
+        return;
+    }
+    let limit = std::time::Duration::from_millis(timeout_ms.clamp(0, 10_000) as u64);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let led = {
+            let md = broker.replication.metadata();
+            created.iter().all(|(topic, partitions)| {
+                partitions.clone().all(|p| {
+                    md.partition_leaders
+                        .get(&(topic.clone(), p as i32))
+                        .is_some_and(|l| l.leader >= 0 && !md.is_fenced(l.leader))
+                })
+            })
+        };
+        if led || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// The topic's configs as CreateTopics v5+ reports them.
 fn describe(broker: &Broker, t: &TopicMetadata) -> Vec<CreatableTopicConfigs> {
     let md = broker.replication.metadata();
@@ -235,6 +268,7 @@ pub async fn handle(
 ) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     let mut seen = std::collections::HashSet::new();
+    let mut created_topics = Vec::new();
     for t in request.topics {
         let name = t.name.0.to_string();
         let mut result = CreatableTopicResult::default().with_name(t.name.clone());
@@ -291,6 +325,9 @@ pub async fn handle(
         };
         match create_topic(broker, new, request.validate_only).await {
             Ok(created) => {
+                if !request.validate_only {
+                    created_topics.push((created.name.clone(), 0..created.partitions.len()));
+                }
                 result = result
                     .with_topic_id(if request.validate_only {
                         uuid::Uuid::nil()
@@ -317,5 +354,6 @@ pub async fn handle(
             }
         }
     }
+    await_leaders(broker, &created_topics, request.timeout_ms).await;
     CreateTopicsResponse::default().with_topics(results)
 }
