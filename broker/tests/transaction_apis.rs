@@ -2206,13 +2206,7 @@ async fn api_versions_finalizes_transaction_version_2_and_the_v2_request_version
     let finalized: Vec<(String, i16, i16)> = r
         .finalized_features
         .iter()
-        .map(|f| {
-            (
-                f.name.to_string(),
-                f.min_version_level,
-                f.max_version_level,
-            )
-        })
+        .map(|f| (f.name.to_string(), f.min_version_level, f.max_version_level))
         .collect();
     assert_eq!(finalized, vec![("transaction.version".to_string(), 2, 2)]);
     assert!(r.finalized_features_epoch > 0, "{r:?}");
@@ -2253,7 +2247,8 @@ async fn api_versions_finalizes_transaction_version_2_and_the_v2_request_version
 }
 
 #[tokio::test]
-async fn transactions_v2_add_partitions_and_offsets_implicitly_and_bump_the_epoch_per_transaction() {
+async fn transactions_v2_add_partitions_and_offsets_implicitly_and_bump_the_epoch_per_transaction()
+{
     let (broker, mut client, _dir) = start().await;
     create(&mut client, "v2", 3).await;
     group_ready(&mut client, "g").await;
@@ -2424,7 +2419,10 @@ async fn transactions_v2_implicit_adds_answer_with_kafkas_produce_errors() {
         "PRODUCER_FENCED from the coordinator, as Produce reports it"
     );
     assert_eq!(
-        describe(&mut client, "tv2").await.transaction_state.as_str(),
+        describe(&mut client, "tv2")
+            .await
+            .transaction_state
+            .as_str(),
         "Empty",
         "nothing joined"
     );
@@ -2446,7 +2444,10 @@ async fn a_v2_transaction_past_its_timeout_is_aborted_and_its_end_is_fenced() {
     );
     let t = wait_for_state(&mut client, "slow", "CompleteAbort").await;
     assert_eq!(t.producer_epoch, p.epoch + 2);
-    assert_eq!(aborted(&wait_stable(&mut client, "v2", 0).await), vec![(p.pid, 0)]);
+    assert_eq!(
+        aborted(&wait_stable(&mut client, "v2", 0).await),
+        vec![(p.pid, 0)]
+    );
     assert_eq!(
         end_txn_v5(&mut client, &p, true).await.0,
         code(ResponseError::ProducerFenced),
