@@ -262,6 +262,25 @@ fn check_transactional(
         if open {
             continue;
         }
+        if version >= FIRST_V2_VERSION {
+            // A batch older than the epoch this partition knows (a zombie, or a late write of
+            // a transaction a V2 marker ended) is refused before asking the coordinator
+            // (KAFKA-18042).
+            let current = replica
+                .log()
+                .producer_state()
+                .get(h.producer_id)
+                .map(|e| e.epoch);
+            if let Some(current) = current.filter(|c| *c > h.producer_epoch) {
+                return Err((
+                    ResponseError::InvalidProducerEpoch.code(),
+                    format!(
+                        "producer {} epoch {} is older than {current} on {topic}-{partition}",
+                        h.producer_id, h.producer_epoch
+                    ),
+                ));
+            }
+        }
         let guard = replica.verification_guard(h.producer_id, h.producer_epoch);
         if version >= FIRST_V2_VERSION {
             // KIP-890 part 2: the client sent no AddPartitionsToTxn; this write adds the
