@@ -2459,3 +2459,62 @@ async fn a_v2_transaction_past_its_timeout_is_aborted_and_its_end_is_fenced() {
     );
     broker.replication.shutdown();
 }
+
+#[tokio::test]
+async fn pipelined_v2_first_batches_to_one_partition_all_land_in_order() {
+    let (broker, mut client, _dir) = start().await;
+    create(&mut client, "v2", 2).await;
+    let mut p = init(&mut client, "tv2").await;
+    for round in 0..3 {
+        // Five in-flight requests, as a producer with max.in.flight 5 sends them: the first
+        // two partitions' first batches race to add their partition.
+        let request = |partition: i32, seq: i32, n: usize| {
+            (
+                ApiKey::Produce,
+                12,
+                RequestKind::Produce(
+                    ProduceRequest::default()
+                        .with_transactional_id(Some(tid(&p.id)))
+                        .with_acks(-1)
+                        .with_timeout_ms(5000)
+                        .with_topic_data(vec![produce_request::TopicProduceData::default()
+                            .with_name(topic("v2"))
+                            .with_partition_data(vec![
+                                produce_request::PartitionProduceData::default()
+                                    .with_index(partition)
+                                    .with_records(Some(txn_batch(&p, seq, n))),
+                            ])]),
+                ),
+            )
+        };
+        let answers = client
+            .pipeline(vec![
+                request(0, 0, 2),
+                request(0, 2, 1),
+                request(1, 0, 1),
+                request(0, 3, 2),
+                request(1, 1, 1),
+            ])
+            .await;
+        let codes: Vec<i16> = answers
+            .iter()
+            .map(|a| match a {
+                ResponseKind::Produce(r) => r.responses[0].partition_responses[0].error_code,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(codes, vec![NONE; 5], "round {round}");
+        let (e, _, epoch) = end_txn_v5(&mut client, &p, true).await;
+        assert_eq!(e, NONE);
+        p.epoch = epoch;
+    }
+    let zero = wait_stable(&mut client, "v2", 0).await;
+    let sizes: Vec<i64> = data_ranges(&zero).iter().map(|(a, b)| b - a + 1).collect();
+    assert_eq!(
+        sizes,
+        vec![2, 1, 2, 2, 1, 2, 2, 1, 2],
+        "every batch once, in order"
+    );
+    assert_eq!(aborted(&zero), vec![]);
+    broker.replication.shutdown();
+}

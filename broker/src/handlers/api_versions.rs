@@ -66,10 +66,10 @@ pub fn handle(
 
 /// The features are tagged fields, and librdkafka before 2.2 skips tagged fields one byte
 /// short (its #4278), the reason this reply carried none before (ARCHITECTURE's trap 11).
-/// Debian's kcat (librdkafka 2.0.2) was seen to read a reply with these three, but nothing
-/// guarantees other lengths line up, and librdkafka never uses the features: clients that
-/// say they are built on librdkafka and do not say it is 2.2 or newer get the reply without
-/// them.
+/// Debian's kcat (librdkafka 2.0.2) was seen to cope with these three, but only because the
+/// bytes it misreads as tag lengths happen to be small (the last byte of the supported
+/// features, the first of the epoch); librdkafka never uses the features, so clients that say
+/// they are built on librdkafka and do not say it is 2.2 or newer get the reply without them.
 fn reads_tagged_fields(request: &ApiVersionsRequest) -> bool {
     let name = request.client_software_name.to_ascii_lowercase();
     let software_version = request.client_software_version.to_string();
