@@ -280,18 +280,16 @@ fn check_transactional(
                     ),
                 ));
             }
-        }
-        let guard = replica.verification_guard(h.producer_id, h.producer_epoch);
-        if version >= FIRST_V2_VERSION {
             // KIP-890 part 2: the client sent no AddPartitionsToTxn; this write adds the
             // partition (Kafka's addPartitionsToTxn with verifyOnly = false).
             add = Some(TxnCheck::Add {
-                guard,
+                guard: replica.verification_guard(h.producer_id, h.producer_epoch),
                 producer_id: h.producer_id,
                 producer_epoch: h.producer_epoch,
             });
             continue;
         }
+        let guard = replica.verification_guard(h.producer_id, h.producer_epoch);
         broker
             .txns
             .verify(
