@@ -2518,3 +2518,36 @@ async fn pipelined_v2_first_batches_to_one_partition_all_land_in_order() {
     assert_eq!(aborted(&zero), vec![]);
     broker.replication.shutdown();
 }
+
+#[tokio::test]
+async fn below_transaction_version_2_the_coordinators_own_aborts_bump_the_epoch_once() {
+    let (broker, mut client, _dir) = start_with(|c| {
+        fast_timeouts(c);
+        c.txn.transaction_version = 1;
+    })
+    .await;
+    let r = api_versions(&mut client).await;
+    assert_eq!(
+        r.finalized_features
+            .iter()
+            .map(|f| (f.name.to_string(), f.max_version_level))
+            .collect::<Vec<_>>(),
+        vec![("transaction.version".to_string(), 1)]
+    );
+    create(&mut client, "t", 1).await;
+    let p = init_with(&mut client, "slow", 1000).await;
+    add_partitions(&mut client, &p, &[("t", 0)]).await;
+    assert_eq!(
+        produce(&mut client, "t", 0, Some("slow"), txn_batch(&p, 0, 1))
+            .await
+            .0,
+        NONE
+    );
+    let t = wait_for_state(&mut client, "slow", "CompleteAbort").await;
+    assert_eq!(t.producer_epoch, p.epoch + 1, "only the fence");
+    assert_eq!(
+        end_txn(&mut client, &p, true).await,
+        code(ResponseError::ProducerFenced)
+    );
+    broker.replication.shutdown();
+}
