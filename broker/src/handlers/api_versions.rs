@@ -84,7 +84,9 @@ fn reads_tagged_fields(request: &ApiVersionsRequest) -> bool {
         return true;
     };
     librdkafka_version.is_some_and(|v| {
-        let mut parts = v.split(|c: char| !c.is_ascii_digit());
+        let mut parts = v
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .split(|c: char| !c.is_ascii_digit());
         let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         (major, minor) >= (2, 2)
@@ -131,6 +133,10 @@ mod tests {
         assert!(reads_tagged_fields(&from(
             "confluent-kafka-python",
             "2.6.0-rdkafka-2.6.0"
+        )));
+        assert!(reads_tagged_fields(&from(
+            "confluent-kafka-go",
+            "2.6.0-librdkafka-v2.6.0"
         )));
         assert!(!reads_tagged_fields(&from("kcat", "1.7.1")));
     }

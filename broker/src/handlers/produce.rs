@@ -1,5 +1,7 @@
 //! Produce (key 0): validate each partition's batches (size, CRC, keys on compacted topics,
-//! timestamps), propose them to the partition's Raft group, answer per `acks`.
+//! timestamps), propose them to the partition's Raft group, answer per `acks`. From v12
+//! (Transactions V2) a producer's first transactional batch to a partition adds the partition
+//! to its transaction before it is proposed.
 
 use std::sync::Arc;
 

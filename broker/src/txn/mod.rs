@@ -9,6 +9,12 @@
 //! transactional id being written is `pending`, so concurrent requests get
 //! `CONCURRENT_TRANSACTIONS`), the end-transaction markers, and the timer that aborts
 //! transactions past their timeout and forgets idle transactional ids.
+//!
+//! Transactions V2 (KIP-890 part 2): EndTxn v5 bumps the producer epoch of every transaction
+//! (rotating to a new producer id once it is exhausted), and partition leaders and group
+//! coordinators add partitions to a V2 producer's transaction themselves
+//! ([`add_partitions_manager`]). Each transaction records the version of the requests that
+//! made it (`client_transaction_version`), which decides how EndTxn tells retries apart.
 
 pub mod add_partitions_manager;
 pub mod records;
