@@ -78,6 +78,19 @@ impl Raw {
         }
     }
 
+    /// A connection, or `None` at once when nothing listens there (a killed broker).
+    fn try_connect(addr: &str) -> Option<Raw> {
+        let stream = std::net::TcpStream::connect(addr).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Some(Raw {
+            stream,
+            buf: bytes::BytesMut::new(),
+            next_id: 0,
+        })
+    }
+
     fn call(&mut self, key: ApiKey, version: i16, body: RequestKind) -> ResponseKind {
         use std::io::{Read, Write};
         self.next_id += 1;
@@ -431,17 +444,23 @@ fn read_committed(leader: &mut Raw, topic: &str, partition: i32) -> (Vec<String>
                 .collect()
         })
         .unwrap_or_default();
+    // As clients do: a producer's records are aborted from the first offset of one of its
+    // aborted transactions until its next marker.
+    let mut pending = aborted.clone();
+    pending.sort_by_key(|(_, first)| *first);
+    let mut aborting: Vec<i64> = Vec::new();
     let mut values = Vec::new();
     if let Some(mut records) = p.records.clone() {
         for set in RecordBatchDecoder::decode_all(&mut records).expect("batches") {
             for r in set.records {
-                let dropped = aborted
-                    .iter()
-                    .any(|(pid, first)| *pid == r.producer_id && r.offset >= *first);
-                if r.control || dropped {
-                    continue;
+                while pending.first().is_some_and(|(_, first)| *first <= r.offset) {
+                    aborting.push(pending.remove(0).0);
                 }
-                values.push(String::from_utf8_lossy(&r.value.unwrap_or_default()).into_owned());
+                if r.control {
+                    aborting.retain(|pid| *pid != r.producer_id);
+                } else if !aborting.contains(&r.producer_id) {
+                    values.push(String::from_utf8_lossy(&r.value.unwrap_or_default()).into_owned());
+                }
             }
         }
     }
@@ -657,4 +676,103 @@ fn v2_transactions_are_resolved_across_coordinator_kill_9_and_retries_stay_recog
     // A new incarnation carries on.
     let next = init_producer(&mut raw, id, 3000);
     assert_eq!((next.pid, next.epoch), (p.pid, p.epoch + 3));
+}
+
+/// Produces through whichever broker leads the partition now, retrying while leadership moves.
+fn produce_via_leader(
+    admin: &mut Raw,
+    p: &Producer,
+    topic: &str,
+    partition: i32,
+    seq: i32,
+    values: &[String],
+) {
+    eventually(&format!("{topic}-{partition} accepts the batch"), || {
+        let leader = admin.leaders(topic).get(&partition)?.clone();
+        let mut conn = Raw::try_connect(&leader)?;
+        let code = produce_v12(&mut conn, p, topic, partition, seq, values);
+        if code == NONE {
+            return Some(());
+        }
+        assert!(
+            retriable(code),
+            "Produce v12 to {topic}-{partition}: {code}"
+        );
+        None
+    })
+}
+
+#[test]
+fn a_v2_transaction_outlives_its_coordinator_and_retries_reach_the_next_one() {
+    let mut brokers = cluster(&[
+        "--transaction-state-log-num-partitions",
+        "1",
+        "--offsets-topic-num-partitions",
+        "1",
+        "--broker-session-timeout-ms",
+        "2000",
+    ]);
+    let mut admin = Raw::connect(&brokers[0].bootstrap());
+    admin.wait_for_brokers(3);
+    admin.create_topic("v2-failover", 2, 3);
+    let id = "v2-failover";
+    let first_addr = admin.coordinator(1, id);
+    let victim = brokers
+        .iter()
+        .position(|b| b.bootstrap() == first_addr)
+        .expect("the coordinator is one of the brokers");
+    let mut coordinator = Raw::connect(&first_addr);
+    let mut p = init_producer(&mut coordinator, id, 60_000);
+    let committed_with = p.clone();
+    for partition in 0..2 {
+        produce_via_leader(
+            &mut admin,
+            &p,
+            "v2-failover",
+            partition,
+            0,
+            &values("one", 2),
+        );
+    }
+    end_ok(&mut coordinator, &mut p, true);
+
+    brokers[victim].kill_9();
+    let mut admin = Raw::connect(&brokers[(victim + 1) % 3].bootstrap());
+    let next_addr = eventually("another broker coordinates the transactional id", || {
+        let a = admin.coordinator(1, id);
+        (a != first_addr).then_some(a)
+    });
+    let mut coordinator = Raw::connect(&next_addr);
+    // The new coordinator replayed the V2 transaction from the replicated log: a retry of
+    // the commit with the epoch it was sent with is still a retry.
+    let answer = eventually("the new coordinator answers EndTxn", || {
+        let a = end_txn_v5(&mut coordinator, &committed_with, true);
+        (!retriable(a.0)).then_some(a)
+    });
+    assert_eq!(answer, (NONE, p.pid, p.epoch));
+
+    // The next transaction, at the bumped epoch, through the new coordinator and leaders.
+    for partition in 0..2 {
+        produce_via_leader(
+            &mut admin,
+            &p,
+            "v2-failover",
+            partition,
+            0,
+            &values("two", 3),
+        );
+    }
+    end_ok(&mut coordinator, &mut p, false);
+    let leaders = admin.leaders("v2-failover");
+    for partition in 0..2 {
+        let mut leader = Raw::connect(&leaders[&partition]);
+        let (seen, aborted) = read_committed(&mut leader, "v2-failover", partition);
+        assert_eq!(seen, values("one", 2), "partition {partition}");
+        assert_eq!(aborted, vec![p.pid], "partition {partition}");
+    }
+    let state = eventually("the abort completes", || {
+        let state = describe_state(&mut coordinator, id);
+        (state.0 == "CompleteAbort").then_some(state)
+    });
+    assert_eq!(state.1, p.epoch);
 }
