@@ -1,6 +1,7 @@
 //! Requests this broker sends to other brokers over the Kafka protocol, as Kafka's own
 //! inter-broker clients do: the transaction coordinator's WriteTxnMarkers to the leaders of
-//! partitions it does not lead. Connections are kept per broker and reused; every call is
+//! partitions it does not lead, and a partition leader's AddPartitionsToTxn to the
+//! transaction coordinator of a Transactions V2 producer (Kafka's `AddPartitionsToTxnManager`). Connections are kept per broker and reused; every call is
 //! bounded in time, and a connection that failed is dropped.
 
 use std::collections::HashMap;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use runnel_protocol::frame::next_frame;
 use runnel_protocol::kafka_protocol::messages::{
-    ApiKey, RequestKind, ResponseKind, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey, RequestKind, ResponseKind,
+    WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use runnel_protocol::{decode_response, encode_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -163,6 +165,28 @@ pub(crate) async fn write_txn_markers(
         ResponseKind::WriteTxnMarkers(r) => Ok(r),
         other => Err(format!(
             "broker {node_id} answered WriteTxnMarkers with {other:?}"
+        )),
+    }
+}
+
+/// AddPartitionsToTxn v5 (the inter-broker form, KIP-890) to broker `node_id`.
+pub(crate) async fn add_partitions_to_txn(
+    broker: &Broker,
+    node_id: i32,
+    request: AddPartitionsToTxnRequest,
+) -> Result<AddPartitionsToTxnResponse, String> {
+    match call(
+        broker,
+        node_id,
+        ApiKey::AddPartitionsToTxn,
+        5,
+        RequestKind::AddPartitionsToTxn(request),
+    )
+    .await?
+    {
+        ResponseKind::AddPartitionsToTxn(r) => Ok(r),
+        other => Err(format!(
+            "broker {node_id} answered AddPartitionsToTxn with {other:?}"
         )),
     }
 }

@@ -1043,7 +1043,9 @@ async fn init_producer_id_during_an_open_transaction_aborts_it_and_fences_the_ol
     );
 
     // The first answer is CONCURRENT_TRANSACTIONS while the coordinator aborts; the client's
-    // retries then get an epoch bumped twice (once to fence, once for the new incarnation).
+    // retries then get an epoch bumped three times: once to fence, once more by the abort
+    // (the coordinator's own end follows `transaction.version`, 2 by default, as in Kafka 4),
+    // once for the new incarnation.
     let r = init_raw(&mut client, 4, "app", 60_000, (-1, -1)).await;
     assert_eq!(
         r.error_code,
@@ -1051,7 +1053,7 @@ async fn init_producer_id_during_an_open_transaction_aborts_it_and_fences_the_ol
         "{r:?}"
     );
     let new = init(&mut client, "app").await;
-    assert_eq!((new.pid, new.epoch), (old.pid, 2));
+    assert_eq!((new.pid, new.epoch), (old.pid, 3));
     let t = describe(&mut client, "app").await;
     assert_eq!(t.transaction_state.as_str(), "Empty");
 
@@ -1345,7 +1347,8 @@ async fn failed_verification_is_transaction_abortable_for_clients_that_know_it()
     let p = init(&mut client, "writer").await;
     let invalid = code(ResponseError::InvalidTxnState);
     let mut answers = Vec::new();
-    for version in [9, 10, 11, 12] {
+    // Produce v12+ adds the partition instead (Transactions V2, below).
+    for version in [9, 10, 11] {
         let (e, _) = produce_v(
             &mut client,
             version,
@@ -1367,7 +1370,6 @@ async fn failed_verification_is_transaction_abortable_for_clients_that_know_it()
             ("Produce", 9, invalid),
             ("Produce", 10, invalid),
             ("Produce", 11, TRANSACTION_ABORTABLE),
-            ("Produce", 12, TRANSACTION_ABORTABLE),
             ("TxnOffsetCommit", 3, invalid),
             ("TxnOffsetCommit", 4, TRANSACTION_ABORTABLE),
         ]
@@ -2053,8 +2055,9 @@ async fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     );
     assert_eq!(
         (t.producer_id.0, t.producer_epoch),
-        (p.pid, p.epoch + 1),
-        "the coordinator bumped the epoch to fence the producer"
+        (p.pid, p.epoch + 2),
+        "the coordinator bumped the epoch to fence the producer, and once more for its \
+         Transactions V2 abort (transaction.version 2)"
     );
     assert_eq!(described_partitions(&t), vec![]);
 
@@ -2084,7 +2087,7 @@ async fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     );
     // A new incarnation carries on from the bumped epoch.
     let next = init_with(&mut client, "slow", 1000).await;
-    assert_eq!((next.pid, next.epoch), (p.pid, p.epoch + 2));
+    assert_eq!((next.pid, next.epoch), (p.pid, p.epoch + 3));
     broker.replication.shutdown();
 }
 
@@ -2097,5 +2100,454 @@ async fn a_timed_out_producer_cannot_rejoin_with_its_fenced_epoch() {
     wait_for_state(&mut client, "slow", "CompleteAbort").await;
     let r = init_raw(&mut client, 4, "slow", 1000, (p.pid, p.epoch)).await;
     assert_eq!(r.error_code, code(ResponseError::ProducerFenced), "{r:?}");
+    broker.replication.shutdown();
+}
+
+// ---- Transactions V2 (KIP-890 part 2) ----
+
+/// EndTxn v5: (error, producer id, producer epoch) — the ids the client continues with.
+async fn end_txn_v5(client: &mut Client, p: &Producer, commit: bool) -> (i16, i64, i16) {
+    let r = client
+        .call(
+            ApiKey::EndTxn,
+            5,
+            RequestKind::EndTxn(
+                EndTxnRequest::default()
+                    .with_transactional_id(tid(&p.id))
+                    .with_producer_id(ProducerId(p.pid))
+                    .with_producer_epoch(p.epoch)
+                    .with_committed(commit),
+            ),
+        )
+        .await;
+    let ResponseKind::EndTxn(r) = r else {
+        panic!("{r:?}")
+    };
+    (r.error_code, r.producer_id.0, r.producer_epoch)
+}
+
+/// Produce v12 of one transactional batch per partition in one request: the codes.
+async fn produce_v12(
+    client: &mut Client,
+    p: &Producer,
+    batches: &[(&str, i32, i32, usize)],
+) -> Vec<i16> {
+    let mut topics: Vec<produce_request::TopicProduceData> = Vec::new();
+    for (t, partition, seq, n) in batches {
+        let data = produce_request::PartitionProduceData::default()
+            .with_index(*partition)
+            .with_records(Some(txn_batch(p, *seq, *n)));
+        match topics.iter_mut().find(|x| x.name.0.as_str() == *t) {
+            Some(x) => x.partition_data.push(data),
+            None => topics.push(
+                produce_request::TopicProduceData::default()
+                    .with_name(topic(t))
+                    .with_partition_data(vec![data]),
+            ),
+        }
+    }
+    let r = client
+        .call(
+            ApiKey::Produce,
+            12,
+            RequestKind::Produce(
+                ProduceRequest::default()
+                    .with_transactional_id(Some(tid(&p.id)))
+                    .with_acks(-1)
+                    .with_timeout_ms(5000)
+                    .with_topic_data(topics),
+            ),
+        )
+        .await;
+    let ResponseKind::Produce(r) = r else {
+        panic!("{r:?}")
+    };
+    r.responses
+        .iter()
+        .flat_map(|t| t.partition_responses.iter().map(|p| p.error_code))
+        .collect()
+}
+
+async fn api_versions(client: &mut Client) -> ApiVersionsResponse {
+    let r = client
+        .call(
+            ApiKey::ApiVersions,
+            3,
+            RequestKind::ApiVersions(
+                ApiVersionsRequest::default()
+                    .with_client_software_name(s("apache-kafka-java"))
+                    .with_client_software_version(s("4.0.0")),
+            ),
+        )
+        .await;
+    let ResponseKind::ApiVersions(r) = r else {
+        panic!("{r:?}")
+    };
+    r
+}
+
+fn max_version(r: &ApiVersionsResponse, key: ApiKey) -> i16 {
+    r.api_keys
+        .iter()
+        .find(|k| k.api_key == key as i16)
+        .map_or(-1, |k| k.max_version)
+}
+
+#[tokio::test]
+async fn api_versions_finalizes_transaction_version_2_and_the_v2_request_versions() {
+    let (broker, mut client, _dir) = start().await;
+    let r = api_versions(&mut client).await;
+    let supported: Vec<(String, i16, i16)> = r
+        .supported_features
+        .iter()
+        .map(|f| (f.name.to_string(), f.min_version, f.max_version))
+        .collect();
+    assert_eq!(supported, vec![("transaction.version".to_string(), 0, 2)]);
+    let finalized: Vec<(String, i16, i16)> = r
+        .finalized_features
+        .iter()
+        .map(|f| (f.name.to_string(), f.min_version_level, f.max_version_level))
+        .collect();
+    assert_eq!(finalized, vec![("transaction.version".to_string(), 2, 2)]);
+    assert!(r.finalized_features_epoch > 0, "{r:?}");
+    // What Kafka's TransactionManager requires before it uses V2.
+    assert!(max_version(&r, ApiKey::Produce) >= 12);
+    assert!(max_version(&r, ApiKey::TxnOffsetCommit) >= 5);
+    assert_eq!(max_version(&r, ApiKey::EndTxn), 5);
+    assert_eq!(max_version(&r, ApiKey::AddOffsetsToTxn), 4, "as in Kafka");
+
+    // Old librdkafka (Debian's kcat) gets no tagged fields.
+    let ResponseKind::ApiVersions(old) = client
+        .call(
+            ApiKey::ApiVersions,
+            3,
+            RequestKind::ApiVersions(
+                ApiVersionsRequest::default()
+                    .with_client_software_name(s("librdkafka"))
+                    .with_client_software_version(s("2.0.2")),
+            ),
+        )
+        .await
+    else {
+        panic!("ApiVersions")
+    };
+    assert!(old.supported_features.is_empty() && old.finalized_features.is_empty());
+    broker.replication.shutdown();
+
+    // Level 0: supported, not finalized (Kafka lists only levels above 0), so clients use V1.
+    let (broker, mut client, _dir) = start_with(|c| {
+        small(c);
+        c.txn.transaction_version = 0;
+    })
+    .await;
+    let r = api_versions(&mut client).await;
+    assert_eq!(r.supported_features.len(), 1);
+    assert!(r.finalized_features.is_empty(), "{r:?}");
+    broker.replication.shutdown();
+}
+
+#[tokio::test]
+async fn transactions_v2_add_partitions_and_offsets_implicitly_and_bump_the_epoch_per_transaction()
+{
+    let (broker, mut client, _dir) = start().await;
+    create(&mut client, "v2", 3).await;
+    group_ready(&mut client, "g").await;
+    let mut p = init(&mut client, "tv2").await;
+    let first = p.clone();
+
+    // No AddPartitionsToTxn: the first batch to each partition adds it.
+    assert_eq!(
+        produce_v12(&mut client, &p, &[("v2", 0, 0, 2), ("v2", 1, 0, 3)]).await,
+        vec![NONE, NONE]
+    );
+    // Later batches of the transaction find it open on the partition.
+    assert_eq!(
+        produce_v12(&mut client, &p, &[("v2", 0, 2, 1)]).await,
+        vec![NONE]
+    );
+    let t = describe(&mut client, "tv2").await;
+    assert_eq!(t.transaction_state.as_str(), "Ongoing");
+    assert_eq!(
+        described_partitions(&t),
+        vec![("v2".to_string(), 0), ("v2".to_string(), 1)]
+    );
+    // No AddOffsetsToTxn: TxnOffsetCommit v5 adds the group's partition.
+    assert_eq!(
+        txn_commit(&mut client, 5, &p, "g", &[("v2", 0, 17)]).await,
+        vec![NONE]
+    );
+    assert_eq!(
+        described_partitions(&describe(&mut client, "tv2").await),
+        vec![
+            ("__consumer_offsets".to_string(), 0),
+            ("v2".to_string(), 0),
+            ("v2".to_string(), 1)
+        ]
+    );
+    assert_eq!(
+        offset_fetch(&mut client, "g", "v2", 0, true).await,
+        (NONE, code(ResponseError::UnstableOffsetCommit), -1),
+        "pending until the commit"
+    );
+    let open = fetch(&mut client, "v2", 0, 0, READ_COMMITTED).await;
+    assert_eq!(data_ranges(&open), vec![], "read_committed waits");
+
+    // EndTxn v5 commits and bumps the epoch; the markers carry the new epoch.
+    let (e, pid, epoch) = end_txn_v5(&mut client, &p, true).await;
+    assert_eq!((e, pid, epoch), (NONE, p.pid, p.epoch + 1));
+    p.epoch = epoch;
+    let committed = wait_stable(&mut client, "v2", 0).await;
+    assert_eq!(data_ranges(&committed), vec![(0, 1), (2, 2)]);
+    assert_eq!(aborted(&committed), vec![]);
+    let marker = batches(&committed)
+        .into_iter()
+        .find(|h| h.is_control())
+        .expect("a commit marker");
+    assert_eq!(
+        (marker.producer_id, marker.producer_epoch),
+        (p.pid, p.epoch)
+    );
+    assert_eq!(
+        data_ranges(&wait_stable(&mut client, "v2", 1).await),
+        vec![(0, 2)]
+    );
+    eventually!("the committed offset becomes visible", {
+        (offset_fetch(&mut client, "g", "v2", 0, true).await == (NONE, NONE, 17)).then_some(())
+    });
+    wait_for_state(&mut client, "tv2", "CompleteCommit").await;
+
+    // A retry of the commit with the old epoch is answered as done, with the new epoch; the
+    // old epoch is fenced everywhere else.
+    assert_eq!(
+        end_txn_v5(&mut client, &first, true).await,
+        (NONE, p.pid, p.epoch)
+    );
+    assert_eq!(
+        end_txn_v5(&mut client, &first, false).await.0,
+        code(ResponseError::InvalidTxnState)
+    );
+    assert_eq!(
+        produce_v12(&mut client, &first, &[("v2", 2, 0, 1)]).await,
+        vec![code(ResponseError::InvalidProducerEpoch)]
+    );
+    assert_eq!(
+        produce_v12(&mut client, &first, &[("v2", 0, 3, 1)]).await,
+        vec![code(ResponseError::InvalidProducerEpoch)],
+        "a late batch of the committed transaction is fenced by the marker's epoch"
+    );
+    assert_eq!(
+        txn_commit(&mut client, 5, &first, "g", &[("v2", 0, 99)]).await,
+        vec![code(ResponseError::InvalidProducerEpoch)]
+    );
+
+    // The next transaction, at the new epoch (sequences start again at 0), is aborted.
+    assert_eq!(
+        produce_v12(&mut client, &p, &[("v2", 2, 0, 2), ("v2", 0, 0, 1)]).await,
+        vec![NONE, NONE]
+    );
+    assert_eq!(
+        txn_commit(&mut client, 5, &p, "g", &[("v2", 0, 18)]).await,
+        vec![NONE]
+    );
+    let (e, pid, epoch) = end_txn_v5(&mut client, &p, false).await;
+    assert_eq!((e, pid, epoch), (NONE, p.pid, p.epoch + 1));
+    let second = p.clone();
+    p.epoch = epoch;
+    let two = wait_stable(&mut client, "v2", 2).await;
+    assert_eq!(aborted(&two), vec![(p.pid, 0)]);
+    let zero = wait_stable(&mut client, "v2", 0).await;
+    assert_eq!(aborted(&zero), vec![(p.pid, 4)]);
+    wait_for_state(&mut client, "tv2", "CompleteAbort").await;
+    assert_eq!(
+        offset_fetch(&mut client, "g", "v2", 0, true).await,
+        (NONE, NONE, 17),
+        "the aborted offset never appears"
+    );
+    assert_eq!(
+        end_txn_v5(&mut client, &second, false).await,
+        (NONE, p.pid, p.epoch),
+        "a retried abort"
+    );
+
+    // An abort of a transaction the coordinator never saw (nothing reached it) still bumps.
+    let (e, _, epoch) = end_txn_v5(&mut client, &p, false).await;
+    assert_eq!((e, epoch), (NONE, p.epoch + 1));
+    p.epoch = epoch;
+    // And V1 requests keep V1 semantics: no bump, AddPartitionsToTxn first.
+    add_partitions(&mut client, &p, &[("v2", 1)]).await;
+    assert_eq!(
+        produce(&mut client, "v2", 1, Some("tv2"), txn_batch(&p, 0, 1))
+            .await
+            .0,
+        NONE
+    );
+    assert_eq!(end_txn(&mut client, &p, true).await, NONE);
+    let t = wait_for_state(&mut client, "tv2", "CompleteCommit").await;
+    assert_eq!(t.producer_epoch, p.epoch, "EndTxn v3 does not bump");
+    broker.replication.shutdown();
+}
+
+#[tokio::test]
+async fn transactions_v2_implicit_adds_answer_with_kafkas_produce_errors() {
+    let (broker, mut client, _dir) = start().await;
+    create(&mut client, "v2", 1).await;
+    let p = init(&mut client, "tv2").await;
+    let stranger = Producer {
+        id: "nobody".into(),
+        pid: p.pid,
+        epoch: p.epoch,
+    };
+    assert_eq!(
+        produce_v12(&mut client, &stranger, &[("v2", 0, 0, 1)]).await,
+        vec![code(ResponseError::InvalidProducerIdMapping)]
+    );
+    let wrong_pid = Producer {
+        pid: p.pid + 1,
+        ..p.clone()
+    };
+    assert_eq!(
+        produce_v12(&mut client, &wrong_pid, &[("v2", 0, 0, 1)]).await,
+        vec![code(ResponseError::InvalidProducerIdMapping)]
+    );
+    let future_epoch = Producer {
+        epoch: p.epoch + 1,
+        ..p.clone()
+    };
+    assert_eq!(
+        produce_v12(&mut client, &future_epoch, &[("v2", 0, 0, 1)]).await,
+        vec![code(ResponseError::InvalidProducerEpoch)],
+        "PRODUCER_FENCED from the coordinator, as Produce reports it"
+    );
+    assert_eq!(
+        describe(&mut client, "tv2")
+            .await
+            .transaction_state
+            .as_str(),
+        "Empty",
+        "nothing joined"
+    );
+    assert_eq!(
+        produce_v12(&mut client, &p, &[("v2", 0, 0, 1)]).await,
+        vec![NONE]
+    );
+    broker.replication.shutdown();
+}
+
+#[tokio::test]
+async fn a_v2_transaction_past_its_timeout_is_aborted_and_its_end_is_fenced() {
+    let (broker, mut client, _dir) = start_with(fast_timeouts).await;
+    create(&mut client, "v2", 1).await;
+    let p = init_with(&mut client, "slow", 1000).await;
+    assert_eq!(
+        produce_v12(&mut client, &p, &[("v2", 0, 0, 2)]).await,
+        vec![NONE]
+    );
+    let t = wait_for_state(&mut client, "slow", "CompleteAbort").await;
+    assert_eq!(t.producer_epoch, p.epoch + 2);
+    assert_eq!(
+        aborted(&wait_stable(&mut client, "v2", 0).await),
+        vec![(p.pid, 0)]
+    );
+    assert_eq!(
+        end_txn_v5(&mut client, &p, true).await.0,
+        code(ResponseError::ProducerFenced),
+        "not mistaken for a retry of a V2 end"
+    );
+    assert_eq!(
+        produce_v12(&mut client, &p, &[("v2", 0, 2, 1)]).await,
+        vec![code(ResponseError::InvalidProducerEpoch)]
+    );
+    broker.replication.shutdown();
+}
+
+#[tokio::test]
+async fn pipelined_v2_first_batches_to_one_partition_all_land_in_order() {
+    let (broker, mut client, _dir) = start().await;
+    create(&mut client, "v2", 2).await;
+    let mut p = init(&mut client, "tv2").await;
+    for round in 0..3 {
+        // Five in-flight requests, as a producer with max.in.flight 5 sends them: the first
+        // two partitions' first batches race to add their partition.
+        let request = |partition: i32, seq: i32, n: usize| {
+            (
+                ApiKey::Produce,
+                12,
+                RequestKind::Produce(
+                    ProduceRequest::default()
+                        .with_transactional_id(Some(tid(&p.id)))
+                        .with_acks(-1)
+                        .with_timeout_ms(5000)
+                        .with_topic_data(vec![produce_request::TopicProduceData::default()
+                            .with_name(topic("v2"))
+                            .with_partition_data(vec![
+                                produce_request::PartitionProduceData::default()
+                                    .with_index(partition)
+                                    .with_records(Some(txn_batch(&p, seq, n))),
+                            ])]),
+                ),
+            )
+        };
+        let answers = client
+            .pipeline(vec![
+                request(0, 0, 2),
+                request(0, 2, 1),
+                request(1, 0, 1),
+                request(0, 3, 2),
+                request(1, 1, 1),
+            ])
+            .await;
+        let codes: Vec<i16> = answers
+            .iter()
+            .map(|a| match a {
+                ResponseKind::Produce(r) => r.responses[0].partition_responses[0].error_code,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(codes, vec![NONE; 5], "round {round}");
+        let (e, _, epoch) = end_txn_v5(&mut client, &p, true).await;
+        assert_eq!(e, NONE);
+        p.epoch = epoch;
+    }
+    let zero = wait_stable(&mut client, "v2", 0).await;
+    let sizes: Vec<i64> = data_ranges(&zero).iter().map(|(a, b)| b - a + 1).collect();
+    assert_eq!(
+        sizes,
+        vec![2, 1, 2, 2, 1, 2, 2, 1, 2],
+        "every batch once, in order"
+    );
+    assert_eq!(aborted(&zero), vec![]);
+    broker.replication.shutdown();
+}
+
+#[tokio::test]
+async fn below_transaction_version_2_the_coordinators_own_aborts_bump_the_epoch_once() {
+    let (broker, mut client, _dir) = start_with(|c| {
+        fast_timeouts(c);
+        c.txn.transaction_version = 1;
+    })
+    .await;
+    let r = api_versions(&mut client).await;
+    assert_eq!(
+        r.finalized_features
+            .iter()
+            .map(|f| (f.name.to_string(), f.max_version_level))
+            .collect::<Vec<_>>(),
+        vec![("transaction.version".to_string(), 1)]
+    );
+    create(&mut client, "t", 1).await;
+    let p = init_with(&mut client, "slow", 1000).await;
+    add_partitions(&mut client, &p, &[("t", 0)]).await;
+    assert_eq!(
+        produce(&mut client, "t", 0, Some("slow"), txn_batch(&p, 0, 1))
+            .await
+            .0,
+        NONE
+    );
+    let t = wait_for_state(&mut client, "slow", "CompleteAbort").await;
+    assert_eq!(t.producer_epoch, p.epoch + 1, "only the fence");
+    assert_eq!(
+        end_txn(&mut client, &p, true).await,
+        code(ResponseError::ProducerFenced)
+    );
     broker.replication.shutdown();
 }

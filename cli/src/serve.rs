@@ -77,6 +77,11 @@ pub(crate) struct ServeArgs {
     /// (`transaction.abort.timed.out.transaction.cleanup.interval.ms`, default 10000).
     #[arg(long, env = "RUNNEL_TRANSACTION_ABORT_INTERVAL_MS")]
     transaction_abort_timed_out_transaction_cleanup_interval_ms: Option<u64>,
+    /// The finalized `transaction.version` feature level, 0 to 2 (default 2): at 2 clients
+    /// that support it use Transactions V2 (KIP-890 part 2). Kafka sets it with
+    /// `kafka-features.sh upgrade --feature transaction.version=N`.
+    #[arg(long, env = "RUNNEL_TRANSACTION_VERSION")]
+    transaction_version: Option<i16>,
     /// The cluster's brokers as `id@host:port,...` (Kafka's `controller.quorum.voters`), their
     /// addresses being where each listens for Raft traffic. Absent: a single broker.
     #[arg(long, env = "RUNNEL_CONTROLLER_QUORUM_VOTERS")]
@@ -235,6 +240,18 @@ fn txn_config(
         "transaction.remove.expired.transaction.cleanup.interval.ms",
     )? {
         c.remove_expired_interval_ms = v;
+    }
+    if let Some(v) = args
+        .transaction_version
+        .or(number(props, "transaction.version")?)
+    {
+        if !(0..=runnel_broker::txn::MAX_TRANSACTION_VERSION).contains(&v) {
+            bail!(
+                "transaction.version must be between 0 and {}",
+                runnel_broker::txn::MAX_TRANSACTION_VERSION
+            );
+        }
+        c.transaction_version = v;
     }
     Ok(c)
 }

@@ -28,13 +28,16 @@ pub fn versioned(code: i16, version: i16, fenced_from: i16) -> i16 {
 }
 
 /// Adds partitions to `transactional_id`'s transaction, writing the new metadata when it
-/// changed (shared with AddOffsetsToTxn).
+/// changed (shared with AddOffsetsToTxn, and with the Transactions V2 implicit adds of Produce
+/// v12 and TxnOffsetCommit v5 when this broker is the coordinator). `tv` is the client's
+/// transaction version: 2 for the implicit adds, 0 for the V1 requests.
 pub async fn add(
     broker: &Arc<Broker>,
     transactional_id: &str,
     producer_id: i64,
     producer_epoch: i16,
     partitions: &[(String, i32)],
+    tv: i16,
 ) -> Result<(), i16> {
     if transactional_id.is_empty() {
         return Err(ResponseError::InvalidRequest.code());
@@ -44,7 +47,7 @@ pub async fn add(
         let Some(m) = t.txns.get(transactional_id) else {
             return Err(ResponseError::InvalidProducerIdMapping.code());
         };
-        match state::add_partitions(m, producer_id, producer_epoch, partitions, now)? {
+        match state::add_partitions(m, producer_id, producer_epoch, partitions, tv, now)? {
             None => Ok(None),
             Some(target) => Ok(Some(start_write(broker, &mut t, target))),
         }
@@ -162,12 +165,16 @@ async fn one_transaction(
                 .map_or(0, |(_, c)| *c)
         });
     }
+    // v4+ comes from partition leaders: without verify_only it is a Transactions V2 implicit
+    // add (Kafka's AddPartitionsToTxnManager with ADD_PARTITION), the client's version 2.
+    let tv = if version >= 4 { 2 } else { 0 };
     let code = match add(
         broker,
         transactional_id,
         producer_id,
         producer_epoch,
         &known,
+        tv,
     )
     .await
     {

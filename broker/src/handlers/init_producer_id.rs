@@ -105,7 +105,14 @@ async fn init_transactional(
             let Some(m) = t.txns.get(transactional_id) else {
                 return Err(ResponseError::UnknownServerError.code());
             };
-            match state::init_producer_id(m, timeout, expected, fresh, now)? {
+            match state::init_producer_id(
+                m,
+                timeout,
+                expected,
+                fresh,
+                broker.txns.config().transaction_version,
+                now,
+            )? {
                 Init::NeedProducerId => Ok(Step::NeedProducerId),
                 Init::Write(target) => Ok(Step::Write(start_write(broker, &mut t, target))),
                 Init::FenceOngoing(target) => Ok(Step::Fence(start_write(broker, &mut t, target))),

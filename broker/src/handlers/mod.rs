@@ -87,14 +87,14 @@ pub const SUPPORTED: &[ApiVersionRange] = &[
     range(ApiKey::ConsumerGroupHeartbeat, 0, 1),
     range(ApiKey::ConsumerGroupDescribe, 0, 1),
     range(ApiKey::DescribeProducers, 0, 0),
-    // Transactions V1. The versions that only Transactions V2 (KIP-890 part 2) clients send
-    // (AddOffsetsToTxn and TxnOffsetCommit v5, EndTxn v5) are not advertised, and neither is
-    // the `transaction.version` feature, so clients use V1.
+    // Transactions V1 and V2 (KIP-890 part 2): Produce v12+, TxnOffsetCommit v5 and EndTxn v5
+    // are the V2 forms, which clients use when ApiVersions' `transaction.version` is
+    // finalized at 2 (AddOffsetsToTxn stops at 4 in Kafka too: V2 clients do not send it).
     range(ApiKey::AddPartitionsToTxn, 0, 5),
     range(ApiKey::AddOffsetsToTxn, 0, 4),
-    range(ApiKey::EndTxn, 0, 4),
+    range(ApiKey::EndTxn, 0, 5),
     range(ApiKey::WriteTxnMarkers, 1, 1),
-    range(ApiKey::TxnOffsetCommit, 0, 4),
+    range(ApiKey::TxnOffsetCommit, 0, 5),
     range(ApiKey::DescribeTransactions, 0, 0),
     range(ApiKey::ListTransactions, 0, 2),
 ];
@@ -239,7 +239,9 @@ pub async fn handle(
         client_host: format!("/{}", peer.ip()),
     };
     let body = match request.body {
-        RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(r, version)),
+        RequestKind::ApiVersions(r) => {
+            ResponseKind::ApiVersions(api_versions::handle(broker, r, version))
+        }
         RequestKind::Metadata(r) => {
             ResponseKind::Metadata(metadata::handle(broker, r, version, listener).await)
         }

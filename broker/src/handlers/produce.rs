@@ -1,5 +1,7 @@
 //! Produce (key 0): validate each partition's batches (size, CRC, keys on compacted topics,
-//! timestamps), propose them to the partition's Raft group, answer per `acks`.
+//! timestamps), propose them to the partition's Raft group, answer per `acks`. From v12
+//! (Transactions V2) a producer's first transactional batch to a partition adds the partition
+//! to its transaction before it is proposed.
 
 use std::sync::Arc;
 
@@ -29,6 +31,33 @@ enum Outcome {
         index: i32,
         log_append_time: i64,
         rx: Option<Pending>,
+    },
+    /// Transactions V2: the partition joins the producer's transaction first (see
+    /// [`resolve_adds`]), then its batches are proposed with the verification guard taken.
+    Adding {
+        index: i32,
+        log_append_time: i64,
+        topic: String,
+        batches: Vec<Bytes>,
+        guard: u64,
+    },
+}
+
+/// The first Produce version of Transactions V2 (Kafka's
+/// `produceRequestVersionToTransactionSupportedOperation`: `ADD_PARTITION` above 11).
+const FIRST_V2_VERSION: i16 = 12;
+
+/// What a partition's transactional batches need before they are proposed.
+#[derive(Debug)]
+enum TxnCheck {
+    /// Propose now, with the verification guard when the coordinator verified them.
+    Propose(Option<u64>),
+    /// Produce v12+ and the producer's transaction is not open here yet: the partition must
+    /// be added to it first (guard taken, as for verification).
+    Add {
+        guard: u64,
+        producer_id: i64,
+        producer_epoch: i16,
     },
 }
 
@@ -190,8 +219,9 @@ fn check_transactional(
     batches: &[Bytes],
     (topic, partition): (&str, i32),
     version: i16,
-) -> Result<Option<u64>, (i16, String)> {
+) -> Result<TxnCheck, (i16, String)> {
     let mut verified = None;
+    let mut add = None;
     for b in batches {
         let Ok(h) = BatchHeader::parse(b) else {
             continue;
@@ -234,6 +264,33 @@ fn check_transactional(
         if open {
             continue;
         }
+        if version >= FIRST_V2_VERSION {
+            // A batch older than the epoch this partition knows (a zombie, or a late write of
+            // a transaction a V2 marker ended) is refused before asking the coordinator
+            // (KAFKA-18042).
+            let current = replica
+                .log()
+                .producer_state()
+                .get(h.producer_id)
+                .map(|e| e.epoch);
+            if let Some(current) = current.filter(|c| *c > h.producer_epoch) {
+                return Err((
+                    ResponseError::InvalidProducerEpoch.code(),
+                    format!(
+                        "producer {} epoch {} is older than {current} on {topic}-{partition}",
+                        h.producer_id, h.producer_epoch
+                    ),
+                ));
+            }
+            // KIP-890 part 2: the client sent no AddPartitionsToTxn; this write adds the
+            // partition (Kafka's addPartitionsToTxn with verifyOnly = false).
+            add = Some(TxnCheck::Add {
+                guard: replica.verification_guard(h.producer_id, h.producer_epoch),
+                producer_id: h.producer_id,
+                producer_epoch: h.producer_epoch,
+            });
+            continue;
+        }
         let guard = replica.verification_guard(h.producer_id, h.producer_epoch);
         broker
             .txns
@@ -252,7 +309,7 @@ fn check_transactional(
             })?;
         verified = Some(guard);
     }
-    Ok(verified)
+    Ok(add.unwrap_or(TxnCheck::Propose(verified)))
 }
 
 /// A produce request whose batches have been proposed, waiting for its answers.
@@ -264,6 +321,9 @@ pub struct Begun {
     acks: i16,
     version: i16,
     topics: Vec<(TopicName, uuid::Uuid, Vec<Outcome>)>,
+    /// The transactional id, producer id and epoch whose transaction partitions of this
+    /// request join first (Transactions V2).
+    adding: Option<(String, i64, i16)>,
 }
 
 /// Validates and proposes every partition's batches. Not async on purpose: the connection
@@ -278,6 +338,7 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16, listen
         .map(|t| t.0.to_string())
         .filter(|t| !t.is_empty());
     let mut topics = Vec::with_capacity(request.topic_data.len());
+    let mut adding: Option<(String, i64, i16)> = None;
     for t in request.topic_data {
         let topic = {
             let md = broker.replication.metadata();
@@ -354,7 +415,7 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16, listen
                     continue;
                 }
             };
-            let guard = match check_transactional(
+            let check = match check_transactional(
                 broker,
                 &replica,
                 transactional_id.as_deref(),
@@ -362,7 +423,7 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16, listen
                 (&topic.name, index),
                 version,
             ) {
-                Ok(guard) => guard,
+                Ok(check) => check,
                 Err((code, message)) => {
                     probe::error("Produce", code);
                     partitions.push(Outcome::Done(failed(index, code, Some(message), version)));
@@ -375,6 +436,41 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16, listen
                 .map(|h| h.records_count.max(0) as u64)
                 .sum();
             probe::bytes_in(&topic.name, records.len(), messages);
+            let log_append_time = if rules.log_append_time { now } else { -1 };
+            let guard = match check {
+                TxnCheck::Propose(guard) => guard,
+                TxnCheck::Add {
+                    guard,
+                    producer_id,
+                    producer_epoch,
+                } => {
+                    let id = transactional_id.clone().unwrap_or_default();
+                    let same = adding.as_ref().is_none_or(|(i, p, e)| {
+                        *i == id && *p == producer_id && *e == producer_epoch
+                    });
+                    if !same {
+                        // Kafka: "Transactional records contained more than one producer ID".
+                        let code = ResponseError::InvalidProducerIdMapping.code();
+                        probe::error("Produce", code);
+                        partitions.push(Outcome::Done(failed(
+                            index,
+                            code,
+                            Some("transactional records of more than one producer".into()),
+                            version,
+                        )));
+                        continue;
+                    }
+                    adding = Some((id, producer_id, producer_epoch));
+                    partitions.push(Outcome::Adding {
+                        index,
+                        log_append_time,
+                        topic: topic.name.clone(),
+                        batches,
+                        guard,
+                    });
+                    continue;
+                }
+            };
             match broker.replication.begin_transactional_produce(
                 &topic.name,
                 index,
@@ -384,7 +480,7 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16, listen
             ) {
                 Ok(rx) => partitions.push(Outcome::Waiting {
                     index,
-                    log_append_time: if rules.log_append_time { now } else { -1 },
+                    log_append_time,
                     rx,
                 }),
                 Err(e) => partitions.push(Outcome::Done(failed(
@@ -403,6 +499,88 @@ pub fn begin(broker: &Arc<Broker>, request: ProduceRequest, version: i16, listen
         acks,
         version,
         topics,
+        adding,
+    }
+}
+
+/// Adds the partitions waiting in [`Outcome::Adding`] to the producer's transaction (one call
+/// for all of them), then proposes the batches of those that joined.
+async fn resolve_adds(
+    broker: &Arc<Broker>,
+    (transactional_id, producer_id, producer_epoch): (String, i64, i16),
+    acks: i16,
+    version: i16,
+    topics: &mut [(TopicName, uuid::Uuid, Vec<Outcome>)],
+) {
+    let wanted: Vec<(String, i32)> = topics
+        .iter()
+        .flat_map(|(_, _, ps)| ps)
+        .filter_map(|o| match o {
+            Outcome::Adding { index, topic, .. } => Some((topic.clone(), *index)),
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let results = crate::txn::add_partitions_manager::add_partitions(
+        broker,
+        &transactional_id,
+        producer_id,
+        producer_epoch,
+        &wanted,
+    )
+    .await;
+    for (_, _, partitions) in topics.iter_mut() {
+        for outcome in partitions.iter_mut() {
+            let Outcome::Adding {
+                index,
+                log_append_time,
+                topic,
+                batches,
+                guard,
+            } = outcome
+            else {
+                continue;
+            };
+            let index = *index;
+            let code = results
+                .iter()
+                .find(|((t, p), _)| t == topic && *p == index)
+                .map_or(ResponseError::UnknownServerError.code(), |(_, c)| *c);
+            *outcome = if code != 0 {
+                let code = crate::txn::add_partitions_manager::for_produce(code);
+                probe::error("Produce", code);
+                Outcome::Done(failed(
+                    index,
+                    code,
+                    Some(format!(
+                        "{topic}-{index} could not be added to the transaction of {transactional_id}"
+                    )),
+                    version,
+                ))
+            } else {
+                match broker.replication.begin_transactional_produce(
+                    topic,
+                    index,
+                    std::mem::take(batches),
+                    acks,
+                    Some(*guard),
+                ) {
+                    Ok(rx) => Outcome::Waiting {
+                        index,
+                        log_append_time: *log_append_time,
+                        rx,
+                    },
+                    Err(e) => Outcome::Done(failed(
+                        index,
+                        replication_error_code(&e),
+                        Some(e.to_string()),
+                        version,
+                    )),
+                }
+            };
+        }
     }
 }
 
@@ -413,8 +591,19 @@ pub async fn finish(begun: Begun) -> Option<ProduceResponse> {
         listener,
         acks,
         version,
-        topics,
+        mut topics,
+        adding,
     } = begun;
+    if let Some(producer) = adding {
+        if acks == 0 {
+            // No answer is sent; the partitions still join and the batches are still written.
+            tokio::spawn(async move {
+                resolve_adds(&broker, producer, acks, version, &mut topics).await;
+            });
+            return None;
+        }
+        resolve_adds(&broker, producer, acks, version, &mut topics).await;
+    }
     if acks == 0 {
         return None;
     }
@@ -425,6 +614,12 @@ pub async fn finish(begun: Begun) -> Option<ProduceResponse> {
         for outcome in partitions {
             out.push(match outcome {
                 Outcome::Done(r) => r,
+                Outcome::Adding { index, .. } => failed(
+                    index,
+                    ResponseError::UnknownServerError.code(),
+                    None,
+                    version,
+                ),
                 Outcome::Waiting {
                     index,
                     log_append_time,

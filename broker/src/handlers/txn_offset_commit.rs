@@ -17,6 +17,9 @@ use crate::group::records::OffsetCommitValue;
 use crate::group::{begin_append_to, forget_if_unused, now_ms, offset_records, OFFSETS_TOPIC};
 use crate::Broker;
 
+/// The first TxnOffsetCommit version of Transactions V2.
+const FIRST_V2_VERSION: i16 = 5;
+
 fn respond(
     request: &TxnOffsetCommitRequest,
     code_of: impl Fn(&str, i32) -> i16,
@@ -67,24 +70,53 @@ pub async fn handle(
     } else {
         (String::new(), None, -1)
     };
-    // KIP-890: the group's partition must be in the producer's ongoing transaction
-    // (AddOffsetsToTxn came first), or the offsets could never be decided.
+    // KIP-890: the group's partition must be in the producer's ongoing transaction, or the
+    // offsets could never be decided. V1 clients put it there with AddOffsetsToTxn first and
+    // it is verified; from v5 (Transactions V2) the client sends no AddOffsetsToTxn and the
+    // partition joins the transaction here (Kafka's
+    // `txnOffsetCommitRequestVersionToTransactionSupportedOperation`: ADD_PARTITION above 4).
     let p = broker.groups.partition_of(broker, &group_id);
-    if let Err(code) = broker.txns.verify(
-        broker,
-        &transactional_id,
-        producer_id,
-        producer_epoch,
-        &(OFFSETS_TOPIC.to_string(), p),
-    ) {
-        // TRANSACTION_ABORTABLE from v4 (KAFKA-16314), PRODUCER_FENCED from v3.
-        let code = if code == ResponseError::TransactionAbortable.code() && version < 4 {
-            ResponseError::InvalidTxnState.code()
-        } else if code == ResponseError::ProducerFenced.code() && version < 3 {
-            ResponseError::InvalidProducerEpoch.code()
-        } else {
-            code
-        };
+    let offsets_partition = (OFFSETS_TOPIC.to_string(), p);
+    let checked = if version >= FIRST_V2_VERSION {
+        let added = crate::txn::add_partitions_manager::add_partitions(
+            broker,
+            &transactional_id,
+            producer_id,
+            producer_epoch,
+            std::slice::from_ref(&offsets_partition),
+        )
+        .await;
+        match added.first().map_or(0, |(_, c)| *c) {
+            0 => Ok(()),
+            // Kafka's AddPartitionsToTxnManager: "Producers expect to handle
+            // INVALID_PRODUCER_EPOCH in this scenario".
+            c if c == ResponseError::ProducerFenced.code() => {
+                Err(ResponseError::InvalidProducerEpoch.code())
+            }
+            c => Err(c),
+        }
+    } else {
+        broker
+            .txns
+            .verify(
+                broker,
+                &transactional_id,
+                producer_id,
+                producer_epoch,
+                &offsets_partition,
+            )
+            .map_err(|code| {
+                // TRANSACTION_ABORTABLE from v4 (KAFKA-16314), PRODUCER_FENCED from v3.
+                if code == ResponseError::TransactionAbortable.code() && version < 4 {
+                    ResponseError::InvalidTxnState.code()
+                } else if code == ResponseError::ProducerFenced.code() && version < 3 {
+                    ResponseError::InvalidProducerEpoch.code()
+                } else {
+                    code
+                }
+            })
+    };
+    if let Err(code) = checked {
         return respond(&request, |_, _| code);
     }
     let settings = broker.groups.config().groups.clone();

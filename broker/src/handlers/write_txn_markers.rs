@@ -42,14 +42,16 @@ pub async fn handle(
                         .replica(&name, p)
                         .is_some_and(|r| r.leader_id() == broker.config.node_id);
                     let marker = if m.coordinator_epoch > newest_coordinator.max(0) {
-                        // No coordinator has that epoch: refusing it keeps a stray request
-                        // from fencing the real coordinator's markers.
-                        Err(MarkerError::Fenced(ReplicationError::CoordinatorFenced {
-                            epoch: m.coordinator_epoch,
-                            current: newest_coordinator,
-                        }))
+                        // No coordinator this broker knows of has that epoch: refusing it
+                        // keeps a stray request from fencing the real coordinator's markers.
+                        // But a real coordinator newer than this broker's metadata (a
+                        // `__transaction_state` partition just created or just failed over)
+                        // sends it too, so the refusal is retriable: a final
+                        // TRANSACTION_COORDINATOR_FENCED made it skip the partition, and a
+                        // committed transaction lost its marker there.
+                        None
                     } else if led {
-                        begin_marker(
+                        Some(begin_marker(
                             broker,
                             &name,
                             p,
@@ -57,9 +59,11 @@ pub async fn handle(
                             m.producer_epoch,
                             m.transaction_result,
                             m.coordinator_epoch,
-                        )
+                        ))
                     } else {
-                        Err(MarkerError::Retry(ReplicationError::NotLeaderOrFollower))
+                        Some(Err(MarkerError::Retry(
+                            ReplicationError::NotLeaderOrFollower,
+                        )))
                     };
                     (p, marker)
                 })
@@ -67,13 +71,21 @@ pub async fn handle(
             let mut partitions = Vec::with_capacity(begun.len());
             for (p, marker) in begun {
                 let tp = (name.clone(), p);
-                let code =
-                    match finish_marker(broker, &tp, m.producer_id.0, m.transaction_result, marker)
-                        .await
+                let code = match marker {
+                    None => ResponseError::RequestTimedOut.code(),
+                    Some(marker) => match finish_marker(
+                        broker,
+                        &tp,
+                        m.producer_id.0,
+                        m.transaction_result,
+                        marker,
+                    )
+                    .await
                     {
                         Ok(()) => 0,
                         Err(e) => marker_error_code(&e),
-                    };
+                    },
+                };
                 partitions.push(
                     WritableTxnMarkerPartitionResult::default()
                         .with_partition_index(p)

@@ -9,7 +9,14 @@
 //! transactional id being written is `pending`, so concurrent requests get
 //! `CONCURRENT_TRANSACTIONS`), the end-transaction markers, and the timer that aborts
 //! transactions past their timeout and forgets idle transactional ids.
+//!
+//! Transactions V2 (KIP-890 part 2): EndTxn v5 bumps the producer epoch of every transaction
+//! (rotating to a new producer id once it is exhausted), and partition leaders and group
+//! coordinators add partitions to a V2 producer's transaction themselves
+//! ([`add_partitions_manager`]). Each transaction records the version of the requests that
+//! made it (`client_transaction_version`), which decides how EndTxn tells retries apart.
 
+pub mod add_partitions_manager;
 pub mod records;
 pub mod state;
 
@@ -52,7 +59,17 @@ pub struct TxnConfig {
     pub abort_timed_out_interval_ms: u64,
     /// `transaction.remove.expired.transaction.cleanup.interval.ms`.
     pub remove_expired_interval_ms: u64,
+    /// The finalized level of the `transaction.version` feature (0..=2), which ApiVersions
+    /// advertises. Kafka finalizes it cluster-wide at format time or with
+    /// `kafka-features.sh upgrade --feature transaction.version=N`; here it is a setting.
+    /// Clients use Transactions V2 (KIP-890 part 2) only when it is 2; requests of either
+    /// version are answered with that version's semantics whatever the level, as Kafka does.
+    /// The coordinator's own aborts (timeouts, fencing) follow it.
+    pub transaction_version: i16,
 }
+
+/// The highest `transaction.version` this broker supports.
+pub const MAX_TRANSACTION_VERSION: i16 = 2;
 
 impl Default for TxnConfig {
     fn default() -> Self {
@@ -64,6 +81,7 @@ impl Default for TxnConfig {
             transactional_id_expiration_ms: 7 * 24 * 60 * 60 * 1000,
             abort_timed_out_interval_ms: 10_000,
             remove_expired_interval_ms: 3_600_000,
+            transaction_version: MAX_TRANSACTION_VERSION,
         }
     }
 }
@@ -93,6 +111,11 @@ pub struct Txns<'a> {
 pub struct TransactionCoordinator {
     config: TxnConfig,
     partitions: Mutex<HashMap<i32, PartitionTxns>>,
+    /// ApiVersions' `finalized_features_epoch`. Kafka gives the metadata offset of the last
+    /// feature change; the level here is a setting read at startup, so the startup time
+    /// (ms) stands in: it grows whenever the level can have changed, and clients keep the
+    /// features of the highest epoch they saw.
+    features_epoch: i64,
 }
 
 /// A metadata change handed to replication: install it with [`Write::finish`].
@@ -111,7 +134,12 @@ impl TransactionCoordinator {
         TransactionCoordinator {
             config,
             partitions: Mutex::new(HashMap::new()),
+            features_epoch: now_ms(),
         }
+    }
+
+    pub fn features_epoch(&self) -> i64 {
+        self.features_epoch
     }
 
     pub fn config(&self) -> &TxnConfig {
@@ -810,7 +838,7 @@ async fn abort_timed_out(broker: &Arc<Broker>, transactional_id: String) {
         if !m.timed_out(now) {
             return None;
         }
-        let target = state::fence(m, now);
+        let target = state::fence(m, broker.txns.config.transaction_version, now);
         Some(start_write(broker, &mut t, target))
     });
     let Ok(Some(w)) = write else { return };

@@ -78,6 +78,39 @@ pub async fn start_with(
 }
 
 impl Client {
+    /// Writes every request before reading any answer (a client's in-flight requests), then
+    /// returns the answers in order.
+    pub async fn pipeline(
+        &mut self,
+        requests: Vec<(ApiKey, i16, RequestKind)>,
+    ) -> Vec<ResponseKind> {
+        let mut sent = Vec::with_capacity(requests.len());
+        let mut frames = Vec::new();
+        for (api_key, version, body) in requests {
+            self.next_id += 1;
+            frames.extend_from_slice(
+                &encode_request(api_key, version, self.next_id, "pipeline-test", &body)
+                    .expect("encode"),
+            );
+            sent.push((self.next_id, api_key, version));
+        }
+        self.stream.write_all(&frames).await.expect("write");
+        let mut out = Vec::with_capacity(sent.len());
+        for (id, api_key, version) in sent {
+            let body = loop {
+                if let Some(frame) = next_frame(&mut self.buf, 1 << 26).expect("frame") {
+                    let (cid, body) = decode_response(api_key, version, frame).expect("decode");
+                    assert_eq!(cid, id, "answers come in request order");
+                    break body;
+                }
+                let n = self.stream.read_buf(&mut self.buf).await.expect("read");
+                assert!(n > 0, "broker closed the connection");
+            };
+            out.push(body);
+        }
+        out
+    }
+
     /// Sends a request and returns the decoded response, or the decode error.
     pub async fn try_call(
         &mut self,
