@@ -138,7 +138,10 @@ impl Cluster {
             containers: Vec::new(),
         };
         let started = Instant::now();
-        cluster.compose_ok(&["up", "-d"])?;
+        // Only the three brokers: services an override adds start when a test says so.
+        let mut up = vec!["up", "-d"];
+        up.extend(SERVICES);
+        cluster.compose_ok(&up)?;
         for service in SERVICES {
             let id = cluster.compose_ok(&["ps", "-q", service])?;
             if id.is_empty() {
@@ -235,6 +238,26 @@ impl Cluster {
 
     fn docker(&self, args: &[&str]) -> anyhow::Result<String> {
         run_ok(Command::new("docker").args(args))
+    }
+
+    /// Starts one more service of the override (a broker joining the running cluster) and
+    /// returns its container id.
+    pub fn up_service(&self, service: &str) -> anyhow::Result<String> {
+        self.compose_ok(&["up", "-d", "--no-deps", service])?;
+        let id = self.compose_ok(&["ps", "-q", service])?;
+        if id.is_empty() {
+            bail!("no container for {service}");
+        }
+        Ok(id)
+    }
+
+    /// `docker kill` (SIGKILL) of a container by id, then `docker start` of it when `restart`.
+    pub fn kill_container(&self, id: &str, restart: bool) -> anyhow::Result<()> {
+        self.docker(&["kill", id])?;
+        if restart {
+            self.docker(&["start", id])?;
+        }
+        Ok(())
     }
 
     /// SIGKILL, as `docker kill` sends: no shutdown, no flush.

@@ -60,6 +60,16 @@ fn cluster(scenario: &str, override_yaml: Option<&str>) -> Option<Cluster> {
 }
 
 fn create_topic(bootstrap: &str) {
+    create_topic_named(bootstrap, TOPIC, PARTITIONS);
+    wait_until(
+        "every partition has a leader",
+        Duration::from_secs(30),
+        || leaders(bootstrap).is_some_and(|l| l.len() == PARTITIONS as usize),
+    );
+}
+
+/// Creates `name` with `partitions` partitions on all three AZs.
+fn create_topic_named(bootstrap: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -68,18 +78,44 @@ fn create_topic(bootstrap: &str) {
         .enable_all()
         .build()
         .expect("runtime");
-    let topic = NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3));
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(3));
     for r in rt
         .block_on(admin.create_topics([&topic], &AdminOptions::new()))
         .expect("create")
     {
         r.expect("topic created");
     }
-    wait_until(
-        "every partition has a leader",
-        Duration::from_secs(30),
-        || leaders(bootstrap).is_some_and(|l| l.len() == PARTITIONS as usize),
-    );
+}
+
+/// The distinct values read from the start of `partitions` of `topic` (until `want` of them
+/// or 30 s).
+fn read_values(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+) -> BTreeSet<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            got.insert(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    got
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -1018,28 +1054,12 @@ fn host_and_container_clients_each_get_their_listeners_endpoints_and_data_surviv
         "a container reads what it wrote"
     );
     // The host reads the same records through EXTERNAL.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "listeners-host-reader")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset("inside", p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut from_host = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while from_host.len() < 30 && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            if let Ok(v) = String::from_utf8_lossy(m.payload().unwrap_or_default()).parse() {
-                from_host.insert(v);
-            }
-        }
-    }
+    let from_host: BTreeSet<u64> =
+        read_values(&bootstrap, "listeners-host-reader", "inside", 3, 30)
+            .iter()
+            .filter_map(|v| v.parse().ok())
+            .collect();
     assert_eq!(from_host, want, "the host reads what the container wrote");
-    drop(consumer);
     // `down` then `up` keeps the volumes and so the data.
     cluster.down_up().expect("down, then up");
     assert_eq!(
@@ -1050,4 +1070,123 @@ fn host_and_container_clients_each_get_their_listeners_endpoints_and_data_surviv
     say(&format!(
         "compose-faults [listeners, down/up]: PASS — host sees {seen:?}, a container wrote and read 30 records through broker-N:19092, the host read them through EXTERNAL, and they survived down/up"
     ));
+}
+
+/// A fourth broker that is not a controller voter is started with `docker compose up` after
+/// the three-voter cluster is running: it registers, every broker lists it, a new topic puts
+/// replicas on it, a client bootstrapped from it alone writes and reads, and after
+/// `docker kill` and `docker start` it rejoins every ISR.
+#[test]
+fn a_fourth_broker_joins_the_running_cluster_and_hosts_replicas() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let port = runnel_tests::free_port().expect("port");
+    let yaml = format!(
+        r#"version: "2.4"
+services:
+  broker-4:
+    image: ${{RUNNEL_IMAGE:-runnel:dev}}
+    hostname: broker-4
+    command: ["serve"]
+    environment:
+      RUNNEL_DATA_DIR: /data
+      RUNNEL_NODE_ID: "4"
+      RUNNEL_AZ: az-1
+      RUNNEL_RAFT_LISTEN: 0.0.0.0:19093
+      RUNNEL_CONTROLLER_QUORUM_VOTERS: 1@broker-1:19093,2@broker-2:19093,3@broker-3:19093
+      RUNNEL_DEFAULT_REPLICATION_FACTOR: "3"
+      RUNNEL_OFFSETS_TOPIC_NUM_PARTITIONS: "6"
+      RUNNEL_TRANSACTION_STATE_LOG_NUM_PARTITIONS: "3"
+      RUNNEL_LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS: "2"
+      RUNNEL_LISTENERS: INTERNAL://0.0.0.0:19092,EXTERNAL://0.0.0.0:9092
+      RUNNEL_ADVERTISED_LISTENERS: INTERNAL://broker-4:19092,EXTERNAL://127.0.0.1:{port}
+    ports: ["{port}:9092"]
+    volumes: ["broker-4-data:/data"]
+volumes:
+  broker-4-data: {{}}
+"#
+    );
+    let Some(cluster) = cluster("join", Some(&yaml)) else {
+        return;
+    };
+    let voters = cluster.bootstrap();
+    let joined = format!("127.0.0.1:{port}");
+    let container = cluster.up_service("broker-4").expect("broker-4 started");
+    let brokers = |bootstrap: &str| metadata(bootstrap).map_or(0, |md| md.brokers().len());
+    wait_until("broker 4 registered", Duration::from_secs(60), || {
+        brokers(&voters) == 4 && brokers(&joined) == 4
+    });
+    create_topic_named(&voters, "joined", 8);
+    let placement = |bootstrap: &str| -> Vec<(Vec<i32>, i32, usize)> {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .expect("client");
+        client
+            .fetch_metadata(Some("joined"), Duration::from_secs(5))
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .flat_map(|t| t.partitions())
+                    .map(|p| (p.replicas().to_vec(), p.leader(), p.isr().len()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let on_4 = placement(&joined)
+        .iter()
+        .filter(|(replicas, _, _)| replicas.contains(&4))
+        .count();
+    assert!(
+        on_4 >= 4,
+        "broker 4 hosts replicas of the new topic: {:?}",
+        placement(&joined)
+    );
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &joined)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let count = 800;
+    for i in 0..count {
+        let v = i.to_string();
+        producer
+            .send(
+                BaseRecord::<(), _>::to("joined")
+                    .payload(&v)
+                    .partition(i % 8),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("every message acknowledged");
+    let read_all =
+        |bootstrap: &str| read_values(bootstrap, "joined-reader", "joined", 8, count as usize);
+    assert_eq!(
+        read_all(&joined).len(),
+        count as usize,
+        "read back through broker 4"
+    );
+    cluster
+        .kill_container(&container, true)
+        .expect("kill and start broker 4");
+    wait_until(
+        "broker 4 back in every ISR",
+        Duration::from_secs(90),
+        || {
+            let now = placement(&voters);
+            now.len() == 8 && now.iter().all(|(_, leader, isr)| *leader >= 1 && *isr == 3)
+        },
+    );
+    let after = read_all(&voters).len();
+    say(&format!(
+        "compose-faults [join]: {} — broker 4 registered and hosts {on_4} of 8 partitions, {count} acknowledged through it, {after} read back after its kill and restart",
+        if after == count as usize { "PASS" } else { "FAIL" }
+    ));
+    assert_eq!(
+        after, count as usize,
+        "nothing lost across broker 4's kill -9"
+    );
 }
