@@ -1047,7 +1047,7 @@ fn followers_behind_the_leaders_log_start_catch_up_by_snapshot() {
 
 #[test]
 fn simulated_clusters_keep_committed_writes() {
-    run_seeds(100, 300);
+    run_seeds(2000, 300);
 }
 
 #[test]
