@@ -28,8 +28,24 @@ pub fn runnel_bin() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A free loopback port (bound and released; good enough for tests on one machine).
+/// A free loopback port for a broker a test starts. Taken below Linux's ephemeral range
+/// (32768 and up), where the OS picks the local ports of outgoing connections: a port the
+/// OS handed out with `bind(0)` and released could be taken by some client's connection
+/// before the broker binds it. Each call in a process returns another port, from a start
+/// that differs between processes.
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
