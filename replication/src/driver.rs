@@ -210,10 +210,14 @@ pub struct Driver {
     /// so the first election takes a round trip instead of an election timeout.
     unhosted: BTreeMap<(String, i32), Vec<(i64, Message)>>,
     unhosted_count: usize,
+    /// Bytes of entries in `unhosted`.
+    unhosted_bytes: usize,
 }
 
 /// Messages kept for partitions not hosted yet, at most.
 const MAX_UNHOSTED: usize = 4096;
+/// Bytes of entries they may carry, at most (an append carries up to 1 MiB).
+const MAX_UNHOSTED_BYTES: usize = 16 * 1024 * 1024;
 /// How long such a message is kept.
 const UNHOSTED_MS: i64 = 2_000;
 
@@ -519,6 +523,7 @@ impl Driver {
             checkpoint_from: None,
             unhosted: BTreeMap::new(),
             unhosted_count: 0,
+            unhosted_bytes: 0,
         };
         let me = driver.raft_id;
         let voters: Vec<u64> = driver
@@ -648,8 +653,12 @@ impl Driver {
                     partition,
                     "raft message for a group not hosted here (yet)"
                 );
-                if self.unhosted_count < MAX_UNHOSTED {
+                let bytes = entry_bytes(&message);
+                if self.unhosted_count < MAX_UNHOSTED
+                    && self.unhosted_bytes + bytes <= MAX_UNHOSTED_BYTES
+                {
                     self.unhosted_count += 1;
+                    self.unhosted_bytes += bytes;
                     let now = self.clock.now_ms();
                     self.unhosted.entry(key).or_default().push((now, message));
                 }
@@ -698,6 +707,12 @@ impl Driver {
                 !messages.is_empty()
             });
             self.unhosted_count = self.unhosted.values().map(Vec::len).sum();
+            self.unhosted_bytes = self
+                .unhosted
+                .values()
+                .flatten()
+                .map(|(_, m)| entry_bytes(m))
+                .sum();
         }
         let timeout = self.liveness_timeout_ms();
         for p in self.peers.values_mut() {
@@ -1197,6 +1212,7 @@ impl Driver {
             }
             if let Some(early) = self.unhosted.remove(&key) {
                 self.unhosted_count -= early.len();
+                self.unhosted_bytes -= early.iter().map(|(_, m)| entry_bytes(m)).sum::<usize>();
                 for (_, m) in early {
                     if let Err(e) = group.node.step(m) {
                         tracing::debug!(topic = topic.name, partition, error = %e, "early raft message refused");
@@ -2233,6 +2249,11 @@ fn apply_committed(g: &mut Group, shared: &Shared, entries: &[Entry], effects: &
         }
     }
     shared.data_changed.notify_waiters();
+}
+
+/// Bytes of entry data a Raft message carries.
+fn entry_bytes(m: &Message) -> usize {
+    m.entries.iter().map(|e| e.data.len()).sum()
 }
 
 /// Applies a committed membership change to the group's Raft state and stores the new

@@ -1038,6 +1038,31 @@ fn brokers_join_later_as_learners_and_host_replicas() {
     }
 }
 
+/// A new partition's preferred leader campaigns the moment it applies the topic's record,
+/// usually before its followers have applied it: their vote requests are kept until the
+/// followers open the partition, so the first election takes a few message delays, not an
+/// election timeout (five ticks here) after the last broker opened it.
+#[test]
+fn new_partitions_elect_their_first_leader_without_an_election_timeout() {
+    for seed in 0..20 {
+        let mut sim = Sim::new(seed);
+        sim.bootstrap(4);
+        // No faults: the bound is about message delays, not losses.
+        sim.net.faults = Faults::NONE;
+        let partitions: Vec<GroupId> = sim.groups[1..].to_vec();
+        let mut steps = 0;
+        while partitions.iter().any(|g| sim.leader_of(g).is_empty()) {
+            assert!(steps < 100, "seed {seed}: no leaders after 100 steps");
+            sim.step(false);
+            steps += 1;
+        }
+        assert!(
+            steps <= 5,
+            "seed {seed}: the first leaders took {steps} steps after every broker opened the partitions"
+        );
+    }
+}
+
 #[test]
 fn followers_behind_the_leaders_log_start_catch_up_by_snapshot() {
     for seed in 0..10 {
