@@ -1,8 +1,9 @@
 //! Requests this broker sends to other brokers over the Kafka protocol, as Kafka's own
 //! inter-broker clients do: the transaction coordinator's WriteTxnMarkers to the leaders of
-//! partitions it does not lead, and a partition leader's AddPartitionsToTxn to the
-//! transaction coordinator of a Transactions V2 producer (Kafka's `AddPartitionsToTxnManager`). Connections are kept per broker and reused; every call is
-//! bounded in time, and a connection that failed is dropped.
+//! partitions it does not lead, a partition leader's AddPartitionsToTxn to the transaction
+//! coordinator of a Transactions V2 producer (Kafka's `AddPartitionsToTxnManager`), and
+//! DescribeQuorum forwarded to the metadata leader. Connections are kept per broker and
+//! reused; every call is bounded in time, and a connection that failed is dropped.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,8 +11,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use runnel_protocol::frame::next_frame;
 use runnel_protocol::kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey, RequestKind, ResponseKind,
-    WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey, DescribeQuorumRequest,
+    DescribeQuorumResponse, RequestKind, ResponseKind, WriteTxnMarkersRequest,
+    WriteTxnMarkersResponse,
 };
 use runnel_protocol::{decode_response, encode_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -187,6 +189,29 @@ pub(crate) async fn add_partitions_to_txn(
         ResponseKind::AddPartitionsToTxn(r) => Ok(r),
         other => Err(format!(
             "broker {node_id} answered AddPartitionsToTxn with {other:?}"
+        )),
+    }
+}
+
+/// DescribeQuorum to the metadata leader `node_id`, in the client's `version`.
+pub(crate) async fn describe_quorum(
+    broker: &Broker,
+    node_id: i32,
+    version: i16,
+    request: DescribeQuorumRequest,
+) -> Result<DescribeQuorumResponse, String> {
+    match call(
+        broker,
+        node_id,
+        ApiKey::DescribeQuorum,
+        version,
+        RequestKind::DescribeQuorum(request),
+    )
+    .await?
+    {
+        ResponseKind::DescribeQuorum(r) => Ok(r),
+        other => Err(format!(
+            "broker {node_id} answered DescribeQuorum with {other:?}"
         )),
     }
 }

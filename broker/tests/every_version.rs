@@ -170,6 +170,15 @@ fn request(api_key: ApiKey, version: i16, id: uuid::Uuid, ctx: &Ctx) -> Option<R
             ]),
         ),
         ApiKey::DescribeCluster => RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+        ApiKey::DescribeQuorum => {
+            RequestKind::DescribeQuorum(DescribeQuorumRequest::default().with_topics(vec![
+                describe_quorum_request::TopicData::default()
+                    .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+                    .with_partitions(vec![
+                        describe_quorum_request::PartitionData::default().with_partition_index(0),
+                    ]),
+            ]))
+        }
         ApiKey::DescribeConfigs => {
             RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
                 describe_configs_request::DescribeConfigsResource::default()
@@ -492,6 +501,13 @@ fn errors(response: &ResponseKind) -> Vec<i16> {
             .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
             .collect(),
         ResponseKind::DescribeCluster(r) => vec![r.error_code],
+        ResponseKind::DescribeQuorum(r) => std::iter::once(r.error_code)
+            .chain(
+                r.topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+            )
+            .collect(),
         ResponseKind::DescribeConfigs(r) => r.results.iter().map(|x| x.error_code).collect(),
         ResponseKind::AlterConfigs(r) => r.responses.iter().map(|x| x.error_code).collect(),
         ResponseKind::IncrementalAlterConfigs(r) => {

@@ -195,6 +195,8 @@ pub struct Driver {
     leader_report: Option<(oneshot::Receiver<Result<(), ReplicationError>>, i64)>,
     /// While this broker leads the metadata group: when each voter was last heard from.
     heard_ms: BTreeMap<u64, i64>,
+    /// While this broker leads the metadata group: when each replica last held its whole log.
+    caught_up_ms: BTreeMap<u64, i64>,
     fence_report: Option<(oneshot::Receiver<Result<(), ReplicationError>>, i64)>,
     /// Partitions that may have a Ready (stepped, proposed to, ticked into action, woken):
     /// a Ready cycle visits only these, not thousands of idle groups.
@@ -507,6 +509,7 @@ impl Driver {
             next_rebalance_ms: now + duration_ms(config.leader_imbalance_check_interval),
             leader_report: None,
             heard_ms: BTreeMap::new(),
+            caught_up_ms: BTreeMap::new(),
             fence_report: None,
             config,
             raft_id,
@@ -541,6 +544,7 @@ impl Driver {
             driver.peers.entry(v).or_default();
         }
         driver.sync_peer_addresses();
+        driver.publish_quorum(now);
         let topics: Vec<TopicMetadata> = driver.metadata_read().topics.values().cloned().collect();
         for topic in topics {
             driver.open_partitions(&topic, 0)?;
@@ -805,6 +809,7 @@ impl Driver {
             self.report_leaders(now);
             self.fence_brokers(now);
             self.add_learners();
+            self.publish_quorum(now);
         }
         if self.config.auto_leader_rebalance
             && due(
@@ -1117,6 +1122,57 @@ impl Driver {
                 tracing::debug!(node_id = broker_id(id), error = %e, "could not propose a learner")
             }
         }
+    }
+
+    /// Publishes the metadata group's state for DescribeQuorum: on the leader, every voter's
+    /// and learner's progress (heard from: Raft's `recent_active`, sampled here; caught up:
+    /// holding the leader's last entry).
+    fn publish_quorum(&mut self, now: i64) {
+        let raft = &self.metadata.node.raft;
+        let leads = raft.state == StateRole::Leader;
+        if !leads {
+            self.caught_up_ms.clear();
+        }
+        let mut state = crate::QuorumState {
+            leader_id: broker_id(raft.leader_id),
+            leader_epoch: i32::try_from(raft.term).unwrap_or(i32::MAX),
+            high_watermark: raft.raft_log.committed as i64,
+            is_leader: leads,
+            voters: Vec::new(),
+            observers: Vec::new(),
+        };
+        if leads {
+            let last = raft.raft_log.last_index();
+            let conf = raft.prs().conf();
+            for (&id, pr) in raft.prs().iter() {
+                let matched = if id == self.raft_id { last } else { pr.matched };
+                if matched >= last {
+                    self.caught_up_ms.insert(id, now);
+                }
+                let replica = crate::QuorumReplica {
+                    node_id: broker_id(id),
+                    log_end_offset: matched as i64,
+                    last_fetch_ms: if id == self.raft_id {
+                        now
+                    } else {
+                        self.heard_ms.get(&id).copied().unwrap_or(-1)
+                    },
+                    last_caught_up_ms: self.caught_up_ms.get(&id).copied().unwrap_or(-1),
+                };
+                if conf.voters().contains(id) {
+                    state.voters.push(replica);
+                } else {
+                    state.observers.push(replica);
+                }
+            }
+            state.voters.sort_by_key(|r| r.node_id);
+            state.observers.sort_by_key(|r| r.node_id);
+        }
+        *self
+            .shared
+            .quorum
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// Tells the transport where every registered broker listens for Raft traffic (brokers

@@ -193,6 +193,33 @@ pub(crate) struct Shared {
     pub(crate) replicas: RwLock<HashMap<(String, i32), Arc<Replica>>>,
     pub(crate) metadata: RwLock<ClusterMetadata>,
     pub(crate) data_changed: Notify,
+    pub(crate) quorum: RwLock<QuorumState>,
+}
+
+/// The cluster metadata group as this broker sees it (Kafka's DescribeQuorum). Offsets are
+/// Raft indexes of the metadata log; the replicas' progress is known only on the leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumState {
+    /// Kafka broker id of the leader, -1 for none known.
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub high_watermark: i64,
+    /// Whether this broker leads the metadata group (and `voters`/`observers` are filled).
+    pub is_leader: bool,
+    pub voters: Vec<QuorumReplica>,
+    /// Learners: brokers that follow the metadata log without voting.
+    pub observers: Vec<QuorumReplica>,
+}
+
+/// One replica of the metadata group, as its leader last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumReplica {
+    pub node_id: i32,
+    pub log_end_offset: i64,
+    /// Clock ms when it was last heard from (-1: not yet).
+    pub last_fetch_ms: i64,
+    /// Clock ms when it last held the leader's whole log (-1: not yet).
+    pub last_caught_up_ms: i64,
 }
 
 impl Shared {
@@ -272,6 +299,15 @@ impl Replication {
             .metadata
             .read()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The metadata quorum as this broker last saw it (refreshed every 200 ms).
+    pub fn quorum(&self) -> QuorumState {
+        self.shared
+            .quorum
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Notified whenever any local partition's high watermark moves (long-polling fetches).

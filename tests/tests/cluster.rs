@@ -557,6 +557,29 @@ impl Raw {
         }
     }
 
+    /// DescribeQuorum v2 for `__cluster_metadata-0`.
+    fn describe_quorum(
+        &mut self,
+    ) -> runnel_protocol::kafka_protocol::messages::DescribeQuorumResponse {
+        use runnel_protocol::kafka_protocol::messages::describe_quorum_request::{
+            PartitionData, TopicData,
+        };
+        let request = runnel_protocol::kafka_protocol::messages::DescribeQuorumRequest::default()
+            .with_topics(vec![TopicData::default()
+                .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+                .with_partitions(vec![
+                    PartitionData::default().with_partition_index(0)
+                ])]);
+        match self.call(
+            ApiKey::DescribeQuorum,
+            2,
+            RequestKind::DescribeQuorum(request),
+        ) {
+            ResponseKind::DescribeQuorum(r) => r,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     fn metadata(&mut self, topic: &str) -> MetadataResponse {
         let request =
             MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
@@ -1184,6 +1207,30 @@ fn a_broker_that_joins_later_hosts_new_replicas_and_survives_kill_9() {
         || {
             let seen = partitions(&joiner, "before");
             seen.len() == 3 && seen == partitions(&voters_only, "before")
+        },
+    );
+    // DescribeQuorum (kafka-metadata-quorum.sh) asked of the joined broker is forwarded to the
+    // metadata leader: brokers 1-3 vote, broker 4 observes, and it holds the whole log.
+    let mut raw = Raw::connect(&joiner);
+    wait_for(
+        Duration::from_secs(20),
+        "DescribeQuorum shows broker 4 as a caught-up observer",
+        || {
+            let q = raw.describe_quorum();
+            let Some(p) = q.topics.first().and_then(|t| t.partitions.first()) else {
+                return false;
+            };
+            let voters: Vec<i32> = p.current_voters.iter().map(|v| v.replica_id.0).collect();
+            let observers: Vec<i32> = p.observers.iter().map(|v| v.replica_id.0).collect();
+            q.error_code == 0
+                && p.error_code == 0
+                && (1..=3).contains(&p.leader_id.0)
+                && voters == [1, 2, 3]
+                && observers == [4]
+                && p.high_watermark > 0
+                && p.observers[0].log_end_offset >= p.high_watermark
+                && p.observers[0].last_caught_up_timestamp > 0
+                && q.nodes.len() == 3
         },
     );
     let mut reader = ClientConfig::new();
