@@ -47,18 +47,24 @@ fn cluster_of(brokers: usize, azs: usize, extra: &[&str]) -> Vec<Broker> {
     let ports: Vec<(u16, u16)> = (0..brokers)
         .map(|_| (free_port().expect("port"), free_port().expect("port")))
         .collect();
-    let voters: String = ports
-        .iter()
-        .take(3)
-        .enumerate()
-        .map(|(i, (_, raft))| format!("{}@127.0.0.1:{raft}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let voters = voters_spec(&ports);
     ports
         .iter()
         .enumerate()
         .map(|(i, (kafka, raft))| start_broker(i as i32 + 1, *kafka, *raft, azs, &voters, extra))
         .collect()
+}
+
+/// `--controller-quorum-voters` for brokers 1..=3 of `ports` (Kafka, Raft), the default
+/// voters.
+fn voters_spec(ports: &[(u16, u16)]) -> String {
+    ports
+        .iter()
+        .take(3)
+        .enumerate()
+        .map(|(i, (_, raft))| format!("{}@127.0.0.1:{raft}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Broker `node` in AZ `az-((node - 1) % azs + 1)` of the cluster whose voters are
@@ -88,6 +94,23 @@ fn start_broker(
     }
     args.extend_from_slice(extra);
     Broker::start_node(node, kafka, &args).expect("broker")
+}
+
+/// Waits (40 s at most) until every one of the `count` partitions of `topic` is led by its
+/// preferred replica with all three replicas in sync; returns how long that took.
+fn await_preferred_leaders_and_full_isrs(
+    bootstrap: &str,
+    topic: &str,
+    count: i32,
+    what: &str,
+) -> Duration {
+    wait_for(Duration::from_secs(40), what, || {
+        let now = partitions(bootstrap, topic);
+        now.len() == count as usize
+            && now
+                .values()
+                .all(|i| i.replicas.first() == Some(&i.leader) && i.isr.len() == 3)
+    })
 }
 
 /// Waits until `count` brokers are registered (in the Metadata answer).
@@ -175,17 +198,8 @@ fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Dur
 /// Waits until all three brokers have registered, then creates `topic` and waits until each
 /// of its partitions has a leader.
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32, replication: i32) {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("client");
     // Brokers register themselves through the metadata quorum once it has a leader.
-    wait_for(Duration::from_secs(20), "all brokers registered", || {
-        client
-            .fetch_metadata(None, Duration::from_secs(5))
-            .map_or(0, |md| md.brokers().len())
-            >= 3
-    });
+    wait_registered(bootstrap, 3);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -1098,16 +1112,11 @@ fn losing_a_whole_az_loses_no_acknowledged_write() {
     std::thread::sleep(Duration::from_secs(2));
     brokers[0].restart().expect("restart broker 1");
     brokers[3].restart().expect("restart broker 4");
-    let took = wait_for(
-        Duration::from_secs(40),
+    let took = await_preferred_leaders_and_full_isrs(
+        &all,
+        "azs",
+        count,
         "every partition back with its preferred leader and a full ISR",
-        || {
-            let now = partitions(&all, "azs");
-            now.len() == count as usize
-                && now
-                    .values()
-                    .all(|i| i.replicas.first() == Some(&i.leader) && i.isr.len() == 3)
-        },
     );
     eprintln!(
         "az-1 back: preferred leaders and full ISRs after {} ms",
@@ -1180,12 +1189,7 @@ fn a_broker_that_joins_later_hosts_new_replicas_and_survives_kill_9() {
     let ports: Vec<(u16, u16)> = (0..4)
         .map(|_| (free_port().expect("port"), free_port().expect("port")))
         .collect();
-    let voters: String = ports[..3]
-        .iter()
-        .enumerate()
-        .map(|(i, (_, raft))| format!("{}@127.0.0.1:{raft}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let voters = voters_spec(&ports);
     let extra = ["--leader-imbalance-check-interval-seconds", "2"];
     let mut brokers: Vec<Broker> = ports[..3]
         .iter()
@@ -1280,16 +1284,11 @@ fn a_broker_that_joins_later_hosts_new_replicas_and_survives_kill_9() {
     );
     std::thread::sleep(Duration::from_secs(1));
     brokers[3].restart().expect("restart broker 4");
-    let took = wait_for(
-        Duration::from_secs(40),
+    let took = await_preferred_leaders_and_full_isrs(
+        &all,
+        "after",
+        count,
         "the joined broker back in every ISR and leading its preferred partitions",
-        || {
-            let now = partitions(&all, "after");
-            now.len() == count as usize
-                && now
-                    .values()
-                    .all(|i| i.replicas.first() == Some(&i.leader) && i.isr.len() == 3)
-        },
     );
     eprintln!(
         "broker 4 back: preferred leaders and full ISRs after {} ms",

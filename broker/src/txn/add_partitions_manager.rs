@@ -8,7 +8,6 @@
 //! The coordinator's answers are Kafka's, untranslated; callers map them for their API (see
 //! [`for_produce`]).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,11 +93,7 @@ async fn add_once(
     if coordinator < 0 {
         return all(ResponseError::CoordinatorNotAvailable.code());
     }
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (t, p) in partitions {
-        by_topic.entry(t.as_str()).or_default().push(*p);
-    }
-    let topics = by_topic
+    let topics = super::by_topic(partitions)
         .into_iter()
         .map(|(t, ps)| {
             AddPartitionsToTxnTopic::default()

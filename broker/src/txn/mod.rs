@@ -513,6 +513,15 @@ async fn complete_transaction(
     }
 }
 
+/// Partitions grouped by topic, topics in order, as requests list them.
+pub(crate) fn by_topic(partitions: &[(String, i32)]) -> BTreeMap<&str, Vec<i32>> {
+    let mut grouped: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in partitions {
+        grouped.entry(t.as_str()).or_default().push(*p);
+    }
+    grouped
+}
+
 /// WriteTxnMarkers v1 for one transaction's partitions on one leader.
 fn marker_request(
     prepared: &TxnMetadata,
@@ -520,11 +529,7 @@ fn marker_request(
     coordinator_epoch: i32,
     partitions: &[(String, i32)],
 ) -> WriteTxnMarkersRequest {
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (t, p) in partitions {
-        by_topic.entry(t.as_str()).or_default().push(*p);
-    }
-    let topics = by_topic
+    let topics = by_topic(partitions)
         .into_iter()
         .map(|(t, ps)| {
             WritableTxnMarkerTopic::default()
